@@ -1,0 +1,480 @@
+"""Batch augmentation on the training device, with independent random parameters per sample.
+
+The usual torchvision pipeline augments one PIL image at a time in DataLoader workers;
+here a whole batch of uint8 images is augmented at once on the device that trains:
+
+1. :func:`sample_params` draws every random parameter for every sample (crop box, flip,
+   jitter factors and order, grayscale, blur sigma) with a CPU :class:`torch.Generator`.
+   The arrays are tiny, drawing them on the host costs nothing and never waits for the
+   GPU, and a seed gives the same augmentations on every device.
+2. :func:`apply_params` runs the ops on the device: one ``grid_sample`` does crop,
+   resize, flip and translation together; colour jitter, grayscale and blur follow; the
+   result is normalised and returned in channels_last layout.
+
+The distributions follow torchvision's ``RandomResizedCrop``, ``RandomHorizontalFlip``,
+``RandomApply([ColorJitter], p)``, ``RandomGrayscale`` and ``GaussianBlur`` (tests compare
+them). Presets for the recipes live in :data:`PRESETS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from itertools import permutations
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import AugmentConfig
+from .errors import ConfigError
+
+# Luma weights of torchvision's rgb_to_grayscale (ITU-R 601-2).
+_GRAY = (0.2989, 0.587, 0.114)
+
+#: Colour-jitter op ids, in the order of their factors in ``AugmentParams.jitter``.
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
+
+_COMMON = dict(crop_ratio=[3 / 4, 4 / 3], pad=0, flip_p=0.5, blur_kernel=3, blur_sigma=[0.1, 2.0])
+_NO_COLOUR = dict(jitter_strength=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+
+#: Named recipes: every AugmentConfig field but preset, mean and std. Values a config
+#: leaves unset come from its preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    # SimCLR for CIFAR (paper appendix B.9): crop 0.08-1, flip, colour jitter of
+    # strength s=0.5 with p=0.8, grayscale p=0.2, no blur.
+    "simclr": {
+        **_COMMON,
+        "crop": "resized",
+        "crop_scale": [0.08, 1.0],
+        "jitter_strength": 0.5,
+        "jitter_p": 0.8,
+        "grayscale_p": 0.2,
+        "blur_p": 0.0,
+    },
+    # Seed 000: the same, plus GaussianBlur(kernel = image size // 10 = 3) with p=0.5.
+    "seed000": {
+        **_COMMON,
+        "crop": "resized",
+        "crop_scale": [0.08, 1.0],
+        "jitter_strength": 0.5,
+        "jitter_p": 0.8,
+        "grayscale_p": 0.2,
+        "blur_p": 0.5,
+    },
+    # MoCo v2: crop 0.2-1, jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale 0.2, blur p=0.5.
+    "moco_v2": {
+        **_COMMON,
+        "crop": "resized",
+        "crop_scale": [0.2, 1.0],
+        "jitter_strength": 0.5,
+        "jitter_p": 0.8,
+        "grayscale_p": 0.2,
+        "blur_p": 0.5,
+    },
+    # Standard supervised CIFAR: translate by up to 4 px (reflect padding), flip.
+    "supervised": {**_COMMON, **_NO_COLOUR, "crop": "pad", "crop_scale": [1.0, 1.0], "pad": 4},
+    # Pi-model / Mean Teacher: translate by up to 2 px, flip.
+    "weak": {**_COMMON, **_NO_COLOUR, "crop": "pad", "crop_scale": [1.0, 1.0], "pad": 2},
+    # Evaluation: no augmentation, only normalisation.
+    "none": {**_COMMON, **_NO_COLOUR, "crop": "none", "crop_scale": [1.0, 1.0], "flip_p": 0.0},
+}
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """A fully resolved augmentation, what the ops consume (see :class:`AugmentConfig`)."""
+
+    crop: str
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    pad: int
+    flip_p: float
+    jitter_strength: float
+    jitter_p: float
+    grayscale_p: float
+    blur_p: float
+    blur_kernel: int
+    blur_sigma: tuple[float, float]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig) -> AugmentSpec:
+        """From a resolved config; ``ValueError`` if any value is still unset."""
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls)}
+        unset = [k for k, v in values.items() if v is None]
+        if unset:
+            raise ValueError(f"augmentation not resolved (resolve_augment, mean/std from data): {unset}")
+        for k, v in values.items():
+            if isinstance(v, list):
+                values[k] = tuple(v)
+        return cls(**values)
+
+
+def resolve_augment(cfg: AugmentConfig, default_preset: str) -> AugmentConfig:
+    """Fill every unset field of ``cfg`` from its preset (or ``default_preset``).
+
+    Args:
+        cfg: A possibly partial config; ``None`` fields are unset.
+        default_preset: The preset used when ``cfg.preset`` is unset (the method's).
+
+    Returns:
+        A new config with every field set except ``mean``/``std`` (taken from the data).
+
+    Raises:
+        ConfigError: If the preset is unknown or a resolved value is out of range.
+    """
+    name = cfg.preset or default_preset
+    if name not in PRESETS:
+        raise ConfigError(f"unknown augment.preset {name!r}; known: {', '.join(PRESETS)}")
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    for key, value in PRESETS[name].items():
+        if values[key] is None:
+            values[key] = value
+    values["preset"] = name
+    out = AugmentConfig(**values)
+    _check(out)
+    return out
+
+
+def _check(c: AugmentConfig) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"augment.{key}: {why}, got {getattr(c, key)!r}")
+
+    # Everything but mean/std is set once resolved; a spec spells that out for type checkers.
+    cfg = AugmentSpec.from_config(replace(c, mean=c.mean or [0.0] * 3, std=c.std or [1.0] * 3))
+    if cfg.crop not in ("resized", "pad", "none"):
+        raise bad("crop", "must be 'resized', 'pad' or 'none'")
+    for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+        pair = getattr(cfg, key)
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise bad(key, "must be two positive numbers [low, high] with low <= high")
+    if cfg.crop_scale[1] > 1:
+        raise bad("crop_scale", "the largest crop area is 1.0 (the whole image)")
+    for key in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise bad(key, "a probability must lie in [0, 1]")
+    if cfg.jitter_strength < 0 or cfg.pad < 0:
+        raise bad("jitter_strength" if cfg.jitter_strength < 0 else "pad", "must not be negative")
+    if cfg.blur_kernel < 1 or cfg.blur_kernel % 2 == 0:
+        raise bad("blur_kernel", "must be a positive odd integer")
+    for key in ("mean", "std"):
+        if len(getattr(cfg, key)) != 3:
+            raise bad(key, "needs three values (R, G, B)")
+    if min(cfg.std) <= 0:
+        raise bad("std", "values must be positive")
+
+
+@dataclass
+class AugmentParams:
+    """Random parameters for a batch of ``B`` samples (all CPU tensors).
+
+    Attributes:
+        theta: (B, 2, 3) affine maps from output to input coordinates (crop, flip, shift).
+        crop_area: (B,) crop area as a fraction of the image (1 for pad/none).
+        crop_aspect: (B,) crop width / height in pixels.
+        flip: (B,) bool, horizontally flipped.
+        jitter: (B, 4) brightness, contrast, saturation factors and hue shift; identity
+            values (1, 1, 1, 0) where jitter is not applied.
+        jitter_applied: (B,) bool.
+        jitter_order: (B, 4) permutation of op ids per sample (torchvision's random order).
+        gray: (B,) bool.
+        blur_sigma: (B,) sigma, 0 where no blur is applied.
+    """
+
+    theta: torch.Tensor
+    crop_area: torch.Tensor
+    crop_aspect: torch.Tensor
+    flip: torch.Tensor
+    jitter: torch.Tensor
+    jitter_applied: torch.Tensor
+    jitter_order: torch.Tensor
+    gray: torch.Tensor
+    blur_sigma: torch.Tensor
+
+
+def _uniform(lo: float, hi: float, n: int, gen: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def sample_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    gen: torch.Generator,
+    attempts: int = 10,
+) -> torch.Tensor:
+    """Crop boxes with torchvision's ``RandomResizedCrop.get_params`` distribution.
+
+    Each sample tries up to ``attempts`` (area, log-aspect) draws and keeps the first box
+    that fits; samples with none fall back to the central crop with the aspect clamped.
+
+    Returns:
+        (n, 4) int64 tensor of (top, left, crop_height, crop_width).
+    """
+    area = height * width
+    target = area * _uniform(scale[0], scale[1], n * attempts, gen).view(n, attempts)
+    log_r = _uniform(math.log(ratio[0]), math.log(ratio[1]), n * attempts, gen)
+    aspect = torch.exp(log_r).view(n, attempts)
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+    rows = torch.arange(n)
+    hh, ww = h[rows, first.clamp(min=0)], w[rows, first.clamp(min=0)]
+    # Fallback: central crop with the aspect ratio clamped into range (torchvision's).
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fh, fw = height, int(round(height * max(ratio)))
+    else:
+        fw, fh = width, height
+    fallback = first < 0
+    hh = torch.where(fallback, fh, hh)
+    ww = torch.where(fallback, fw, ww)
+    # Offsets uniform over valid positions: randint(0, H - h + 1) per sample.
+    u = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+    top = torch.floor(u[:, 0] * (height - hh + 1)).long()
+    left = torch.floor(u[:, 1] * (width - ww + 1)).long()
+    top = torch.where(fallback, (height - fh) // 2, top)
+    left = torch.where(fallback, (width - fw) // 2, left)
+    return torch.stack([top, left, hh, ww], 1)
+
+
+def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.Generator) -> AugmentParams:
+    """Draw the parameters of ``n`` independent augmentations (see :class:`AugmentParams`).
+
+    Args:
+        cfg: The augmentation.
+        n: Number of samples.
+        height: Input image height.
+        width: Input image width.
+        gen: CPU generator; the only source of randomness.
+    """
+    flip = torch.rand(n, generator=gen) < cfg.flip_p
+    sign = 1.0 - 2.0 * flip.double()
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    if cfg.crop == "resized":
+        top, left, h, w = sample_crop_boxes(n, height, width, cfg.crop_scale, cfg.crop_ratio, gen).T
+        # Output normalised coord x_o in (-1, 1) maps to input x_i = a * x_o + t, where the
+        # crop [left, left + w) spans the output: a = w / W, t = (2 left + w) / W - 1.
+        theta[:, 0, 0] = sign * w / width
+        theta[:, 0, 2] = (2 * left + w) / width - 1
+        theta[:, 1, 1] = h / height
+        theta[:, 1, 2] = (2 * top + h) / height - 1
+        area, aspect = (h * w).double() / (height * width), w.double() / h.double()
+    else:
+        shift = torch.zeros(n, 2, dtype=torch.float64)
+        if cfg.crop == "pad" and cfg.pad > 0:
+            shift = torch.randint(-cfg.pad, cfg.pad + 1, (n, 2), generator=gen).double()
+        # Integer shifts land output pixel centres on input pixel centres: an exact copy.
+        theta[:, 0, 0] = sign
+        theta[:, 0, 2] = 2 * shift[:, 1] / width
+        theta[:, 1, 1] = 1
+        theta[:, 1, 2] = 2 * shift[:, 0] / height
+        area, aspect = torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+
+    s = cfg.jitter_strength
+    strengths = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+    applied = (torch.rand(n, generator=gen) < cfg.jitter_p) & (s > 0)
+    jitter = torch.empty(n, 4, dtype=torch.float64)
+    for op, k in enumerate(strengths):
+        if op == HUE:
+            jitter[:, op] = _uniform(-min(k, 0.5), min(k, 0.5), n, gen)
+        else:
+            jitter[:, op] = _uniform(max(0.0, 1 - k), 1 + k, n, gen)
+    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    jitter = torch.where(applied[:, None], jitter, identity)
+    order = torch.argsort(torch.rand(n, 4, generator=gen), dim=1)
+    gray = torch.rand(n, generator=gen) < cfg.grayscale_p
+    blurred = torch.rand(n, generator=gen) < cfg.blur_p
+    sigma = _uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n, gen)
+    sigma = torch.where(blurred, sigma, torch.zeros_like(sigma))
+    return AugmentParams(
+        theta=theta.float(),
+        crop_area=area.float(),
+        crop_aspect=aspect.float(),
+        flip=flip,
+        jitter=jitter.float(),
+        jitter_applied=applied,
+        jitter_order=order,
+        gray=gray,
+        blur_sigma=sigma.float(),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Ops on float batches (B, 3, H, W) in [0, 1], each with per-sample factors of shape (B,).
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma, torchvision's weights."""
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def _per_sample(f: torch.Tensor) -> torch.Tensor:
+    return f.view(-1, 1, 1, 1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Scale intensities by ``factor`` (B,), clamped to [0, 1]."""
+    return (x * _per_sample(factor)).clamp_(0, 1)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its mean gray level by ``factor`` (B,)."""
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    f = _per_sample(factor)
+    return (f * x + (1 - f) * mean).clamp_(0, 1)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its grayscale version by ``factor`` (B,)."""
+    f = _per_sample(factor)
+    return (f * x + (1 - f) * grayscale(x)).clamp_(0, 1)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by ``shift`` (B,) turns in [-0.5, 0.5], keeping saturation and value.
+
+    RGB -> (hue, chroma, value), shift hue, then back with the closed form
+    ``channel_n = V - C * clamp(min(k, 4 - k), 0, 1)``, ``k = (n + 6 H) mod 6`` for
+    n = 5, 3, 1 (R, G, B).
+    """
+    r, g, b = x.unbind(1)
+    v, _ = x.max(1)
+    c = v - x.min(1).values
+    safe_c = torch.where(c > 0, c, torch.ones_like(c))
+    # Hue in sextants [0, 6): which channel is the maximum decides the formula.
+    h = torch.where(
+        v == r,
+        ((g - b) / safe_c) % 6,
+        torch.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4),
+    )
+    h = (h + 6 * shift.view(-1, 1, 1)) % 6
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + h) % 6
+        out.append(v - c * torch.minimum(k, 4 - k).clamp(0, 1))
+    return torch.stack(out, 1)
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def color_jitter(x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    """Apply brightness/contrast/saturation/hue with each sample's own factors and order.
+
+    Samples are grouped by their op order (at most 24 groups, found on the host), so
+    every op runs once per jittered sample and nothing waits for the device.
+    """
+    applied = params.jitter_applied
+    if not bool(applied.any()):
+        return x
+    # Ops whose factors are identity for every sample are skipped entirely.
+    identity = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    active = [op for op in range(4) if bool((params.jitter[applied, op] != identity[op]).any())]
+    order_key = params.jitter_order @ torch.tensor([64, 16, 4, 1])
+    factors = params.jitter.to(x.device, non_blocking=True)
+    out = x.clone()
+    for perm in permutations(range(4)):
+        key = perm[0] * 64 + perm[1] * 16 + perm[2] * 4 + perm[3]
+        idx_cpu = torch.nonzero(applied & (order_key == key)).flatten()
+        if idx_cpu.numel() == 0:
+            continue
+        idx = idx_cpu.to(x.device, non_blocking=True)
+        y = x.index_select(0, idx)
+        f = factors.index_select(0, idx)
+        for op in perm:
+            if op in active:
+                y = _JITTER_OPS[op](y, f[:, op])
+        out.index_copy_(0, idx, y)
+    return out
+
+
+def _gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,) sigmas -> (B, size) normalised 1-D kernels; sigma 0 gives the identity kernel."""
+    half = (size - 1) / 2
+    t = torch.linspace(-half, half, size)
+    safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    k = torch.exp(-0.5 * (t[None, :] / safe[:, None]) ** 2)
+    k = k / k.sum(1, keepdim=True)
+    delta = (t == 0).float().expand_as(k)
+    return torch.where((sigma > 0)[:, None], k, delta)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma (B,) (0 = unchanged), reflect padding."""
+    b, ch, hgt, wid = x.shape
+    k = _gaussian_kernels(sigma, kernel_size).to(x.device, x.dtype, non_blocking=True)
+    k = k.repeat_interleave(ch, 0)  # one kernel per (sample, channel) group
+    pad = kernel_size // 2
+    y = x.reshape(1, b * ch, hgt, wid)
+    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), k.view(b * ch, 1, 1, -1), groups=b * ch)
+    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), k.view(b * ch, 1, -1, 1), groups=b * ch)
+    return y.view(b, ch, hgt, wid)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1] (a channels_last view)."""
+    return images.permute(0, 3, 1, 2).float().div_(255)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std`` with ``mean``/``std`` of shape (3,)."""
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def apply_params(images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec) -> torch.Tensor:
+    """Augment a batch with the given parameters.
+
+    Args:
+        images: uint8 (B, H, W, 3) on the training device.
+        params: From :func:`sample_params` with ``n == B``.
+        cfg: The augmentation that produced ``params`` (op settings, mean, std).
+
+    Returns:
+        float32 (B, 3, H, W), normalised, channels_last.
+    """
+    x = to_float(images)
+    b, _, h, w = x.shape
+    if cfg.crop != "none" or bool(params.flip.any()):
+        theta = params.theta.to(x.device, non_blocking=True)
+        grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
+        # 'reflection' pads translations by mirroring; crops stay inside the image.
+        mode = "reflection" if cfg.crop == "pad" else "border"
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode=mode, align_corners=False)
+    x = color_jitter(x, params)
+    if bool(params.gray.any()):
+        g = params.gray.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+        x = torch.where(g, grayscale(x).expand_as(x), x)
+    if bool((params.blur_sigma > 0).any()):
+        x = gaussian_blur(x, params.blur_sigma, cfg.blur_kernel)
+    mean = torch.tensor(cfg.mean, device=x.device)
+    std = torch.tensor(cfg.std, device=x.device)
+    return normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
+
+
+class BatchAugment:
+    """Callable that augments uint8 batches into normalised float views.
+
+    Example:
+        >>> aug = BatchAugment(resolved_cfg)
+        >>> views = aug(images_u8, generator, n_views=2)  # (2B, 3, H, W), views stacked
+    """
+
+    def __init__(self, cfg: AugmentConfig | AugmentSpec) -> None:
+        self.cfg = cfg if isinstance(cfg, AugmentSpec) else AugmentSpec.from_config(cfg)
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator, n_views: int = 1) -> torch.Tensor:
+        """Augment ``images`` (B, H, W, 3) uint8 ``n_views`` times, views stacked on dim 0."""
+        if n_views > 1:
+            images = images.repeat(n_views, 1, 1, 1)
+        params = sample_params(self.cfg, images.shape[0], images.shape[1], images.shape[2], gen)
+        return apply_params(images, params, self.cfg)

@@ -1,0 +1,430 @@
+"""Configuration: one dataclass per concern, loaded from YAML and overridden by flags.
+
+A :class:`Config` has the sections ``data``, ``augment``, ``model``, ``method``,
+``optim``, ``train`` and ``eval``. Every default lives here, in one place; recipes in
+``configs/`` only state what they change. Every key can be overridden by a dotted name
+(``train.epochs=5``), which is also how the CLI flags (``--train.epochs 5`` or the short
+``--epochs 5``) and sweeps address it. The resolved config (presets expanded, statistics
+filled in) is saved in each run directory as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on and how to prepare them."""
+
+    #: 'cifar10' (the bundled JPEG tarballs), 'cifar10-pickle' (the official python
+    #: release) or a path: an ImageFolder directory (with train/ and test/ or class
+    #: folders), a tar of one, a folder holding train.tar.gz and test.tar.gz, or a
+    #: cifar-10-batches-py folder.
+    name: str = "cifar10"
+    #: Class-balanced subset of the training split, chosen by train.seed (None = all).
+    subset: Union[int, None] = None
+    #: Images of other sizes are resized (shorter side) and centre-cropped to this.
+    image_size: int = 32
+    #: Where named datasets live (default: $SELFSUP_DATA_DIR, else ./data, else the
+    #: data/ folder of the selfsup checkout).
+    root: Union[str, None] = None
+    #: Download 'cifar10-pickle' when it is missing (needs internet access).
+    download: bool = False
+    #: Skip unreadable or non-image files instead of stopping with an error.
+    skip_invalid: bool = False
+    #: For a folder with a single split: fraction held out (class-balanced) as test split.
+    test_fraction: float = 0.1
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation of training views; unset (None) values come from the preset.
+
+    Presets (see ``selfsup.augment.PRESETS``): simclr, seed000, moco_v2, supervised,
+    weak, none. The default preset is the method's own.
+    """
+
+    preset: Union[str, None] = None
+    #: 'resized' (RandomResizedCrop), 'pad' (translate by up to ``pad`` px) or 'none'.
+    crop: Union[str, None] = None
+    crop_scale: Union[list[float], None] = None
+    crop_ratio: Union[list[float], None] = None
+    pad: Union[int, None] = None
+    flip_p: Union[float, None] = None
+    #: Colour jitter strength s: brightness, contrast, saturation 0.8 s and hue 0.2 s.
+    jitter_strength: Union[float, None] = None
+    jitter_p: Union[float, None] = None
+    grayscale_p: Union[float, None] = None
+    blur_p: Union[float, None] = None
+    #: Odd kernel size (seed 000: image size // 10 = 3 for 32x32).
+    blur_kernel: Union[int, None] = None
+    blur_sigma: Union[list[float], None] = None
+    #: Per-channel normalisation; None = the training split's own mean and std.
+    mean: Union[list[float], None] = None
+    std: Union[list[float], None] = None
+
+
+@dataclass
+class ModelConfig:
+    """The encoder and its projection head."""
+
+    #: A registered backbone: preact_resnet8/20/26/56, resnet18, resnet34, resnet50.
+    backbone: str = "preact_resnet26"
+    #: Channel multiplier of the pre-activation ResNets.
+    width: int = 1
+    #: Head layer sizes after the encoder's features: [64, 32] makes seed 000's
+    #: 64-64-32 head on a 64-d encoder; the SimCLR paper uses [2048, 128].
+    head_dims: list[int] = field(default_factory=lambda: [512, 128])
+    #: BatchNorm after each hidden layer of the head (the paper's head).
+    head_bn: bool = True
+
+
+@dataclass
+class MethodConfig:
+    """The training method and its loss settings."""
+
+    #: A registered method (see ``selfsup.methods.METHODS``).
+    name: str = "simclr"
+    #: Softmax temperature of the contrastive loss.
+    temperature: float = 0.2
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    #: 'lars', 'sgd', 'adam' or 'adamw'.
+    name: str = "lars"
+    #: Learning rate for a batch of 256; scaled by ``lr_scaling``.
+    lr: float = 1.0
+    #: 'linear' (lr * batch / 256), 'sqrt' (lr * sqrt(batch / 256)) or 'none'.
+    lr_scaling: str = "linear"
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    #: LARS trust coefficient (eta).
+    trust_coefficient: float = 0.001
+    #: Linear warm-up, in epochs (fractions allowed), then the schedule.
+    warmup_epochs: float = 1.0
+    #: 'cosine' (decay to 0 after warm-up) or 'constant'.
+    schedule: str = "cosine"
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 100
+    #: Images per step (SimCLR sees two views of each).
+    batch_size: int = 256
+    seed: int = 0
+    #: 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.
+    device: str = "auto"
+    #: 'auto' (bf16 autocast where the device computes bf16 natively: CUDA, and CPUs
+    #: with AVX512-BF16 or AMX), 'bf16' or 'fp32'.
+    precision: str = "auto"
+    channels_last: bool = True
+    #: torch.compile the model (pays on GPUs; costs start-up time).
+    compile: bool = False
+    #: CPU threads for PyTorch (None = PyTorch's default).
+    num_threads: Union[int, None] = None
+    #: Save a checkpoint every N epochs (and always at the end).
+    checkpoint_every: int = 1
+    #: Also save one when this many minutes passed since the last (0 = never).
+    checkpoint_minutes: float = 10.0
+    #: How many checkpoints to keep (older ones are deleted).
+    keep_checkpoints: int = 2
+    #: Run the kNN monitor every N epochs (0 = never).
+    knn_every: int = 0
+    #: Log (and read the loss back from the device) every N steps.
+    log_every: int = 10
+    progress: bool = True
+    #: Evaluate (kNN and linear probe) when pretraining ends.
+    eval_after: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of a frozen encoder: weighted kNN and a linear probe on its features."""
+
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    #: Linear probe optimizer on the cached features: 'adam' or 'sgd'.
+    linear_optimizer: str = "adam"
+    linear_lr: float = 1e-3
+    linear_epochs: int = 30
+    linear_batch_size: int = 256
+    linear_weight_decay: float = 0.0
+    #: Images per forward pass when extracting features.
+    batch_size: int = 256
+    #: Use only a class-balanced subset of the training split as kNN bank / probe data.
+    train_subset: Union[int, None] = None
+    #: Size of the kNN monitor's bank and query sets during training.
+    monitor_train: int = 5000
+    monitor_test: int = 1000
+
+
+@dataclass
+class Config:
+    """A whole run: every section."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+#: Section name -> its dataclass.
+SECTIONS: dict[str, type] = dict(typing.get_type_hints(Config))
+
+#: Short CLI flags for the keys people type most; every key also has --section.key.
+SHORT_FLAGS: dict[str, str] = {
+    "data": "data.name",
+    "subset": "data.subset",
+    "method": "method.name",
+    "backbone": "model.backbone",
+    "epochs": "train.epochs",
+    "batch-size": "train.batch_size",
+    "seed": "train.seed",
+    "device": "train.device",
+    "lr": "optim.lr",
+    "optimizer": "optim.name",
+    "temperature": "method.temperature",
+    "preset": "augment.preset",
+}
+
+
+def field_types(section: str) -> dict[str, Any]:
+    """Resolved type hints of a section's fields."""
+    return typing.get_type_hints(SECTIONS[section])
+
+
+def all_keys() -> list[str]:
+    """Every dotted key, e.g. ``['data.name', 'data.subset', ...]``."""
+    return [f"{s}.{k}" for s in SECTIONS for k in field_types(s)]
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently convert) ``value`` to the annotated type ``tp``.
+
+    Accepts what YAML or a flag naturally produces: ints for floats, a comma-separated
+    string or a list for list fields, 'null'/'none' for optional ones.
+
+    Raises:
+        ConfigError: Naming ``where`` and the expected type.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def _check_section_dict(section: str, values: Any, source: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
+    known = list(field_types(section))
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{key}' in section '{section}'{_suggest(str(key), known)}")
+
+
+def config_from_dict(raw: Any, source: str = "config") -> Config:
+    """Build a :class:`Config` from nested dicts, rejecting unknown keys and wrong types.
+
+    Args:
+        raw: ``{section: {key: value}}``; missing keys keep their defaults.
+        source: Shown in error messages (e.g. the YAML file's path).
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, ...)")
+    cfg = Config()
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section '{section}'{_suggest(str(section), list(SECTIONS))}")
+        _check_section_dict(section, values, source)
+        types_ = field_types(section)
+        obj = getattr(cfg, section)
+        for key, value in (values or {}).items():
+            setattr(obj, key, coerce(value, types_[key], f"{source}: {section}.{key}"))
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a YAML recipe (or the defaults) and apply dotted overrides.
+
+    Args:
+        path: A YAML file with sections as top-level keys, or None for the defaults.
+        overrides: ``{"train.epochs": 5, ...}``; values may be strings as typed on a
+            command line (they are parsed as YAML scalars).
+
+    Returns:
+        The validated config (not yet resolved against data and method).
+
+    Raises:
+        ConfigError: For a missing or malformed file, an unknown key or a bad value.
+    """
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    cfg = config_from_dict(raw, source)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "override") -> Config:
+    """Return a copy of ``cfg`` with dotted keys replaced (``{"method.temperature": 0.1}``)."""
+    out = copy_config(cfg)
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or key not in field_types(section):
+            raise ConfigError(f"{source}: unknown config key '{dotted}'{_suggest(dotted, all_keys())}")
+        if isinstance(value, str):
+            parsed = yaml.safe_load(value) if value.strip() else value
+            # Keep strings that YAML would turn into something else for str fields.
+            value = value if field_types(section)[key] is str else parsed
+        setattr(getattr(out, section), key, coerce(value, field_types(section)[key], f"{source} {dotted}"))
+    validate(out)
+    return out
+
+
+def copy_config(cfg: Config) -> Config:
+    """A deep copy."""
+    return config_from_dict(config_to_dict(cfg), "copy")
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain dicts (YAML- and JSON-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write ``cfg`` as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``{"train.epochs": 100, ...}`` for every key."""
+    return {f"{s}.{k}": v for s, d in config_to_dict(cfg).items() for k, v in d.items()}
+
+
+def diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ: ``{key: (a_value, b_value)}``."""
+    fa, fb = flatten(a), flatten(b)
+    return {k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k]}
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that need no data or registry; raises :class:`ConfigError`."""
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            raise ConfigError(f"{key} {why}, got {value!r}")
+
+    t, o, e, d, m = cfg.train, cfg.optim, cfg.eval, cfg.data, cfg.method
+    need(t.batch_size > 0, "train.batch_size", "must be a positive integer")
+    need(t.epochs > 0, "train.epochs", "must be a positive integer")
+    need(t.checkpoint_every > 0, "train.checkpoint_every", "must be a positive integer")
+    need(t.checkpoint_minutes >= 0, "train.checkpoint_minutes", "must not be negative")
+    need(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be a positive integer")
+    need(t.knn_every >= 0, "train.knn_every", "must not be negative")
+    need(t.log_every > 0, "train.log_every", "must be a positive integer")
+    need(t.num_threads is None or t.num_threads > 0, "train.num_threads", "must be positive")
+    need(t.precision in ("auto", "bf16", "fp32"), "train.precision", "must be auto, bf16 or fp32")
+    need(o.name in ("lars", "sgd", "adam", "adamw"), "optim.name", "must be lars, sgd, adam or adamw")
+    need(o.lr > 0, "optim.lr", "must be positive")
+    need(o.lr_scaling in ("linear", "sqrt", "none"), "optim.lr_scaling", "must be linear, sqrt or none")
+    need(o.schedule in ("cosine", "constant"), "optim.schedule", "must be cosine or constant")
+    need(o.warmup_epochs >= 0, "optim.warmup_epochs", "must not be negative")
+    need(o.weight_decay >= 0, "optim.weight_decay", "must not be negative")
+    need(0 <= o.momentum < 1, "optim.momentum", "must lie in [0, 1)")
+    need(o.trust_coefficient > 0, "optim.trust_coefficient", "must be positive")
+    need(m.temperature > 0, "method.temperature", "must be positive")
+    need(d.subset is None or d.subset > 0, "data.subset", "must be a positive integer")
+    need(d.image_size >= 8, "data.image_size", "must be at least 8")
+    need(0 < d.test_fraction < 1, "data.test_fraction", "must lie in (0, 1)")
+    need(e.knn_k > 0, "eval.knn_k", "must be a positive integer")
+    need(e.knn_temperature > 0, "eval.knn_temperature", "must be positive")
+    need(e.linear_optimizer in ("adam", "sgd"), "eval.linear_optimizer", "must be adam or sgd")
+    need(e.linear_lr > 0, "eval.linear_lr", "must be positive")
+    need(e.linear_epochs > 0, "eval.linear_epochs", "must be a positive integer")
+    need(e.linear_batch_size > 0, "eval.linear_batch_size", "must be a positive integer")
+    need(e.batch_size > 0, "eval.batch_size", "must be a positive integer")
+    need(e.train_subset is None or e.train_subset > 0, "eval.train_subset", "must be positive")
+    need(e.monitor_train > 0 and e.monitor_test > 0, "eval.monitor_train", "must be positive")
+    need(len(cfg.model.head_dims) >= 1, "model.head_dims", "needs at least one layer size")
+    need(all(x > 0 for x in cfg.model.head_dims), "model.head_dims", "sizes must be positive")

@@ -1,0 +1,252 @@
+"""Reading image collections: ImageFolder directories, tars of them, and image decoding.
+
+Both directories and tars are reduced to a list of relative paths plus a function that
+returns a file's bytes; :func:`layout` then decides which file belongs to which split and
+class, the same way for both:
+
+* ``<split>/<class>/<file>`` where the top-level folders are split names (train, test,
+  val, ...): one split per folder;
+* ``<class>/<file>``: a single split;
+* a single wrapping folder around either is looked through.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+TRAIN_NAMES = ("train", "training")
+TEST_NAMES = ("test", "val", "valid", "validation", "testing")
+_IGNORED = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+#: split -> class -> list of relative file paths
+Layout = dict[str, dict[str, list[str]]]
+
+
+def _is_hidden(parts: tuple[str, ...]) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1] in _IGNORED
+
+
+def layout(files: Iterable[str], dirs: Iterable[str], where: str) -> Layout:
+    """Assign relative file paths to splits and classes.
+
+    Args:
+        files: Relative POSIX paths of regular files.
+        dirs: Relative paths of directories (to find empty class folders).
+        where: The source, for error messages.
+
+    Returns:
+        ``{split: {class: [paths]}}``; a single-split source uses the split name ``""``.
+
+    Raises:
+        DataError: If there are no files, loose files beside the class folders, or an
+            empty class folder.
+    """
+    paths = [PurePosixPath(f).parts for f in files]
+    paths = [p for p in paths if p and not _is_hidden(p)]
+    dir_parts = [PurePosixPath(d).parts for d in dirs]
+    dir_parts = [p for p in dir_parts if p and not _is_hidden(p)]
+    if not paths:
+        raise DataError(f"no files found in {where}")
+    prefix: tuple[str, ...] = ()
+    # Look through one wrapping folder (e.g. a tar of 'mydata/<class>/x.jpg').
+    while True:
+        heads = {p[len(prefix)] for p in paths}
+        depth = min(len(p) - len(prefix) for p in paths)
+        if len(heads) == 1 and depth >= 3 and next(iter(heads)).lower() not in TRAIN_NAMES + TEST_NAMES:
+            prefix = prefix + (next(iter(heads)),)
+        else:
+            break
+    rel = [p[len(prefix) :] for p in paths]
+    heads = {p[0] for p in rel}
+    split_mode = all(len(p) >= 3 for p in rel) and all(h.lower() in TRAIN_NAMES + TEST_NAMES for h in heads)
+    out: Layout = {}
+    for full, p in zip(paths, rel):
+        if split_mode:
+            split, cls = p[0].lower(), p[1]
+        else:
+            if len(p) < 2:
+                raise DataError(
+                    f"{where}: file {'/'.join(full)} is not inside a class folder "
+                    "(expected <class>/<image> or <split>/<class>/<image>)"
+                )
+            split, cls = "", p[0]
+        out.setdefault(split, {}).setdefault(cls, []).append("/".join(full))
+    # Class folders that exist but hold no files are an error, not a silently missing class.
+    for d in dir_parts:
+        r = d[len(prefix) :] if d[: len(prefix)] == prefix else None
+        if r is None:
+            continue
+        if split_mode and len(r) == 2 and r[0].lower() in out and r[1] not in out[r[0].lower()]:
+            raise DataError(f"{where}: class folder {'/'.join(d)} is empty")
+        if not split_mode and len(r) == 1 and r[0] not in out.get("", {}):
+            raise DataError(f"{where}: class folder {'/'.join(d)} is empty")
+    for split in out:
+        for cls in out[split]:
+            out[split][cls].sort()
+    return out
+
+
+def list_directory(root: Path) -> tuple[list[str], list[str]]:
+    """Relative file and directory paths under ``root`` (following no symlinked dirs)."""
+    files: list[str] = []
+    dirs: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(root)
+        for d in dirnames:
+            dirs.append((rel_dir / d).as_posix())
+        for f in sorted(filenames):
+            files.append((rel_dir / f).as_posix())
+    return files, dirs
+
+
+def read_tar_members(path: Path) -> tuple[dict[str, bytes], list[str]]:
+    """All regular files of a tar (any compression) in memory, and its directory names.
+
+    Raises:
+        DataError: If the archive is truncated or not a tar.
+    """
+    files: dict[str, bytes] = {}
+    dirs: list[str] = []
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if member.isdir():
+                    dirs.append(name.rstrip("/"))
+                elif member.isfile():
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        files[name] = f.read()
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise DataError(f"{path}: truncated or corrupt tar archive ({type(e).__name__}: {e})") from None
+    return files, dirs
+
+
+def decode_image(data: bytes, size: int, where: str) -> np.ndarray:
+    """Decode one image file to uint8 (size, size, 3) RGB.
+
+    Grayscale, palette, 16-bit and images with alpha become RGB (transparent areas over
+    white); other sizes are resized on the shorter side and centre-cropped.
+
+    Raises:
+        DataError: If the bytes are not a decodable image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as f:
+            f.load()
+            img = _to_rgb(f)
+            if img.size != (size, size):
+                img = _resize_center_crop(img, size)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None
+    return arr
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        # 16-bit samples scaled to 8 bits (65535 -> 255).
+        scale = 257.0 if a.max(initial=0) > 255 or img.mode.startswith("I;16") else 1.0
+        img = Image.fromarray(np.clip(np.round(a / scale), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One image file of a source: where its bytes are and which label it has.
+
+    Attributes:
+        name: Shown in messages (``source/relative/path``).
+        rel: Path relative to ``store``.
+        store: A folder, or the in-memory files of a tar.
+        label: Class index.
+    """
+
+    name: str
+    rel: str
+    store: Path | dict[str, bytes]
+    label: int
+
+    def read(self) -> bytes:
+        """The file's bytes."""
+        if isinstance(self.store, Path):
+            return (self.store / self.rel).read_bytes()
+        return self.store[self.rel]
+
+
+def decode_files(
+    refs: list[FileRef], size: int, skip_invalid: bool, progress: bool, desc: str = "decoding"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode files into (N, size, size, 3) uint8 images and (N,) int64 labels.
+
+    Files without an image extension and undecodable files stop with an error naming the
+    file, unless ``skip_invalid`` (then they are skipped, with one warning).
+    """
+    from tqdm import tqdm
+
+    def one(ref: FileRef) -> np.ndarray | None:
+        if Path(ref.rel).suffix.lower() not in IMAGE_EXTENSIONS:
+            if skip_invalid:
+                return None
+            raise DataError(
+                f"{ref.name} is not an image file (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "remove it or set data.skip_invalid=true"
+            )
+        try:
+            return decode_image(ref.read(), size, ref.name)
+        except (DataError, OSError) as e:
+            if skip_invalid:
+                return None
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{ref.name}: cannot read ({e})") from None
+
+    images = np.empty((len(refs), size, size, 3), dtype=np.uint8)
+    keep = np.ones(len(refs), dtype=bool)
+    # Pillow's decoders release the GIL, so threads help on large folders.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        results = pool.map(one, refs, chunksize=256)
+        bar = tqdm(
+            results, total=len(refs), desc=desc, disable=not progress or len(refs) < 5000, leave=False, unit="img"
+        )
+        for i, arr in enumerate(bar):
+            if arr is None:
+                keep[i] = False
+            else:
+                images[i] = arr
+    labels = np.array([r.label for r in refs], dtype=np.int64)
+    skipped = int((~keep).sum())
+    if skipped:
+        warnings.warn(f"{desc}: skipped {skipped} unreadable or non-image files", stacklevel=2)
+        images, labels = images[keep], labels[keep]
+    return images, labels

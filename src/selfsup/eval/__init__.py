@@ -1,0 +1,217 @@
+"""Evaluation of a frozen encoder: weighted kNN and a linear probe on cached features.
+
+>>> from selfsup.eval import evaluate_run
+>>> evaluate_run("runs/quick")["linear_top1"]
+0.55...
+
+Features of the train and test splits are extracted once, without augmentation, and
+both classifiers use them; results land in ``RUN_DIR/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Config, EvalConfig, apply_overrides
+from ..data import DataSplits, class_balanced_indices, load_dataset
+from ..errors import RunDirError
+from ..methods import build_method
+from ..runtime import resolve_device, set_threads, use_bf16
+from ..train.checkpoint import load_latest
+from ..train.rundir import load_run_config, update_metrics_json
+from .features import extract_features
+from .knn import knn_accuracy, knn_predict
+from .linear import ProbeResult, linear_probe
+
+__all__ = [
+    "ProbeResult",
+    "evaluate_encoder",
+    "evaluate_features",
+    "evaluate_run",
+    "extract_features",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe",
+    "load_run_model",
+]
+
+
+def load_run_model(
+    run_dir: str | Path, device: torch.device | str = "cpu", random_init: bool = False
+) -> tuple[Config, nn.Module, dict[str, Any]]:
+    """Rebuild a run's method from its config and newest checkpoint.
+
+    Args:
+        run_dir: A run directory.
+        device: Where to put the model.
+        random_init: Skip the checkpoint: the same architecture at its seeded initialisation.
+
+    Returns:
+        (config, model in eval mode, checkpoint state or ``{}``).
+
+    Raises:
+        RunDirError: If the run has no checkpoint (and ``random_init`` is false).
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    state: dict[str, Any] = {}
+    if not random_init:
+        loaded = load_latest(run_dir)
+        if loaded is None:
+            raise RunDirError(f"{run_dir} has no checkpoint yet; train it first (selfsup pretrain --out {run_dir})")
+        state = loaded[0]
+    torch.manual_seed(cfg.train.seed)
+    model = build_method(cfg, len(state.get("classes", [])) or 10)
+    if state:
+        model.load_state_dict(state["model"])
+    return cfg, model.to(device).eval(), state
+
+
+def evaluate_features(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    cfg: EvalConfig,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """KNN and linear-probe accuracy of cached features (fractions)."""
+    knn = knn_accuracy(
+        train_features, train_labels, test_features, test_labels, num_classes, cfg.knn_k, cfg.knn_temperature
+    )
+    probe = linear_probe(
+        train_features,
+        train_labels,
+        test_features,
+        test_labels,
+        num_classes,
+        epochs=cfg.linear_epochs,
+        lr=cfg.linear_lr,
+        batch_size=cfg.linear_batch_size,
+        optimizer=cfg.linear_optimizer,
+        weight_decay=cfg.linear_weight_decay,
+        seed=seed,
+    )
+    return {
+        "knn_top1": knn,
+        "linear_top1": probe.test_top1,
+        "linear_train_top1": probe.train_top1,
+        "linear_loss": probe.final_loss,
+    }
+
+
+def evaluate_encoder(
+    encoder: nn.Module,
+    splits: DataSplits,
+    mean: list[float],
+    std: list[float],
+    cfg: EvalConfig,
+    device: torch.device,
+    bf16: bool = False,
+    channels_last: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Extract features of both splits once, then run :func:`evaluate_features`."""
+    kw: dict[str, Any] = dict(
+        mean=mean, std=std, device=device, batch_size=cfg.batch_size, bf16=bf16, channels_last=channels_last
+    )
+    t0 = time.perf_counter()
+    train_f = extract_features(encoder, splits.train.images, **kw)
+    test_f = extract_features(encoder, splits.test.images, **kw)
+    t_feat = time.perf_counter() - t0
+    out = evaluate_features(
+        train_f,
+        torch.from_numpy(splits.train.labels),
+        test_f,
+        torch.from_numpy(splits.test.labels),
+        len(splits.train.classes),
+        cfg,
+        seed,
+    )
+    out.update(
+        n_train=len(splits.train),
+        n_test=len(splits.test),
+        feature_dim=int(train_f.shape[1]),
+        feature_time_s=t_feat,
+        eval_time_s=time.perf_counter() - t0,
+    )
+    return out
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    random_init: bool = False,
+    model: nn.Module | None = None,
+    step: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate a run's encoder and record the result in ``RUN_DIR/metrics.json``.
+
+    Args:
+        run_dir: The run directory.
+        overrides: Dotted ``eval.*`` keys replacing the run's eval settings, e.g.
+            ``{"eval.linear_epochs": 100}``.
+        device: Device name (default: the run's ``train.device``).
+        random_init: Evaluate the architecture at its seeded random initialisation
+            instead (stored under ``"random_init"``), the baseline for the trained figures.
+        model: An already loaded method (skips loading the checkpoint).
+        step: The training step ``model`` has reached (recorded with the results).
+        log: Where the one-line result goes.
+
+    Returns:
+        ``knn_top1`` and ``linear_top1`` (fractions, on the full test split) and details.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if overrides:
+        bad = [k for k in overrides if not k.startswith("eval.")]
+        if bad:
+            raise RunDirError(f"only eval.* settings can change at evaluation time, not {bad[0]}")
+        cfg = apply_overrides(cfg, overrides)
+    set_threads(cfg.train.num_threads)
+    dev = resolve_device(device or cfg.train.device)
+    bf16 = use_bf16(cfg.train.precision, dev)
+    if model is None or random_init:
+        _, model, state = load_run_model(run_dir, dev, random_init=random_init)
+        step = state.get("step")
+    splits = load_dataset(
+        cfg.data.name,
+        cfg.data.image_size,
+        cfg.data.root,
+        cfg.data.download,
+        cfg.data.skip_invalid,
+        cfg.data.test_fraction,
+        progress=cfg.train.progress,
+    )
+    if cfg.eval.train_subset is not None and cfg.eval.train_subset < len(splits.train):
+        splits.train = splits.train.select(class_balanced_indices(splits.train.labels, cfg.eval.train_subset, 0))
+    assert cfg.augment.mean is not None and cfg.augment.std is not None
+    encoder = model.backbone  # type: ignore[union-attr]
+    assert isinstance(encoder, nn.Module)
+    result = evaluate_encoder(
+        encoder, splits, cfg.augment.mean, cfg.augment.std, cfg.eval, dev, bf16, cfg.train.channels_last, cfg.train.seed
+    )
+    result.update(
+        knn_k=cfg.eval.knn_k,
+        knn_temperature=cfg.eval.knn_temperature,
+        linear_protocol=f"{cfg.eval.linear_optimizer} lr={cfg.eval.linear_lr} "
+        f"epochs={cfg.eval.linear_epochs} batch={cfg.eval.linear_batch_size}",
+    )
+    if step is not None:
+        result["checkpoint_step"] = step
+    what = "random init" if random_init else "encoder"
+    log(
+        f"{what}: kNN top-1 {result['knn_top1']:.4f} | linear top-1 {result['linear_top1']:.4f} "
+        f"(test set: {result['n_test']} images, {result['eval_time_s']:.0f} s)"
+    )
+    update_metrics_json(run_dir, {"random_init": result} if random_init else result)
+    return result

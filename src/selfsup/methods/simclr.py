@@ -1,0 +1,60 @@
+"""SimCLR (Chen et al. 2020): two augmented views, encoder, projection head, NT-Xent."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..losses import nt_xent
+from ..models import ProjectionHead, build_backbone, feature_dim
+
+
+class SimCLR(nn.Module):
+    """Encoder + MLP projection head trained to match two views of each image.
+
+    Args:
+        backbone: Encoder with a ``feature_dim`` attribute.
+        head: Projection head from ``feature_dim`` to the embedding size.
+        temperature: NT-Xent temperature.
+    """
+
+    #: Views the training loop augments per image.
+    n_views = 2
+    #: Augmentation preset used when the config names none.
+    default_augment = "simclr"
+    #: Whether training needs labels.
+    uses_labels = False
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.temperature = temperature
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int) -> SimCLR:
+        """Build from ``cfg.model`` and ``cfg.method`` (``num_classes`` is unused)."""
+        backbone = build_backbone(cfg.model.backbone, cfg.model.width)
+        head = ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=cfg.model.head_bn)
+        return cls(backbone, head, cfg.method.temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> encoder features (B, feature_dim)."""
+        return self.backbone(x)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One loss evaluation.
+
+        Args:
+            batch: ``views``: (2B, 3, H, W), the first B rows are view 1 of each image and
+                the last B rows view 2.
+
+        Returns:
+            ``{"loss": scalar}``.
+        """
+        # Both views in one forward pass; BatchNorm sees all 2B samples, as in the paper's
+        # single-device setting.
+        z = self.head(self.backbone(batch["views"]))  # (2B, D)
+        z1, z2 = z.chunk(2)
+        return {"loss": nt_xent(z1, z2, self.temperature)}

@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny datasets written by the tests, an isolated cache, tiny configs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ["cat", "dog", "frog"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cache = tmp_path_factory.mktemp("selfsup-cache")
+    os.environ["SELFSUP_CACHE_DIR"] = str(cache)
+    os.environ.setdefault("SELFSUP_DATA_DIR", str(REPO / "data"))
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A learnable image: a class-coloured square on noise, at a random place."""
+    img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+    colour = np.zeros(3, dtype=np.uint8)
+    colour[label % 3] = 230
+    s = size // 2
+    y, x = rng.integers(0, size - s, 2)
+    img[y : y + s, x : x + s] = colour
+    return img
+
+
+def write_image_folder(root: Path, per_class: dict[str, int], seed: int = 0, ext: str = ".png") -> Path:
+    """``root/<split>/<class>/<i><ext>`` with learnable images; returns root."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for label, cls in enumerate(CLASSES):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(class_image(label, rng)).save(d / f"{i:04d}{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A train/test ImageFolder: 3 classes, 32 train and 8 test images each."""
+    return write_image_folder(tmp_path / "imgs", {"train": 32, "test": 8})
+
+
+@pytest.fixture(scope="session")
+def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only-by-convention ImageFolder shared by training tests (decoded once)."""
+    return write_image_folder(tmp_path_factory.mktemp("data") / "imgs", {"train": 32, "test": 8})
+
+
+def make_tar(src: Path, dest: Path, arcname: str = ".") -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(src, arcname=arcname)
+    return dest
+
+
+def write_cifar_pickle(
+    folder: Path, n_per_batch: int = 20, seed: int = 0, labels_override: list[int] | None = None
+) -> Path:
+    """A small ``cifar-10-batches-py`` in the official format (dicts with bytes keys)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names, b"num_cases_per_batch": n_per_batch}, f)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = labels_override if labels_override is not None else [int(v) for v in rng.integers(0, 10, n_per_batch)]
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"{i}.png".encode() for i in range(len(labels))],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    return folder
+
+
+def tiny_overrides(data: Path | str, **extra: Any) -> dict[str, Any]:
+    """Overrides for a run that takes a second or two on the CPU."""
+    base: dict[str, Any] = {
+        "data.name": str(data),
+        "model.backbone": "preact_resnet8",
+        "model.head_dims": [32, 16],
+        "train.epochs": 2,
+        "train.batch_size": 16,
+        "train.progress": False,
+        "train.eval_after": False,
+        "train.num_threads": 1,
+        "train.log_every": 2,
+        "optim.warmup_epochs": 0.5,
+        "eval.linear_epochs": 3,
+        "eval.batch_size": 64,
+        "eval.monitor_train": 48,
+        "eval.monitor_test": 24,
+    }
+    base.update(extra)
+    return base

@@ -1,0 +1,293 @@
+"""Batch augmentation against torchvision's per-image transforms."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from itertools import permutations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+
+from selfsup.augment import (
+    PRESETS,
+    AugmentSpec,
+    BatchAugment,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    apply_params,
+    color_jitter,
+    gaussian_blur,
+    grayscale,
+    resolve_augment,
+    sample_crop_boxes,
+    sample_params,
+)
+from selfsup.config import AugmentConfig
+from selfsup.errors import ConfigError
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic."""
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    return float(
+        np.max(np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)))
+    )
+
+
+def resolved(preset: str = "simclr") -> AugmentSpec:
+    cfg = resolve_augment(AugmentConfig(preset=preset), preset)
+    return AugmentSpec.from_config(replace(cfg, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]))
+
+
+N = 4000
+# 1.95 * sqrt(2 / N) is the KS critical value at alpha = 0.001.
+KS_LIMIT = 1.95 * (2 / N) ** 0.5
+
+
+@pytest.mark.parametrize(
+    "hw,scale,ratio",
+    [
+        ((32, 32), (0.08, 1.0), (3 / 4, 4 / 3)),
+        ((32, 32), (0.2, 1.0), (3 / 4, 4 / 3)),
+        ((24, 40), (0.5, 1.0), (0.5, 2.0)),
+    ],
+)
+def test_crop_distribution_matches_torchvision(hw: tuple[int, int], scale: tuple, ratio: tuple) -> None:
+    h, w = hw
+    ours = sample_crop_boxes(N, h, w, scale, ratio, torch.Generator().manual_seed(0)).numpy()
+    torch.manual_seed(0)
+    img = torch.zeros(3, h, w)
+    theirs = np.array([T.RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(N)])
+    for name, f in {
+        "area": lambda b: b[:, 2] * b[:, 3] / (h * w),
+        "aspect": lambda b: b[:, 3] / b[:, 2],
+        "centre_y": lambda b: b[:, 0] + b[:, 2] / 2,
+        "centre_x": lambda b: b[:, 1] + b[:, 3] / 2,
+    }.items():
+        assert ks_statistic(f(ours), f(theirs)) < KS_LIMIT, name
+    assert (ours[:, 0] >= 0).all() and (ours[:, 0] + ours[:, 2] <= h).all()
+    assert (ours[:, 1] >= 0).all() and (ours[:, 1] + ours[:, 3] <= w).all()
+
+
+def test_crop_fallback_is_central() -> None:
+    # Areas that can never fit force torchvision's central-crop fallback.
+    boxes = sample_crop_boxes(50, 10, 40, (1.0, 1.0), (0.1, 0.2), torch.Generator().manual_seed(1))
+    torch.manual_seed(1)
+    expected = T.RandomResizedCrop.get_params(torch.zeros(3, 10, 40), [1.0, 1.0], [0.1, 0.2])
+    assert all(tuple(b.tolist()) == tuple(expected) for b in boxes)
+
+
+def test_rates_and_jitter_ranges() -> None:
+    cfg = resolved("seed000")
+    p = sample_params(cfg, N, 32, 32, torch.Generator().manual_seed(3))
+    tol = 4 * (0.25 / N) ** 0.5
+    assert abs(p.flip.float().mean() - 0.5) < tol
+    assert abs(p.gray.float().mean() - 0.2) < tol
+    assert abs(p.jitter_applied.float().mean() - 0.8) < tol
+    assert abs((p.blur_sigma > 0).float().mean() - 0.5) < tol
+    sig = p.blur_sigma[p.blur_sigma > 0]
+    assert sig.min() >= 0.1 and sig.max() <= 2.0
+    # Factors of jittered samples against torchvision's ColorJitter draws.
+    s = cfg.jitter_strength
+    cj = T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+    torch.manual_seed(0)
+    draws = [cj.get_params(cj.brightness, cj.contrast, cj.saturation, cj.hue) for _ in range(N)]
+    theirs = np.array([d[1:] for d in draws], dtype=float)
+    ours = p.jitter[p.jitter_applied].numpy()
+    for op in range(4):
+        assert ks_statistic(ours[:, op], theirs[:, op]) < 1.95 * (1 / len(ours) + 1 / N) ** 0.5, op
+    lo, hi = 1 - 0.8 * s, 1 + 0.8 * s
+    assert ours[:, :3].min() >= lo and ours[:, :3].max() <= hi
+    assert np.abs(ours[:, 3]).max() <= 0.2 * s
+    assert (p.jitter[~p.jitter_applied] == torch.tensor([1.0, 1.0, 1.0, 0.0])).all()
+    # Op order: a uniformly random permutation per sample, like torchvision's randperm(4).
+    counts = np.bincount((p.jitter_order @ torch.tensor([64, 16, 4, 1])).numpy(), minlength=256)
+    counts = counts[counts > 0]
+    assert len(counts) == 24 and counts.min() > N / 24 * 0.6
+
+
+def test_samples_in_a_batch_get_different_parameters() -> None:
+    p = sample_params(resolved(), 64, 32, 32, torch.Generator().manual_seed(0))
+    assert len({tuple(t.flatten().tolist()) for t in p.theta}) > 50
+    assert 0 < int(p.flip.sum()) < 64
+    assert len(set(p.jitter[p.jitter_applied, 0].tolist())) == int(p.jitter_applied.sum())
+    aug = BatchAugment(resolved())
+    x = torch.full((8, 32, 32, 3), 120, dtype=torch.uint8).repeat(1, 1, 1, 1)
+    x[:, :, :16] = 30  # one identical image eight times
+    out = aug(x, torch.Generator().manual_seed(0))
+    assert not any(torch.allclose(out[0], out[i]) for i in range(1, 8))
+
+
+def images(n: int = 6, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 12, 10, generator=g)
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (adjust_brightness, TF.adjust_brightness),
+        (adjust_contrast, TF.adjust_contrast),
+        (adjust_saturation, TF.adjust_saturation),
+    ],
+)
+def test_blend_ops_match_torchvision(ours, theirs) -> None:  # type: ignore[no-untyped-def]
+    x = images()
+    factors = torch.tensor([0.2, 0.6, 1.0, 1.3, 1.8, 0.0])
+    out = ours(x.clone(), factors)
+    for i, f in enumerate(factors.tolist()):
+        torch.testing.assert_close(out[i], theirs(x[i], f), atol=1e-6, rtol=0)
+
+
+def test_hue_matches_torchvision() -> None:
+    x = images(8)
+    x[0] = 0.5  # gray: hue undefined, must stay unchanged
+    shifts = torch.tensor([0.3, -0.5, -0.2, -0.05, 0.0, 0.05, 0.25, 0.5])
+    out = adjust_hue(x, shifts)
+    for i, s in enumerate(shifts.tolist()):
+        torch.testing.assert_close(out[i], TF.adjust_hue(x[i], s), atol=2e-5, rtol=0)
+
+
+def test_grayscale_and_blur_match_torchvision() -> None:
+    x = images()
+    torch.testing.assert_close(grayscale(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
+    sigma = torch.tensor([0.1, 0.5, 1.0, 2.0, 0.0, 1.5])
+    out = gaussian_blur(x, sigma, 3)
+    for i, s in enumerate(sigma.tolist()):
+        expected = x[i] if s == 0 else TF.gaussian_blur(x[i], [3, 3], [s, s])
+        torch.testing.assert_close(out[i], expected, atol=1e-6, rtol=0)
+
+
+def test_jitter_applies_each_samples_own_order() -> None:
+    cfg = resolved()
+    n = 48
+    p = sample_params(cfg, n, 12, 10, torch.Generator().manual_seed(5))
+    p.jitter_applied[:] = True
+    p.jitter = torch.stack(
+        [
+            torch.linspace(0.4, 1.6, n),
+            torch.linspace(1.5, 0.5, n),
+            torch.linspace(0.3, 1.7, n),
+            torch.linspace(-0.3, 0.3, n),
+        ],
+        1,
+    )
+    perms = list(permutations(range(4)))
+    p.jitter_order = torch.tensor([perms[i % 24] for i in range(n)])
+    x = torch.rand(n, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    out = color_jitter(x, p)
+    fns = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(n):
+        y = x[i]
+        for op in p.jitter_order[i].tolist():
+            y = fns[op](y, float(p.jitter[i, op]))
+        torch.testing.assert_close(out[i], y, atol=5e-5, rtol=0)
+
+
+def test_resized_crop_and_flip_match_torchvision() -> None:
+    cfg = replace(resolved(), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    u8 = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = u8.permute(0, 3, 1, 2).float() / 255
+    p = sample_params(cfg, 4, 32, 32, torch.Generator().manual_seed(0))
+    boxes = [(4, 4, 16, 16), (0, 0, 32, 32), (3, 7, 20, 12), (10, 2, 9, 25)]
+    flips = [False, True, True, False]
+    for i, ((t, left, h, w), fl) in enumerate(zip(boxes, flips)):
+        s = -1.0 if fl else 1.0
+        p.theta[i] = torch.tensor([[s * w / 32, 0, (2 * left + w) / 32 - 1], [0, h / 32, (2 * t + h) / 32 - 1]])
+        p.flip[i] = fl
+    out = apply_params(u8, p, cfg)
+    for i, ((t, left, h, w), fl) in enumerate(zip(boxes, flips)):
+        ref = TF.resized_crop(x[i], t, left, h, w, [32, 32], antialias=False)
+        ref = TF.hflip(ref) if fl else ref
+        # Where an output pixel samples inside the crop both interpolate the same pixels;
+        # outside it torchvision clamps to the crop's edge while grid_sample reads the
+        # neighbouring image pixel. Compare where the sample position lies in the crop.
+        pos_y = (torch.arange(32) + 0.5) * h / 32 - 0.5
+        pos_x = (torch.arange(32) + 0.5) * w / 32 - 0.5
+        rows = (pos_y >= 0) & (pos_y <= h - 1)
+        cols = (pos_x >= 0) & (pos_x <= w - 1)
+        cols = cols.flip(0) if fl else cols
+        assert rows.sum() >= 28 and cols.sum() >= 28
+        torch.testing.assert_close(out[i][:, rows][:, :, cols], ref[:, rows][:, :, cols], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], TF.hflip(x[1]), atol=1e-6, rtol=0)
+
+
+def test_pad_translation_is_an_exact_shift() -> None:
+    cfg = replace(resolved("weak"), flip_p=0.0)
+    u8 = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    p = sample_params(cfg, 16, 32, 32, torch.Generator().manual_seed(2))
+    out = apply_params(u8, p, cfg) * 0.25 + 0.5
+    x = u8.permute(0, 3, 1, 2).float() / 255
+    for i in range(16):
+        dx = round(float(p.theta[i, 0, 2]) * 32 / 2)
+        dy = round(float(p.theta[i, 1, 2]) * 32 / 2)
+        assert abs(dx) <= 2 and abs(dy) <= 2
+        src = x[i, :, max(dy, 0) : 32 + min(dy, 0), max(dx, 0) : 32 + min(dx, 0)]
+        dst = out[i, :, max(-dy, 0) : 32 + min(-dy, 0), max(-dx, 0) : 32 + min(-dx, 0)]
+        torch.testing.assert_close(dst, src, atol=1e-5, rtol=0)
+
+
+def test_batch_augment_output_and_determinism() -> None:
+    aug = BatchAugment(resolved("seed000"))
+    u8 = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    a = aug(u8, torch.Generator().manual_seed(7), n_views=2)
+    b = aug(u8, torch.Generator().manual_seed(7), n_views=2)
+    c = aug(u8, torch.Generator().manual_seed(8), n_views=2)
+    assert a.shape == (10, 3, 32, 32) and a.dtype == torch.float32
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.allclose(a[:5], a[5:])  # the two views differ
+    # Normalised with mean 0.5, std 0.25: values of [0, 1] images land in [-2, 2].
+    assert a.min() >= -2 - 1e-5 and a.max() <= 2 + 1e-5
+
+
+def test_none_preset_only_normalises() -> None:
+    cfg = resolved("none")
+    u8 = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    out = BatchAugment(cfg)(u8, torch.Generator().manual_seed(0))
+    expected = (u8.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_spec_needs_every_value() -> None:
+    with pytest.raises(ValueError, match="mean"):
+        AugmentSpec.from_config(resolve_augment(AugmentConfig(), "simclr"))
+    BatchAugment(replace(resolve_augment(AugmentConfig(), "simclr"), mean=[0.5] * 3, std=[0.2] * 3))
+
+
+def test_resolve_fills_from_preset_and_keeps_overrides() -> None:
+    cfg = resolve_augment(AugmentConfig(blur_p=0.3), "moco_v2")
+    assert cfg.preset == "moco_v2" and cfg.crop_scale == [0.2, 1.0] and cfg.blur_p == 0.3
+    assert resolve_augment(AugmentConfig(preset="seed000"), "simclr").blur_p == 0.5
+    assert set(PRESETS) >= {"simclr", "seed000", "moco_v2", "weak", "supervised", "none"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(preset="fancy"),
+        dict(flip_p=1.5),
+        dict(crop_scale=[0.5, 0.1]),
+        dict(blur_kernel=4),
+        dict(crop="zoom"),
+        dict(jitter_strength=-1.0),
+    ],
+)
+def test_resolve_rejects_bad_values(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        resolve_augment(AugmentConfig(**bad), "simclr")
+
+
+def test_grid_sample_path_needs_no_device_sync_inputs() -> None:
+    # Parameters live on the CPU; ops take them to the batch's device without reading back.
+    p = sample_params(resolved(), 4, 32, 32, torch.Generator().manual_seed(0))
+    assert all(t.device.type == "cpu" for t in (p.theta, p.jitter, p.blur_sigma))
+    grid = F.affine_grid(p.theta, [4, 3, 32, 32], align_corners=False)
+    assert grid.shape == (4, 32, 32, 2)

@@ -1,0 +1,141 @@
+"""The command line: bad input gives one line and a non-zero exit; a tiny run end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import REPO, tiny_overrides
+from selfsup.cli import main
+
+
+def flags(data: Path | str, **extra: object) -> list[str]:
+    out = []
+    for k, v in tiny_overrides(data, **extra).items():
+        out += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+    return out
+
+
+def run_main(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def bad_yaml(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_data",
+        "empty_folder",
+        "corrupt_image",
+        "unknown_backbone",
+        "unknown_method",
+        "unknown_yaml_key",
+        "mistyped_yaml_value",
+        "zero_batch",
+        "negative_batch",
+        "existing_run",
+    ],
+)
+def test_bad_input_is_one_line(
+    case: str, shared_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    data: Path | str = shared_folder
+    extra: list[str] = []
+    expect = ""
+    if case == "missing_data":
+        data, expect = tmp_path / "nope", "data path does not exist"
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        data, expect = tmp_path / "empty", "no files found in"
+    elif case == "corrupt_image":
+        import shutil
+
+        data = tmp_path / "copy"
+        shutil.copytree(shared_folder, data)
+        (data / "train" / "cat" / "0001.png").write_bytes(b"not a png")
+        expect = "train/cat/0001.png: cannot decode image"
+    elif case == "unknown_backbone":
+        extra, expect = ["--backbone", "resnet19"], "unknown backbone 'resnet19'"
+    elif case == "unknown_method":
+        extra, expect = ["--method", "byol2"], "unknown method 'byol2'"
+    elif case == "unknown_yaml_key":
+        extra = ["--config", bad_yaml(tmp_path, "train:\n  epoch: 3\n")]
+        expect = "unknown key 'epoch' in section 'train'; did you mean 'epochs'"
+    elif case == "mistyped_yaml_value":
+        extra = ["--config", bad_yaml(tmp_path, "train:\n  batch_size: big\n")]
+        expect = "train.batch_size: expected an integer, got 'big'"
+    elif case == "zero_batch":
+        extra, expect = ["--batch-size", "0"], "train.batch_size must be a positive integer, got 0"
+    elif case == "negative_batch":
+        extra, expect = ["--batch-size=-8"], "train.batch_size must be a positive integer, got -8"
+    elif case == "existing_run":
+        out.mkdir()
+        (out / "config.yaml").write_text("{}\n")
+        expect = "already exists; pass --resume"
+    code, _, err = run_main(capsys, ["pretrain", "--out", str(out), *flags(data), *extra])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selfsup: error: ") and expect in lines[0], err
+    assert "Traceback" not in err
+    if case != "existing_run":
+        assert not out.exists()
+
+
+def test_debug_shows_the_traceback(shared_folder: Path) -> None:
+    with pytest.raises(Exception, match="unknown backbone"):
+        main(["pretrain", "--debug", *flags(shared_folder), "--backbone", "resnet19"])
+
+
+def test_eval_of_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, ["eval", str(tmp_path / "none")])
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pretrain_then_eval(shared_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code, stdout, _ = run_main(
+        capsys, ["pretrain", "--out", str(out), *flags(shared_folder, **{"train.eval_after": True})]
+    )
+    assert code == 0 and "kNN top-1:" in stdout and "linear top-1:" in stdout
+    code, stdout, _ = run_main(capsys, ["eval", str(out), "--eval.linear-epochs", "2", "--eval.knn_k", "3"])
+    assert code == 0 and "kNN top-1" in stdout
+    code, _, err = run_main(capsys, ["eval", str(out), "--random-init"])
+    assert code == 0
+
+
+def test_console_script_subprocess(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    r = subprocess.run(
+        [sys.executable, "-m", "selfsup", "pretrain", "--batch-size", "0"], env=env, capture_output=True, text=True
+    )
+    assert (
+        r.returncode == 2 and r.stderr.strip() == "selfsup: error: train.batch_size must be a positive integer, got 0"
+    )
+    r = subprocess.run([sys.executable, "-m", "selfsup", "--version"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip()
+
+
+def test_unreadable_image_folder_with_odd_files_is_converted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "odd"
+    for split, n in (("train", 8), ("test", 2)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("LA" if i % 2 else "L", (40 + i, 30)).save(root / split / cls / f"{i}.png")
+    code, _, err = run_main(capsys, ["pretrain", "--out", str(tmp_path / "r"), *flags(root, **{"train.batch_size": 8})])
+    assert code == 0, err

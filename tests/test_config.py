@@ -1,0 +1,133 @@
+"""Config: YAML loading, overrides, validation, recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from selfsup.cli import build_parser
+from selfsup.config import (
+    Config,
+    all_keys,
+    apply_overrides,
+    config_from_dict,
+    diff,
+    load_config,
+    save_config,
+)
+from selfsup.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_defaults_and_roundtrip(tmp_path: Path) -> None:
+    cfg = load_config()
+    assert cfg.method.name == "simclr" and cfg.model.backbone == "preact_resnet26"
+    save_config(cfg, tmp_path / "c.yaml")
+    assert diff(load_config(tmp_path / "c.yaml"), cfg) == {}
+
+
+def test_yaml_and_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  epochs: 7\n  batch_size: 64\nmethod:\n  temperature: 0.07\nmodel:\n  head_dims: [64, 32]\n")
+    cfg = load_config(p, {"train.epochs": "3", "optim.lr": "0.5", "data.subset": "null", "train.compile": "true"})
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 64 and cfg.method.temperature == 0.07
+    assert cfg.optim.lr == 0.5 and cfg.data.subset is None and cfg.train.compile is True
+    assert cfg.model.head_dims == [64, 32]
+    assert apply_overrides(cfg, {"model.head_dims": "128,64"}).model.head_dims == [128, 64]
+    assert apply_overrides(cfg, {"data.name": "123"}).data.name == "123"  # strings stay strings
+
+
+def test_unknown_and_mistyped_keys_name_the_key_and_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("method:\n  tempreature: 0.1\n")
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: unknown key 'tempreature' in section 'method'; did you mean 'temperature'\?"
+    ):
+        load_config(p)
+    p.write_text("trian:\n  epochs: 1\n")
+    with pytest.raises(ConfigError, match="unknown section 'trian'; did you mean 'train'"):
+        load_config(p)
+    p.write_text("train:\n  epochs: ten\n")
+    with pytest.raises(ConfigError, match="bad.yaml: train.epochs: expected an integer, got 'ten'"):
+        load_config(p)
+    p.write_text("train: [1, 2]\n")
+    with pytest.raises(ConfigError, match="section 'train' must be a mapping"):
+        load_config(p)
+    p.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'; did you mean 'train.epochs'"):
+        load_config(None, {"train.epoch": 3})
+
+
+@pytest.mark.parametrize(
+    "key,value,msg",
+    [
+        ("train.batch_size", 0, "train.batch_size must be a positive integer, got 0"),
+        ("train.batch_size", -4, "must be a positive integer"),
+        ("train.epochs", 0, "train.epochs must be a positive integer"),
+        ("method.temperature", 0.0, "method.temperature must be positive"),
+        ("optim.name", "rmsprop", "optim.name must be lars, sgd, adam or adamw"),
+        ("train.precision", "fp16", "train.precision must be auto, bf16 or fp32"),
+        ("data.subset", 0, "data.subset must be a positive integer"),
+        ("train.batch_size", 2.5, "expected an integer, got 2.5"),
+        ("train.compile", "maybe", "expected true or false"),
+    ],
+)
+def test_validation(key: str, value: object, msg: str) -> None:
+    with pytest.raises(ConfigError, match=msg):
+        load_config(None, {key: value})
+
+
+def test_every_key_is_a_flag() -> None:
+    parser = build_parser()
+    pretrain = parser._subparsers._group_actions[0].choices["pretrain"]  # type: ignore[union-attr]
+    flags = {s for a in pretrain._actions for s in a.option_strings}
+    for key in all_keys():
+        assert f"--{key}" in flags
+    for short in (
+        "--data",
+        "--method",
+        "--backbone",
+        "--epochs",
+        "--batch-size",
+        "--subset",
+        "--seed",
+        "--out",
+        "--resume",
+        "--overwrite",
+        "--debug",
+        "--config",
+    ):
+        assert short in flags
+    args = parser.parse_args(["pretrain", "--epochs", "4", "--train.batch-size", "8", "--temperature", "0.3"])
+    got = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    assert got == {"train.epochs": "4", "train.batch_size": "8", "method.temperature": "0.3"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipes_load(recipe: Path) -> None:
+    if recipe.parent.name == "ablations":
+        pytest.skip("sweep specs are tested with the sweep runner")
+    cfg = load_config(recipe)
+    assert isinstance(cfg, Config)
+    # Every recipe says what it is for: a comment header.
+    assert recipe.read_text().lstrip().startswith("#"), f"{recipe.name} has no explanatory header"
+
+
+def test_seed000_recipe_is_the_report() -> None:
+    cfg = load_config(REPO / "configs" / "seed000_simclr.yaml")
+    assert cfg.model.backbone == "preact_resnet26" and cfg.model.head_dims == [64, 32]
+    assert cfg.method.temperature == 0.07 and cfg.train.batch_size == 256 and cfg.train.epochs == 200
+    assert cfg.optim.name == "lars" and cfg.optim.warmup_epochs == 20 and cfg.optim.schedule == "cosine"
+    assert (cfg.eval.linear_optimizer, cfg.eval.linear_lr, cfg.eval.linear_epochs) == ("adam", 1e-3, 30)
+    assert cfg.augment.preset == "seed000"
+
+
+def test_config_from_dict_none_is_defaults() -> None:
+    assert diff(config_from_dict(None), Config()) == {}

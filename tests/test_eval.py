@@ -1,0 +1,106 @@
+"""kNN, linear probe, feature extraction and evaluate_run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_overrides
+from selfsup.config import load_config
+from selfsup.errors import RunDirError
+from selfsup.eval import evaluate_run, extract_features, knn_predict, linear_probe
+from selfsup.train import pretrain
+
+
+def knn_reference(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray, c: int, k: int, t: float) -> np.ndarray:
+    """Weighted kNN written out plainly: cosine similarity, top k, votes exp(s / t)."""
+    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    out = []
+    for q in queries:
+        sims = bank @ (q / np.linalg.norm(q))
+        top = np.argsort(-sims, kind="stable")[:k]
+        votes = np.zeros(c)
+        for j in top:
+            votes[labels[j]] += np.exp(sims[j] / t)
+        out.append(int(np.argmax(votes)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("k,t", [(1, 0.1), (5, 0.07), (50, 1.0)])
+def test_knn_matches_reference(k: int, t: float) -> None:
+    rng = np.random.default_rng(k)
+    bank, queries = rng.normal(size=(60, 8)), rng.normal(size=(25, 8))
+    labels = rng.integers(0, 4, 60)
+    got = knn_predict(
+        torch.tensor(bank), torch.tensor(labels), torch.tensor(queries), 4, k=k, temperature=t, chunk_size=7
+    )
+    np.testing.assert_array_equal(got.numpy(), knn_reference(bank, labels, queries, 4, k, t))
+
+
+def clusters(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 5
+    centres = torch.eye(5, 16) * 4
+    return centres[labels] + torch.randn(n, 16, generator=g), labels
+
+
+def test_knn_and_probe_separate_clusters() -> None:
+    xtr, ytr = clusters(500, 0)
+    xte, yte = clusters(200, 1)
+    assert float((knn_predict(xtr, ytr, xte, 5, k=20) == yte).float().mean()) > 0.95
+    res = linear_probe(xtr, ytr, xte, yte, 5, epochs=20, lr=1e-2, batch_size=64)
+    assert res.test_top1 > 0.95 and res.losses[-1] < res.losses[0]
+    again = linear_probe(xtr, ytr, xte, yte, 5, epochs=20, lr=1e-2, batch_size=64)
+    assert again.test_top1 == res.test_top1 and again.losses == res.losses
+    sgd = linear_probe(xtr, ytr, xte, yte, 5, epochs=20, lr=0.1, batch_size=64, optimizer="sgd")
+    assert sgd.test_top1 > 0.95
+
+
+def test_probe_on_random_labels_is_near_chance() -> None:
+    xtr, _ = clusters(500, 0)
+    xte, _ = clusters(500, 1)
+    g = torch.Generator().manual_seed(0)
+    res = linear_probe(xtr, torch.randint(0, 5, (500,), generator=g), xte, torch.randint(0, 5, (500,), generator=g), 5)
+    assert res.test_top1 < 0.35
+
+
+def test_extract_features_modes() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.train()
+    imgs = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    kw = dict(mean=[0.5] * 3, std=[0.25] * 3, device=torch.device("cpu"), batch_size=4)
+    a = extract_features(net, imgs, **kw, channels_last=False)
+    b = extract_features(net, torch.from_numpy(imgs), **kw, channels_last=True)
+    c = extract_features(net, imgs, **kw, bf16=True)
+    assert a.shape == (10, 8) and net.training  # mode restored
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a, c, atol=0.1, rtol=0.05)
+    x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(a, net.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_evaluate_run(shared_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    pretrain(load_config(None, tiny_overrides(shared_folder)), out=out, log=lambda s: None)
+    assert not (out / "metrics.json").exists()  # eval_after is off in the tiny config
+    lines: list[str] = []
+    m = evaluate_run(out, {"eval.linear_epochs": 2, "eval.knn_k": 5}, log=lines.append)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["knn_top1"] == m["knn_top1"] and 0 <= m["linear_top1"] <= 1
+    assert m["n_test"] == 24 and m["n_train"] == 96 and m["checkpoint_step"] == 12 and m["knn_k"] == 5
+    assert "kNN top-1" in lines[0] and "linear top-1" in lines[0]
+    r = evaluate_run(out, random_init=True, log=lines.append)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["random_init"]["knn_top1"] == r["knn_top1"] and saved["knn_top1"] == m["knn_top1"]
+    # A trained encoder separates the learnable synthetic classes better than a random one.
+    assert m["knn_top1"] >= r["knn_top1"] - 0.2
+    with pytest.raises(RunDirError, match="only eval"):
+        evaluate_run(out, {"train.epochs": 3})
+    with pytest.raises(RunDirError, match="does not exist"):
+        evaluate_run(tmp_path / "nothing")

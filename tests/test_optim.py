@@ -1,0 +1,86 @@
+"""LARS against a hand-computed update; schedules; learning-rate scaling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from selfsup.config import OptimConfig
+from selfsup.optim import LARS, build_optimizer, lr_factor, param_groups, scaled_lr
+
+
+def test_lars_matches_hand_computed_update() -> None:
+    w0 = np.array([[3.0, 4.0]])  # ||w|| = 5
+    b0 = np.array([1.0])
+    lin = nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(w0))
+        lin.bias.copy_(torch.tensor(b0))
+    lr, mom, wd, eta = 0.5, 0.9, 0.1, 0.01
+    opt = LARS(param_groups(lin, wd), lr=lr, momentum=mom, trust_coefficient=eta)
+    gw = np.array([[0.6, 0.8]])
+    gb = np.array([2.0])
+    w, b = w0.copy(), b0.copy()
+    vw, vb = np.zeros_like(w), np.zeros_like(b)
+    for _ in range(2):
+        lin.weight.grad = torch.tensor(gw, dtype=torch.float32)
+        lin.bias.grad = torch.tensor(gb, dtype=torch.float32)
+        opt.step()
+        # By hand: decayed gradient, trust ratio eta * ||w|| / ||g||, momentum on lr * trust * g.
+        g = gw + wd * w
+        trust = eta * np.linalg.norm(w) / np.linalg.norm(g)
+        vw = mom * vw + lr * trust * g
+        w = w - vw
+        # Bias: no weight decay, no trust ratio.
+        vb = mom * vb + lr * gb
+        b = b - vb
+        np.testing.assert_allclose(lin.weight.detach().numpy(), w, rtol=1e-6)
+        np.testing.assert_allclose(lin.bias.detach().numpy(), b, rtol=1e-6)
+
+
+def test_lars_zero_weight_uses_unit_trust() -> None:
+    p = nn.Parameter(torch.zeros(2, 2))
+    opt = LARS([{"params": [p], "weight_decay": 0.0, "lars": True}], lr=1.0, momentum=0.0)
+    p.grad = torch.ones(2, 2)
+    opt.step()
+    assert torch.equal(p.detach(), -torch.ones(2, 2))
+
+
+def test_param_groups_exclude_bias_and_bn() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+    decay, no_decay = param_groups(net, 1e-4)
+    assert {id(p) for p in decay["params"]} == {id(net[0].weight), id(net[2].weight)}
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0 and not no_decay["lars"]
+
+
+@pytest.mark.parametrize(
+    "name,cls", [("lars", LARS), ("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
+def test_build_optimizer(name: str, cls: type) -> None:
+    opt = build_optimizer(nn.Linear(3, 2), OptimConfig(name=name, lr=0.1), batch_size=512)
+    assert isinstance(opt, cls)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2)
+
+
+def test_lr_scaling() -> None:
+    assert scaled_lr(OptimConfig(lr=0.3), 1024) == pytest.approx(1.2)
+    assert scaled_lr(OptimConfig(lr=0.075, lr_scaling="sqrt"), 4096) == pytest.approx(0.3)
+    assert scaled_lr(OptimConfig(lr=0.5, lr_scaling="none"), 64) == 0.5
+
+
+def test_warmup_then_cosine() -> None:
+    total, warm = 100, 10
+    factors = [lr_factor(s, total, warm) for s in range(total)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(factors[:9], factors[1:10]))  # linear ramp
+    assert factors[10] == pytest.approx(1.0)
+    mid = 10 + 45
+    assert factors[mid] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # monotone decay
+    assert lr_factor(total, total, warm) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(50, total, warm, "constant") == 1.0
+    assert lr_factor(0, total, 0) == 1.0

@@ -1,0 +1,193 @@
+"""The training loop: run directory contents, refusal to clobber, kill-and-resume exactness."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_overrides
+from selfsup.config import load_config
+from selfsup.errors import RunDirError, TrainingDivergedError
+from selfsup.train import load_latest, load_run_config, pretrain
+from selfsup.train.rundir import read_jsonl
+
+
+def test_pretrain_writes_a_complete_run(shared_folder: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, tiny_overrides(shared_folder, **{"train.eval_after": True, "train.knn_every": 1}))
+    out = tmp_path / "run"
+    result = pretrain(cfg, out=out, log=lambda s: None)
+    assert result.run_dir == out
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "metrics.json", "checkpoints"} <= names
+    saved = load_run_config(out)
+    a = saved.augment
+    assert a.preset == "simclr" and a.crop == "resized" and a.jitter_strength == 0.5
+    assert a.mean is not None and len(a.mean) == 3 and a.std is not None
+    records = read_jsonl(out / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8, 10, 12]
+    assert all(r["views_per_s"] > 0 and r["lr"] > 0 for r in steps)
+    epochs = [r for r in records if "epoch_loss" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(0 <= r["knn_top1"] <= 1 for r in epochs)
+    summary = records[-1]
+    assert summary["summary"] and summary["step"] == 12 and summary["peak_memory_mb"] > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["knn_top1"] <= 1 and 0 <= metrics["linear_top1"] <= 1
+    assert metrics["n_test"] == 24 and metrics["checkpoint_step"] == 12
+    assert result.metrics["linear_top1"] == metrics["linear_top1"]
+    state, path = load_latest(out)
+    assert state["step"] == 12 and path.name == "step-000000012.pt"
+    assert len(list((out / "checkpoints").iterdir())) <= cfg.train.keep_checkpoints
+
+
+def test_never_overwrites_without_asking(shared_folder: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, tiny_overrides(shared_folder, **{"train.epochs": 1}))
+    out = tmp_path / "run"
+    pretrain(cfg, out=out, log=lambda s: None)
+    before = (out / "config.yaml").read_text()
+    with pytest.raises(RunDirError, match="already exists; pass --resume to continue it or --overwrite"):
+        pretrain(cfg, out=out, log=lambda s: None)
+    assert (out / "config.yaml").read_text() == before
+    with pytest.raises(RunDirError, match="train.seed was 0 and is now 1"):
+        pretrain(
+            load_config(None, tiny_overrides(shared_folder, **{"train.epochs": 1, "train.seed": 1})),
+            out=out,
+            resume=True,
+            log=lambda s: None,
+        )
+    pretrain(cfg, out=out, overwrite=True, log=lambda s: None)
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "thesis.tex").write_text("do not delete")
+    with pytest.raises(RunDirError, match="not a selfsup run directory .*refusing to delete it"):
+        pretrain(cfg, out=other, overwrite=True, log=lambda s: None)
+    assert (other / "thesis.tex").exists()
+
+
+def test_bad_input_leaves_no_run_dir(shared_folder: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, tiny_overrides(shared_folder, **{"model.backbone": "nope"}))
+    with pytest.raises(Exception, match="unknown backbone"):
+        pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
+    assert not (tmp_path / "r").exists()
+    cfg = load_config(None, tiny_overrides(shared_folder, **{"train.batch_size": 500}))
+    with pytest.raises(Exception, match="larger than the 96 training images"):
+        pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
+
+
+def test_nan_loss_stops_with_a_message(shared_folder: Path, tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            shared_folder,
+            **{
+                "optim.name": "sgd",
+                "optim.lr": 1e12,
+                "optim.warmup_epochs": 0,
+                "train.epochs": 3,
+                "train.log_every": 1,
+            },
+        ),
+    )
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan by step \d+ .*learning rate .*too high"):
+        pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
+
+
+def _cli(out: Path, data: Path, *extra: str) -> list[str]:
+    flags = []
+    for k, v in tiny_overrides(data, **{"train.epochs": 3, "train.log_every": 1}).items():
+        flags += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+    return [sys.executable, "-m", "selfsup", "pretrain", "--out", str(out), *flags, *extra]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if any(r.get("step", 0) >= step for r in read_jsonl(out / "metrics.jsonl")):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def _final_state(out: Path) -> dict:
+    state, _ = load_latest(out)
+    return state
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for name, t in a["model"].items():
+        assert torch.equal(t, b["model"][name]), name
+    oa, ob = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        assert torch.equal(oa[k]["momentum_buffer"], ob[k]["momentum_buffer"])
+
+
+@pytest.fixture(scope="module")
+def reference_run(shared_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    subprocess.run(_cli(out, shared_folder), check=True, env=_env(), capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("kill_after,ckpt_minutes", [(8, "0"), (3, "0"), (10, "1e-9")])
+def test_sigkill_then_resume_matches_uninterrupted(
+    shared_folder: Path, tmp_path: Path, reference_run: Path, kill_after: int, ckpt_minutes: str
+) -> None:
+    out = tmp_path / "run"
+    cmd = _cli(out, shared_folder, "--train.checkpoint_minutes", ckpt_minutes)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(out, kill_after, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(r.get("step", 0) for r in read_jsonl(out / "metrics.jsonl"))
+    assert killed_at < 18, "the run finished before the kill"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "selfsup", "pretrain", "--out", str(out), "--resume"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout or kill_after < 6
+    _assert_same(_final_state(out), _final_state(reference_run))
+    # The metrics log reads as if the run had never stopped: no step logged twice.
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, 19))
+
+
+def test_sigint_saves_and_exits_cleanly(shared_folder: Path, tmp_path: Path, reference_run: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cli(out, shared_folder), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for_step(out, 4, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved, continue with --resume" in err and "Traceback" not in err
+    state, _ = load_latest(out)
+    assert 4 <= state["step"] < 18
+    subprocess.run(
+        [sys.executable, "-m", "selfsup", "pretrain", "--out", str(out), "--resume"],
+        env=_env(),
+        check=True,
+        capture_output=True,
+    )
+    _assert_same(_final_state(out), _final_state(reference_run))
