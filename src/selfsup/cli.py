@@ -20,7 +20,7 @@ from .errors import SelfsupError
 _PREFIX = "cfg:"
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str], short: bool) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str], short: dict[str, str]) -> None:
     group = parser.add_argument_group("config keys (override --config)")
     for section in sections:
         for key, tp in field_types(section).items():
@@ -28,8 +28,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str], 
             names = [f"--{dotted}"]
             if "_" in key:
                 names.append(f"--{section}.{key.replace('_', '-')}")
-            if short:
-                names += [f"--{s}" for s, target in SHORT_FLAGS.items() if target == dotted]
+            names += [f"--{s}" for s, target in short.items() if target == dotted]
             kwargs: dict[str, Any] = dict(dest=_PREFIX + dotted, default=argparse.SUPPRESS, metavar="V")
             if tp is bool:
                 kwargs.update(nargs="?", const="true", metavar="BOOL")
@@ -46,17 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser(
-        "pretrain",
-        help="train an encoder (then evaluate it)",
-        description="Pretrain an encoder; every config key is a flag.",
-    )
-    p.add_argument("--config", metavar="FILE.yaml", help="a recipe (see configs/)")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<method>-<backbone>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    _add_config_flags(p, list(SECTIONS), short=True)
+    for name, text in (
+        ("pretrain", "train an encoder, then evaluate it"),
+        ("semi", "semi-supervised training with N labels (pi, mean-teacher, or supervised on the N alone)"),
+    ):
+        p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}; every config key is a flag.")
+        p.add_argument("--config", metavar="FILE.yaml", help="a recipe (see configs/)")
+        p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<method>-<backbone>-<time>)")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+        p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        _add_config_flags(p, list(SECTIONS), SHORT_FLAGS)
 
     e = sub.add_parser(
         "eval",
@@ -71,7 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate the same architecture at its random initialisation (a baseline)",
     )
     e.add_argument("--debug", action="store_true", help="show tracebacks")
-    _add_config_flags(e, ["eval"], short=False)
+    e.add_argument("--config", metavar="FILE.yaml", help="a recipe with an eval: section")
+    _add_config_flags(e, ["eval"], {})
+
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a run's encoder with N labels and test it",
+        description="Fine-tune a run's encoder with a new linear head on N labelled images, keep the "
+        "epoch with the lowest validation loss, report test top-1 into RUN_DIR/metrics.json.",
+    )
+    f.add_argument("run_dir", metavar="RUN_DIR")
+    f.add_argument("--device", help="device (default: the run's train.device)")
+    f.add_argument("--random-init", action="store_true", help="train the same architecture from scratch instead")
+    f.add_argument("--debug", action="store_true", help="show tracebacks")
+    f.add_argument("--config", metavar="FILE.yaml", help="a recipe with a finetune: section")
+    _add_config_flags(f, ["finetune"], {"labels": "finetune.labels", "epochs": "finetune.epochs"})
     return parser
 
 
@@ -81,6 +94,7 @@ def _warning_line(message: Any, category: type[Warning], filename: str, lineno: 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .errors import ConfigError
     from .train import pretrain
     from .train.rundir import is_run_dir, load_run_config
 
@@ -89,18 +103,58 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         cfg = load_run_config(Path(args.out))  # plain --resume: the run's own settings
     else:
         cfg = load_config(args.config, overrides)
+    if args.command == "semi":
+        if cfg.semi.labels is None:
+            raise ConfigError("selfsup semi needs --labels N (semi.labels), the number of labelled images")
+        if cfg.method.name not in ("pi", "mean-teacher", "supervised"):
+            raise ConfigError(f"selfsup semi trains pi, mean-teacher or supervised, not {cfg.method.name!r} (--method)")
     result = pretrain(cfg, out=args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"run directory: {result.run_dir}")
-    if result.metrics:
-        m = result.metrics
-        print(f"kNN top-1: {m['knn_top1']:.4f}   linear top-1: {m['linear_top1']:.4f}   (test images: {m['n_test']})")
+    m = result.metrics
+    names = {
+        "knn_top1": "kNN top-1",
+        "linear_top1": "linear top-1",
+        "test_top1": "test top-1",
+        "student_test_top1": "student test top-1",
+    }
+    parts = [f"{label}: {m[key]:.4f}" for key, label in names.items() if key in m]
+
+    if parts:
+        print("   ".join(parts) + f"   (test images: {m['n_test']})")
     return 0
+
+
+def _section_overrides(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    """Overrides from the ``section`` of ``--config`` (if given), then from the flags."""
+    from .config import load_config, load_yaml
+
+    out: dict[str, Any] = {}
+    if args.config:
+        raw = load_yaml(args.config)
+        other = [k for k in raw if k != section]
+        if other:
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"{args.config}: 'selfsup {args.command}' reads only its {section}: section, not {other[0]}"
+            )
+        cfg = load_config(args.config)
+        out = {f"{section}.{k}": v for k, v in vars(getattr(cfg, section)).items() if k in raw.get(section, {})}
+    out.update(_overrides(args))
+    return out
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_run
 
-    evaluate_run(args.run_dir, _overrides(args), device=args.device, random_init=args.random_init)
+    evaluate_run(args.run_dir, _section_overrides(args, "eval"), device=args.device, random_init=args.random_init)
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .eval.finetune import finetune
+
+    finetune(args.run_dir, _section_overrides(args, "finetune"), random_init=args.random_init, device=args.device)
     return 0
 
 
@@ -118,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     warnings.formatwarning = _warning_line  # type: ignore[assignment]
     debug = getattr(args, "debug", False)
-    commands = {"pretrain": _cmd_pretrain, "eval": _cmd_eval}
+    commands = {"pretrain": _cmd_pretrain, "semi": _cmd_pretrain, "eval": _cmd_eval, "finetune": _cmd_finetune}
     try:
         return commands[args.command](args)
     except SelfsupError as e:

@@ -88,6 +88,9 @@ class ModelConfig:
     head_dims: list[int] = field(default_factory=lambda: [512, 128])
     #: BatchNorm after each hidden layer of the head (the paper's head).
     head_bn: bool = True
+    #: Start the backbone from another run's encoder: a run directory (its newest
+    #: checkpoint) or a checkpoint file. None = random initialisation.
+    init: Union[str, None] = None
 
 
 @dataclass
@@ -96,8 +99,33 @@ class MethodConfig:
 
     #: A registered method (see ``selfsup.methods.METHODS``).
     name: str = "simclr"
-    #: Softmax temperature of the contrastive loss.
+    #: Softmax temperature of the contrastive loss (SimCLR, MoCo).
     temperature: float = 0.2
+    #: MoCo: number of negative keys in the queue.
+    queue_size: int = 4096
+    #: MoCo: momentum of the key encoder (an EMA of the query encoder).
+    momentum: float = 0.99
+    #: MoCo: BatchNorm sub-batches that stand in for GPUs in shuffle-BN (1 = plain BN).
+    bn_splits: int = 8
+
+
+@dataclass
+class SemiConfig:
+    """Semi-supervised training with few labels (``selfsup semi``)."""
+
+    #: Number of labelled images, a class-balanced subset chosen by train.seed. The other
+    #: images of the training split are used without their labels.
+    labels: Union[int, None] = None
+    #: Labelled images per step, in addition to train.batch_size unlabelled ones.
+    labeled_batch_size: int = 32
+    #: Maximum weight of the consistency cost (MSE between softmax outputs).
+    consistency_weight: float = 100.0
+    #: Epochs of the sigmoid ramp-up exp(-5 (1 - t)^2) of the consistency weight.
+    rampup_epochs: float = 5.0
+    #: Mean Teacher: EMA decay of the teacher after the ramp-up ...
+    ema_decay: float = 0.999
+    #: ... and during it.
+    ema_decay_rampup: float = 0.99
 
 
 @dataclass
@@ -175,6 +203,29 @@ class EvalConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tuning an encoder with few labels (``selfsup finetune``)."""
+
+    #: Labelled training images (class-balanced, chosen by ``seed``); one fine-tuning
+    #: per entry, e.g. seed 001's [300, 500, 1000, 1500].
+    labels: list[int] = field(default_factory=lambda: [1000])
+    #: Validation images (class-balanced, from the rest of the training split) used
+    #: to keep the epoch with the lowest validation loss.
+    val_size: int = 500
+    epochs: int = 50
+    batch_size: int = 64
+    #: 'sgd' (momentum 0.9, nesterov) or 'adam'; cosine decay over all steps.
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    #: Train only the new linear head (linear evaluation with augmentation).
+    freeze_encoder: bool = False
+    #: Augmentation preset of the labelled images.
+    preset: str = "supervised"
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """A whole run: every section."""
 
@@ -182,9 +233,11 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 #: Section name -> its dataclass.
@@ -204,6 +257,8 @@ SHORT_FLAGS: dict[str, str] = {
     "optimizer": "optim.name",
     "temperature": "method.temperature",
     "preset": "augment.preset",
+    "labels": "semi.labels",
+    "init": "model.init",
 }
 
 
@@ -245,8 +300,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             value = [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
         if isinstance(value, tuple):
             value = list(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected: a list of one
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
+
         return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
@@ -325,23 +383,27 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     Raises:
         ConfigError: For a missing or malformed file, an unknown key or a bad value.
     """
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" (line {mark.line + 1})" if mark is not None else ""
-            raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
-    cfg = config_from_dict(raw, source)
+    raw: dict[str, Any] = load_yaml(path) if path is not None else {}
+    cfg = config_from_dict(raw, str(path) if path is not None else "defaults")
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file; :class:`ConfigError` if missing, malformed or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections (data, model, ...)")
+    return raw
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "override") -> Config:
@@ -414,6 +476,24 @@ def validate(cfg: Config) -> None:
     need(0 <= o.momentum < 1, "optim.momentum", "must lie in [0, 1)")
     need(o.trust_coefficient > 0, "optim.trust_coefficient", "must be positive")
     need(m.temperature > 0, "method.temperature", "must be positive")
+    need(m.queue_size > 0, "method.queue_size", "must be a positive integer")
+    need(0 <= m.momentum < 1, "method.momentum", "must lie in [0, 1)")
+    need(m.bn_splits > 0, "method.bn_splits", "must be a positive integer")
+    s, f = cfg.semi, cfg.finetune
+    need(s.labels is None or s.labels > 0, "semi.labels", "must be a positive integer")
+    need(s.labeled_batch_size > 0, "semi.labeled_batch_size", "must be a positive integer")
+    need(s.consistency_weight >= 0, "semi.consistency_weight", "must not be negative")
+    need(s.rampup_epochs >= 0, "semi.rampup_epochs", "must not be negative")
+    need(0 <= s.ema_decay < 1, "semi.ema_decay", "must lie in [0, 1)")
+    need(0 <= s.ema_decay_rampup < 1, "semi.ema_decay_rampup", "must lie in [0, 1)")
+    need(len(f.labels) > 0 and min(f.labels) > 0, "finetune.labels", "must be positive integers")
+
+    need(f.val_size > 0, "finetune.val_size", "must be a positive integer")
+    need(f.epochs > 0, "finetune.epochs", "must be a positive integer")
+    need(f.batch_size > 1, "finetune.batch_size", "must be at least 2")
+    need(f.optimizer in ("sgd", "adam"), "finetune.optimizer", "must be sgd or adam")
+    need(f.lr > 0, "finetune.lr", "must be positive")
+    need(f.weight_decay >= 0, "finetune.weight_decay", "must not be negative")
     need(d.subset is None or d.subset > 0, "data.subset", "must be a positive integer")
     need(d.image_size >= 8, "data.image_size", "must be at least 8")
     need(0 < d.test_fraction < 1, "data.test_fraction", "must lie in (0, 1)")

@@ -31,6 +31,8 @@ from .linear import ProbeResult, linear_probe
 
 __all__ = [
     "ProbeResult",
+    "classifier_accuracies",
+    "evaluate_classifiers",
     "evaluate_encoder",
     "evaluate_features",
     "evaluate_run",
@@ -145,6 +147,89 @@ def evaluate_encoder(
     return out
 
 
+def classifier_accuracies(
+    model: nn.Module,
+    splits: DataSplits,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    batch_size: int = 256,
+    bf16: bool = False,
+    channels_last: bool = True,
+) -> dict[str, float]:
+    """Test accuracy of each classifier a method has (``model.classifiers()``), as fractions."""
+    get = getattr(model, "classifiers", None)
+    if get is None:
+        return {}
+    labels = torch.from_numpy(splits.test.labels)
+    out = {}
+    for name, module in get().items():
+        logits = extract_features(module, splits.test.images, mean, std, device, batch_size, bf16, channels_last)
+        out[name] = float((logits.argmax(1).cpu() == labels).float().mean())
+    return out
+
+
+def _load_splits(cfg: Config) -> DataSplits:
+    """The run's data without its pretraining subset; the eval subset if one is set."""
+    d = cfg.data
+    splits = load_dataset(
+        d.name, d.image_size, d.root, d.download, d.skip_invalid, d.test_fraction, progress=cfg.train.progress
+    )
+    n = cfg.eval.train_subset
+    if n is not None and n < len(splits.train):
+        splits.train = splits.train.select(class_balanced_indices(splits.train.labels, n, 0))
+    return splits
+
+
+def evaluate_classifiers(
+    run_dir: str | Path,
+    model: nn.Module | None = None,
+    step: int | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Test accuracy of a run's own classifier(s) (supervised, Pi-model, Mean Teacher).
+
+    Results (``test_top1``, and ``student_test_top1`` for Mean Teacher) are merged into
+    ``RUN_DIR/metrics.json``.
+
+    Raises:
+        RunDirError: If the run's method has no classifier.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    dev = resolve_device(device or cfg.train.device)
+    if model is None:
+        _, model, state = load_run_model(run_dir, dev)
+        step = state.get("step")
+    if not hasattr(model, "classifiers"):
+        raise RunDirError(f"method {cfg.method.name!r} of {run_dir} has no classifier; use 'selfsup eval'")
+    assert cfg.augment.mean is not None and cfg.augment.std is not None
+    splits = _load_splits(cfg)
+    t0 = time.perf_counter()
+    result: dict[str, Any] = dict(
+        classifier_accuracies(
+            model,
+            splits,
+            cfg.augment.mean,
+            cfg.augment.std,
+            dev,
+            cfg.eval.batch_size,
+            use_bf16(cfg.train.precision, dev),
+            cfg.train.channels_last,
+        )
+    )
+    result.update(n_test=len(splits.test), eval_time_s=time.perf_counter() - t0)
+    if cfg.semi.labels is not None:
+        result["labels"] = cfg.semi.labels
+    if step is not None:
+        result["checkpoint_step"] = step
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in result.items() if k.endswith("top1"))
+    log(f"classifier: {parts} (test set: {result['n_test']} images)")
+    update_metrics_json(run_dir, result)
+    return result
+
+
 def evaluate_run(
     run_dir: str | Path,
     overrides: dict[str, Any] | None = None,
@@ -183,17 +268,7 @@ def evaluate_run(
     if model is None or random_init:
         _, model, state = load_run_model(run_dir, dev, random_init=random_init)
         step = state.get("step")
-    splits = load_dataset(
-        cfg.data.name,
-        cfg.data.image_size,
-        cfg.data.root,
-        cfg.data.download,
-        cfg.data.skip_invalid,
-        cfg.data.test_fraction,
-        progress=cfg.train.progress,
-    )
-    if cfg.eval.train_subset is not None and cfg.eval.train_subset < len(splits.train):
-        splits.train = splits.train.select(class_balanced_indices(splits.train.labels, cfg.eval.train_subset, 0))
+    splits = _load_splits(cfg)
     assert cfg.augment.mean is not None and cfg.augment.std is not None
     encoder = model.backbone  # type: ignore[union-attr]
     assert isinstance(encoder, nn.Module)
@@ -206,6 +281,19 @@ def evaluate_run(
         linear_protocol=f"{cfg.eval.linear_optimizer} lr={cfg.eval.linear_lr} "
         f"epochs={cfg.eval.linear_epochs} batch={cfg.eval.linear_batch_size}",
     )
+    if not random_init:
+        result.update(
+            classifier_accuracies(
+                model,
+                splits,
+                cfg.augment.mean,
+                cfg.augment.std,
+                dev,
+                cfg.eval.batch_size,
+                bf16,
+                cfg.train.channels_last,
+            )
+        )
     if step is not None:
         result["checkpoint_step"] = step
     what = "random init" if random_init else "encoder"

@@ -7,7 +7,8 @@ from torch import nn
 
 from ..config import Config
 from ..losses import nt_xent
-from ..models import ProjectionHead, build_backbone, feature_dim
+from ..models import ProjectionHead, feature_dim
+from .common import build_encoder
 
 
 class SimCLR(nn.Module):
@@ -35,7 +36,7 @@ class SimCLR(nn.Module):
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> SimCLR:
         """Build from ``cfg.model`` and ``cfg.method`` (``num_classes`` is unused)."""
-        backbone = build_backbone(cfg.model.backbone, cfg.model.width)
+        backbone = build_encoder(cfg)
         head = ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=cfg.model.head_bn)
         return cls(backbone, head, cfg.method.temperature)
 

@@ -1,9 +1,13 @@
-"""The pretraining loop: data on the device, batch augmentation, checkpoints, resume.
+"""The training loop: data on the device, batch augmentation, checkpoints, resume.
 
-Every random draw of a step (the epoch's data order, the augmentations) is a function
-of ``(train.seed, step)``; together with checkpoints that hold the model, optimizer and
-loss accumulators, a run killed at any moment and resumed reaches the same weights as
-one that never stopped.
+One loop serves every method: self-supervised pretraining (all images, labels unused),
+supervised training, and semi-supervised training with ``semi.labels`` (a labelled
+stream beside the unlabelled one, see :mod:`selfsup.train.sampler`).
+
+Every random draw of a step (the batch, the augmentations, MoCo's shuffle) is a function
+of ``(train.seed, step)``; together with checkpoints that hold the model (with its EMA
+copies and queues), the optimizer and the loss accumulators, a run killed at any moment
+and resumed reaches the same weights as one that never stopped.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .rundir import (
     read_jsonl,
     truncate_jsonl,
 )
+from .sampler import StepSampler
 
 #: Keys that may differ when resuming: they change how a run executes, not what it computes.
 RESUME_FREE_KEYS = (
@@ -178,6 +183,8 @@ def train_step(
     gen: torch.Generator,
     device: torch.device,
     bf16: bool,
+    step: int = 0,
+    epoch: float = 0.0,
 ) -> torch.Tensor:
     """Augment one batch, run the method's step, update: the body of every training loop.
 
@@ -186,17 +193,20 @@ def train_step(
         optimizer: Its optimizer, learning rate already set for this step.
         augment: The batch augmentation.
         images: uint8 (B, H, W, 3) on ``device``.
-        labels: (B,) on ``device``.
+        labels: (B,) on ``device``; -1 marks an unlabelled image.
         gen: CPU generator for this step's randomness.
         device: The training device.
         bf16: Use bf16 autocast.
+        step: Global step index (for methods with schedules of their own).
+        epoch: Training progress in epochs (for ramp-ups).
 
     Returns:
         The loss, detached, still on the device (reading it would synchronise).
     """
     views = augment(images, gen, n_views=int(model.n_views))  # type: ignore[arg-type]
+    batch = {"views": views, "labels": labels, "generator": gen, "step": step, "epoch": epoch}
     with autocast(device, bf16):
-        result = model.training_step({"views": views, "labels": labels, "generator": gen})  # type: ignore[operator]
+        result = model.training_step(batch)  # type: ignore[operator]
     loss = result["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -207,6 +217,62 @@ def train_step(
     return loss.detach()
 
 
+def build_sampler(cfg: Config, splits: DataSplits) -> StepSampler:
+    """The step sampler for ``cfg``: one stream, or a labelled stream too with ``semi.labels``.
+
+    Raises:
+        ConfigError: If a semi-supervised method has no ``semi.labels``, or the batch is
+            larger than the data.
+    """
+    spec = method_class(cfg.method.name)
+    t, s = cfg.train, cfg.semi
+    n_train = len(splits.train)
+    if getattr(spec, "semi_supervised", False) and s.labels is None:
+        raise ConfigError(
+            f"method {cfg.method.name!r} learns from few labels: run "
+            f"'selfsup semi --method {cfg.method.name} --labels N' (semi.labels)"
+        )
+    if n_train // t.batch_size == 0:
+        raise ConfigError(f"train.batch_size {t.batch_size} is larger than the {n_train} training images")
+    if s.labels is None:
+        return StepSampler(n_train, t.batch_size, t.seed)
+    if not getattr(spec, "uses_labels", False):
+        raise ConfigError(f"semi.labels is set but method {cfg.method.name!r} does not use labels")
+    labeled = class_balanced_indices(splits.train.labels, s.labels, t.seed)
+    return StepSampler(
+        n_train,
+        t.batch_size,
+        t.seed,
+        labeled,
+        s.labeled_batch_size,
+        use_main=bool(getattr(spec, "semi_supervised", False)),
+    )
+
+
+class _Progress:
+    """Counters carried across steps and checkpoints."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step, self.train_time, self.loss_count = 0, 0.0, 0
+        self.loss_sum = torch.zeros((), device=device)
+        self.epoch_loss_sum = torch.zeros((), device=device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "train_time_s": self.train_time,
+            "loss_count": self.loss_count,
+            "loss_sum": self.loss_sum.cpu(),
+            "epoch_loss_sum": self.epoch_loss_sum.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.train_time = int(state["step"]), float(state["train_time_s"])
+        self.loss_count = int(state["loss_count"])
+        self.loss_sum.copy_(state["loss_sum"])
+        self.epoch_loss_sum.copy_(state["epoch_loss_sum"])
+
+
 def pretrain(
     cfg: Config,
     out: str | Path | None = None,
@@ -214,7 +280,13 @@ def pretrain(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> RunResult:
-    """Train ``cfg.method`` and (if ``cfg.train.eval_after``) evaluate the encoder.
+    """Train ``cfg.method`` and (if ``cfg.train.eval_after``) evaluate the result.
+
+    Self-supervised and supervised methods train on the whole training split; with
+    ``cfg.semi.labels`` (what ``selfsup semi`` sets) only that many labelled images keep
+    their labels. Evaluation: kNN and linear probe of the encoder, plus the test accuracy
+    of the method's own classifier where it has one (semi-supervised runs report only
+    the latter: a probe would use every label).
 
     Args:
         cfg: The run's config (see :mod:`selfsup.config`).
@@ -240,13 +312,9 @@ def pretrain(
     method_class(cfg.method.name)
     splits = load_data(cfg.data, seed=t.seed, progress=t.progress)
     cfg = resolve_config(cfg, splits)
+    sampler = build_sampler(cfg, splits)
     torch.manual_seed(t.seed)
     model = build_method(cfg, len(splits.train.classes))
-    n_train = len(splits.train)
-    steps_per_epoch = n_train // t.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size {t.batch_size} is larger than the {n_train} training images")
-
     existing = prepare_run_dir(run_dir, resume, overwrite)
     if existing:
         check_resume_config(load_run_config(run_dir), cfg, run_dir)
@@ -257,189 +325,200 @@ def pretrain(
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim, t.batch_size)
-    total_steps = t.epochs * steps_per_epoch
-    warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
-    peak_lr = scaled_lr(cfg.optim, t.batch_size)
-
-    step, train_time = 0, 0.0
-    loss_sum = torch.zeros((), device=device)
-    epoch_loss_sum = torch.zeros((), device=device)
-    loss_count = 0
+    progress = _Progress(device)
     metrics_path = run_dir / METRICS_JSONL
     if existing:
         # Temporary files of a checkpoint write that a kill interrupted.
         for stale in (run_dir / CHECKPOINTS).glob(".*.tmp"):
             stale.unlink(missing_ok=True)
-    loaded = load_latest(run_dir) if existing else None
-    if loaded is not None:
-        state, path = loaded
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, train_time = int(state["step"]), float(state["train_time_s"])
-        loss_sum = state["loss_sum"].to(device)
-        epoch_loss_sum = state["epoch_loss_sum"].to(device)
-        loss_count = int(state["loss_count"])
-        torch.set_rng_state(state["rng_cpu"])
-        truncate_jsonl(metrics_path, step)
-        log(f"resuming {run_dir} from {path.name} (step {step}/{total_steps})")
-    elif existing:
-        truncate_jsonl(metrics_path, 0)
+        loaded = load_latest(run_dir)
+        if loaded is not None:
+            state, path = loaded
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            progress.load_state_dict(state)
+            torch.set_rng_state(state["rng_cpu"])
+            log(f"resuming {run_dir} from {path.name} (step {progress.step}/{t.epochs * sampler.steps_per_epoch})")
+        truncate_jsonl(metrics_path, progress.step)
     if t.compile:
         backbone = model.backbone
         assert isinstance(backbone, nn.Module)
         backbone.compile()
 
+    _loop(cfg, model, optimizer, sampler, splits, progress, run_dir, device, bf16)
+
+    n_views = int(model.n_views)  # type: ignore[arg-type]
+    images_per_step = len(sampler(0)[0])
+    records = read_jsonl(metrics_path)
+    final_loss = next((r["epoch_loss"] for r in reversed(records) if "epoch_loss" in r), float("nan"))
+    summary = {
+        "step": progress.step,
+        "summary": True,
+        "final_loss": final_loss,
+        "train_time_s": progress.train_time,
+        "views_per_s": progress.step * images_per_step * n_views / max(progress.train_time, 1e-9),
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": str(device),
+        "bf16": bf16,
+        "n_train": len(splits.train),
+        "epochs": t.epochs,
+    }
+    append_jsonl(metrics_path, summary)
+    log(
+        f"trained {t.epochs} epochs ({progress.step} steps) in {progress.train_time:.0f} s, "
+        f"{summary['views_per_s']:.0f} views/s, final loss {final_loss:.4f}"
+    )
+    result = RunResult(run_dir=run_dir, summary=summary)
+    if t.eval_after:
+        from ..eval import evaluate_classifiers, evaluate_run
+
+        if cfg.semi.labels is None:
+            result.metrics = evaluate_run(run_dir, model=model, step=progress.step, log=log)
+        else:
+            result.metrics = evaluate_classifiers(run_dir, model=model, step=progress.step, log=log)
+    return result
+
+
+def _loop(
+    cfg: Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: StepSampler,
+    splits: DataSplits,
+    progress: _Progress,
+    run_dir: Path,
+    device: torch.device,
+    bf16: bool,
+) -> None:
+    """Train from ``progress.step`` to the end, logging and checkpointing on the way."""
+    from tqdm import tqdm
+
+    t = cfg.train
+    spe = sampler.steps_per_epoch
+    total_steps = t.epochs * spe
+    warmup_steps = int(round(cfg.optim.warmup_epochs * spe))
+    peak_lr = scaled_lr(cfg.optim, t.batch_size)
     augment = BatchAugment(cfg.augment)
     images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
     labels = torch.from_numpy(splits.train.labels).to(device)
     monitor = Monitor(cfg, splits, device, bf16) if t.knn_every else None
     n_views = int(model.n_views)  # type: ignore[arg-type]
+    metrics_path = run_dir / METRICS_JSONL
+    p = progress
 
-    def checkpoint_state() -> dict[str, Any]:
-        return {
+    def lr_at(step: int) -> float:
+        return peak_lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule)
+
+    def check_finite(value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"loss became {value} by step {p.step} (epoch {(p.step - 1) // spe + 1}, learning rate "
+                f"{lr_at(p.step - 1):.4g}); the learning rate (optim.lr={cfg.optim.lr}) is likely too high; "
+                f"the last good checkpoint in {run_dir} is kept"
+            )
+
+    def save() -> None:
+        state = {
             "format": 1,
-            "step": step,
-            "epoch": step // steps_per_epoch,
-            "total_steps": total_steps,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "train_time_s": train_time,
-            "loss_sum": loss_sum.cpu(),
-            "epoch_loss_sum": epoch_loss_sum.cpu(),
-            "loss_count": loss_count,
+            "epoch": p.step // spe,
+            "total_steps": total_steps,
             "classes": list(splits.train.classes),
             "method": cfg.method.name,
+            **p.state_dict(),
         }
-
-    def check_finite(value: float, where: int) -> None:
-        if not math.isfinite(value):
-            raise TrainingDivergedError(
-                f"loss became {value} by step {where} (epoch {where // steps_per_epoch + 1}, "
-                f"learning rate {peak_lr * lr_factor(where - 1, total_steps, warmup_steps, cfg.optim.schedule):.4g}); "
-                f"the learning rate (optim.lr={cfg.optim.lr}) is likely too high; the last good checkpoint "
-                f"in {run_dir} is kept"
-            )
-
-    from tqdm import tqdm
+        save_checkpoint(run_dir, state, p.step, t.keep_checkpoints)
 
     bar = tqdm(
         total=total_steps,
-        initial=step,
+        initial=p.step,
         disable=not t.progress,
         unit="step",
         dynamic_ncols=True,
         desc=f"{cfg.method.name} {cfg.model.backbone}",
         leave=True,
     )
-    last_ckpt_time = time.monotonic()
-    interval_start, interval_steps = time.perf_counter(), 0
-    perm: torch.Tensor | None = None
-    perm_epoch = -1
+    last_ckpt = time.monotonic()
+    interval_start, interval_views = time.perf_counter(), 0
     model.train()
     try:
         with _stop_signals() as stop:
-            while step < total_steps:
-                epoch, i = divmod(step, steps_per_epoch)
-                if perm_epoch != epoch:
-                    g = torch.Generator().manual_seed(step_seed(t.seed, epoch, stream=1))
-                    perm = torch.randperm(n_train, generator=g).to(device)
-                    perm_epoch = epoch
-                assert perm is not None
+            while p.step < total_steps:
                 t0 = time.perf_counter()
-                idx = perm[i * t.batch_size : (i + 1) * t.batch_size]
-                gen = torch.Generator().manual_seed(step_seed(t.seed, step))
-                set_lr(optimizer, peak_lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule))
+                idx_cpu, n_labeled = sampler(p.step)
+                idx = idx_cpu.to(device, non_blocking=True)
+                batch_labels = labels.index_select(0, idx)
+                if n_labeled < len(idx):
+                    batch_labels[n_labeled:] = -1  # unlabelled stream: labels hidden
+                gen = torch.Generator().manual_seed(step_seed(t.seed, p.step))
+                set_lr(optimizer, lr_at(p.step))
                 loss = train_step(
                     model,
                     optimizer,
                     augment,
                     images.index_select(0, idx),
-                    labels.index_select(0, idx),
+                    batch_labels,
                     gen,
                     device,
                     bf16,
+                    step=p.step,
+                    epoch=p.step / spe,
                 )
                 # Accumulate on the device; reading the loss every step would sync.
-                loss_sum += loss.detach().float()
-                epoch_loss_sum += loss.detach().float()
-                loss_count += 1
-                step += 1
-                interval_steps += 1
-                train_time += time.perf_counter() - t0
+                p.loss_sum += loss.float()
+                p.epoch_loss_sum += loss.float()
+                p.loss_count += 1
+                p.step += 1
+                interval_views += len(idx) * n_views
+                p.train_time += time.perf_counter() - t0
                 bar.update(1)
-                end_of_epoch = step % steps_per_epoch == 0
-                if step % t.log_every == 0 or end_of_epoch or step == total_steps:
-                    mean_loss = float(loss_sum) / max(loss_count, 1)
-                    check_finite(mean_loss, step)
-                    elapsed = time.perf_counter() - interval_start
-                    vps = interval_steps * t.batch_size * n_views / max(elapsed, 1e-9)
-                    lr_now = optimizer.param_groups[0]["lr"]
+                end_of_epoch = p.step % spe == 0
+                if p.step % t.log_every == 0 or end_of_epoch:
+                    mean_loss = float(p.loss_sum) / max(p.loss_count, 1)
+                    check_finite(mean_loss)
+                    vps = interval_views / max(time.perf_counter() - interval_start, 1e-9)
                     append_jsonl(
                         metrics_path,
                         {
-                            "step": step,
-                            "epoch": step / steps_per_epoch,
+                            "step": p.step,
+                            "epoch": p.step / spe,
                             "loss": mean_loss,
-                            "lr": lr_now,
+                            "lr": optimizer.param_groups[0]["lr"],
                             "views_per_s": vps,
-                            "train_time_s": train_time,
+                            "train_time_s": p.train_time,
                         },
                     )
                     bar.set_postfix(loss=f"{mean_loss:.3f}", views_s=f"{vps:.0f}", refresh=False)
-                    loss_sum.zero_()
-                    loss_count = 0
-                    interval_start, interval_steps = time.perf_counter(), 0
+                    p.loss_sum.zero_()
+                    p.loss_count = 0
+                    interval_start, interval_views = time.perf_counter(), 0
                 if end_of_epoch:
-                    epoch_loss = float(epoch_loss_sum) / steps_per_epoch
-                    check_finite(epoch_loss, step)
+                    epoch = p.step // spe
+                    epoch_loss = float(p.epoch_loss_sum) / spe
+                    check_finite(epoch_loss)
                     record: dict[str, Any] = {
-                        "step": step,
-                        "epoch": epoch + 1,
+                        "step": p.step,
+                        "epoch": epoch,
                         "epoch_loss": epoch_loss,
-                        "train_time_s": train_time,
+                        "train_time_s": p.train_time,
                     }
-                    if monitor is not None and ((epoch + 1) % t.knn_every == 0 or step == total_steps):
+                    if monitor is not None and (epoch % t.knn_every == 0 or p.step == total_steps):
                         record["knn_top1"] = monitor(model.backbone)  # type: ignore[arg-type]
-                        bar.write(f"epoch {epoch + 1}: loss {epoch_loss:.4f}, kNN top-1 {record['knn_top1']:.4f}")
+                        bar.write(f"epoch {epoch}: loss {epoch_loss:.4f}, kNN top-1 {record['knn_top1']:.4f}")
                     append_jsonl(metrics_path, record)
-                    epoch_loss_sum.zero_()
+                    p.epoch_loss_sum.zero_()
                     interval_start = time.perf_counter()
-                due = end_of_epoch and ((epoch + 1) % t.checkpoint_every == 0 or step == total_steps)
-                overdue = t.checkpoint_minutes > 0 and time.monotonic() - last_ckpt_time > 60 * t.checkpoint_minutes
+                due = end_of_epoch and ((p.step // spe) % t.checkpoint_every == 0 or p.step == total_steps)
+                overdue = t.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * t.checkpoint_minutes
                 if due or overdue or stop:
                     if not end_of_epoch:
-                        check_finite(float(loss_sum) + float(epoch_loss_sum), step)
-                    save_checkpoint(run_dir, checkpoint_state(), step, t.keep_checkpoints)
-                    last_ckpt_time = time.monotonic()
+                        check_finite(float(p.loss_sum) + float(p.epoch_loss_sum))
+                    save()
+                    last_ckpt = time.monotonic()
                     interval_start = time.perf_counter()
                 if stop:
-                    raise Interrupted(step, run_dir)
+                    raise Interrupted(p.step, run_dir)
     finally:
         bar.close()
-
-    records = read_jsonl(metrics_path)
-    final_loss = next((r["epoch_loss"] for r in reversed(records) if "epoch_loss" in r), float("nan"))
-    summary = {
-        "step": step,
-        "summary": True,
-        "final_loss": final_loss,
-        "train_time_s": train_time,
-        "views_per_s": step * t.batch_size * n_views / max(train_time, 1e-9),
-        "peak_memory_mb": peak_memory_mb(device),
-        "device": str(device),
-        "bf16": bf16,
-        "n_train": n_train,
-        "epochs": t.epochs,
-    }
-    append_jsonl(metrics_path, summary)
-    log(
-        f"trained {t.epochs} epochs ({step} steps) in {train_time:.0f} s, "
-        f"{summary['views_per_s']:.0f} views/s, final loss {final_loss:.4f}"
-    )
-    result = RunResult(run_dir=run_dir, summary=summary)
-    if t.eval_after:
-        from ..eval import evaluate_run
-
-        result.metrics = evaluate_run(run_dir, model=model, step=step, log=log)
-    return result

@@ -149,8 +149,12 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
-def update_metrics_json(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``values`` into ``run_dir/metrics.json`` (atomically) and return the result."""
+def update_metrics_json(run_dir: Path, values: dict[str, Any], section: str | None = None) -> dict[str, Any]:
+    """Merge ``values`` into ``run_dir/metrics.json`` (atomically) and return the result.
+
+    With ``section``, the values go into the nested mapping of that name (which keeps its
+    other entries), e.g. ``{"finetune": {"1000": {...}, "300": {...}}}``.
+    """
     path = run_dir / METRICS_JSON
     current: dict[str, Any] = {}
     if path.is_file():
@@ -158,6 +162,10 @@ def update_metrics_json(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]
             current = json.loads(path.read_text())
         except json.JSONDecodeError:
             current = {}
-    current.update(values)
+    if section is None:
+        current.update(values)
+    else:
+        nested = current.get(section)
+        current[section] = {**(nested if isinstance(nested, dict) else {}), **values}
     write_atomic(path, (json.dumps(current, indent=2) + "\n").encode())
     return current

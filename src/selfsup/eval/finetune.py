@@ -1,0 +1,204 @@
+"""Fine-tuning an encoder with few labels, keeping the epoch with the lowest validation loss.
+
+>>> from selfsup.eval.finetune import finetune
+>>> finetune("runs/quick", {"finetune.labels": 1000})["test_top1"]
+
+The encoder of a run (or the same architecture at random initialisation, the "from
+scratch" reference) gets a new linear head; both are trained with cross-entropy on
+``finetune.labels`` class-balanced images with light augmentation. After every epoch the
+model is scored on ``finetune.val_size`` held-out images (class-balanced, from the rest of
+the training split, used only to choose the epoch); the epoch with the lowest validation
+loss is tested on the full test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..augment import BatchAugment, resolve_augment
+from ..config import AugmentConfig, Config, OptimConfig, apply_overrides
+from ..data import DataSplits, class_balanced_indices, load_dataset
+from ..errors import RunDirError
+from ..methods.common import load_backbone_weights
+from ..methods.supervised import Supervised
+from ..models import build_backbone
+from ..optim import build_optimizer, lr_factor, set_lr
+from ..runtime import resolve_device, set_threads, step_seed, use_bf16
+from ..train.loop import train_step
+from ..train.rundir import append_jsonl, load_run_config, update_metrics_json
+from .features import extract_features
+
+
+def finetune(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    random_init: bool = False,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Fine-tune a run's encoder (or a random one) with few labels and test it.
+
+    Args:
+        run_dir: A run directory with a checkpoint (or any run, with ``random_init``).
+        overrides: Dotted ``finetune.*`` keys, e.g. ``{"finetune.labels": [300, 1000]}``.
+        random_init: Train the same architecture from scratch instead.
+        device: Device name (default: the run's ``train.device``).
+        log: Where the one-line results go.
+
+    Returns:
+        Per number of labels (as a string): ``test_top1`` (fraction, full test split),
+        the chosen epoch and its validation loss and accuracy. Also stored in
+        ``RUN_DIR/metrics.json`` under ``finetune`` (or ``finetune_random_init``), with
+        per-epoch records in ``RUN_DIR/finetune/``.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if overrides:
+        bad = [k for k in overrides if not k.startswith("finetune.")]
+        if bad:
+            raise RunDirError(f"only finetune.* settings apply to fine-tuning, not {bad[0]}")
+        cfg = apply_overrides(cfg, overrides)
+    set_threads(cfg.train.num_threads)
+    dev = resolve_device(device or cfg.train.device)
+    d = cfg.data
+    splits = load_dataset(
+        d.name, d.image_size, d.root, d.download, d.skip_invalid, d.test_fraction, progress=cfg.train.progress
+    )
+    results = {}
+    for n_labels in cfg.finetune.labels:
+        result = _finetune_one(cfg, splits, n_labels, run_dir, random_init, dev, log)
+        section = "finetune_random_init" if random_init else "finetune"
+        update_metrics_json(run_dir, {str(n_labels): result}, section=section)
+        results[str(n_labels)] = result
+    return results
+
+
+def _finetune_one(
+    cfg: Config,
+    splits: DataSplits,
+    n_labels: int,
+    run_dir: Path,
+    random_init: bool,
+    dev: torch.device,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    ft = cfg.finetune
+    bf16 = use_bf16(cfg.train.precision, dev)
+    n_train = len(splits.train)
+    labeled = class_balanced_indices(splits.train.labels, n_labels, ft.seed)
+    rest = np.setdiff1d(np.arange(n_train), labeled)
+    val = rest[class_balanced_indices(splits.train.labels[rest], min(ft.val_size, len(rest)), ft.seed + 1)]
+
+    torch.manual_seed(ft.seed)
+    backbone = build_backbone(cfg.model.backbone, cfg.model.width)
+    if not random_init:
+        load_backbone_weights(backbone, run_dir)
+    model = Supervised(backbone, len(splits.train.classes)).to(dev)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if ft.freeze_encoder:
+        backbone.requires_grad_(False)
+    opt = build_optimizer(
+        model,
+        OptimConfig(name=ft.optimizer, lr=ft.lr, lr_scaling="none", momentum=0.9, weight_decay=ft.weight_decay),
+        ft.batch_size,
+    )
+    assert cfg.augment.mean is not None and cfg.augment.std is not None
+    aug_cfg = replace(
+        resolve_augment(AugmentConfig(preset=ft.preset), ft.preset), mean=cfg.augment.mean, std=cfg.augment.std
+    )
+    augment = BatchAugment(aug_cfg)
+    images = torch.from_numpy(splits.train.images).to(dev)
+    labels = torch.from_numpy(splits.train.labels).to(dev)
+    val_labels = torch.from_numpy(splits.train.labels[val]).to(dev)
+    feats: dict[str, Any] = dict(
+        mean=cfg.augment.mean,
+        std=cfg.augment.std,
+        device=dev,
+        batch_size=cfg.eval.batch_size,
+        bf16=bf16,
+        channels_last=cfg.train.channels_last,
+    )
+    # Batches of one would break BatchNorm: a last batch of a single image is dropped.
+    n_batches = len(labeled) // ft.batch_size + (len(labeled) % ft.batch_size > 1)
+    total = ft.epochs * n_batches
+    name = f"{n_labels}" + ("-random-init" if random_init else "")
+    log_path = run_dir / "finetune" / f"labels-{name}.jsonl"
+    log_path.parent.mkdir(exist_ok=True)
+    log_path.unlink(missing_ok=True)
+
+    from tqdm import tqdm
+
+    best: dict[str, Any] = {"val_loss": float("inf")}
+    t0 = time.perf_counter()
+    step = 0
+    for epoch in tqdm(
+        range(ft.epochs),
+        desc=f"fine-tune {n_labels} labels",
+        disable=not cfg.train.progress,
+        unit="epoch",
+        leave=False,
+    ):
+        model.train()
+        if ft.freeze_encoder:
+            backbone.eval()  # a frozen encoder keeps its BatchNorm statistics
+        g = torch.Generator().manual_seed(step_seed(ft.seed, epoch, stream=3))
+        order = torch.as_tensor(labeled)[torch.randperm(len(labeled), generator=g)]
+        for b in range(n_batches):
+            idx = order[b * ft.batch_size : (b + 1) * ft.batch_size].to(dev)
+            set_lr(opt, ft.lr * lr_factor(step, total, 0))
+            gen = torch.Generator().manual_seed(step_seed(ft.seed, step, stream=4))
+            train_step(
+                model,
+                opt,
+                augment,
+                images.index_select(0, idx),
+                labels.index_select(0, idx),
+                gen,
+                dev,
+                bf16,
+                step=step,
+                epoch=epoch + b / n_batches,
+            )
+            step += 1
+        logits = extract_features(model, splits.train.images[val], **feats)
+        val_loss = float(F.cross_entropy(logits, val_labels))
+        val_top1 = float((logits.argmax(1) == val_labels).float().mean())
+        append_jsonl(log_path, {"epoch": epoch + 1, "val_loss": val_loss, "val_top1": val_top1})
+        if val_loss < best["val_loss"]:
+            best = {
+                "val_loss": val_loss,
+                "val_top1": val_top1,
+                "epoch": epoch + 1,
+                "state": copy.deepcopy(model.state_dict()),
+            }
+    model.load_state_dict(best.pop("state"))
+    logits = extract_features(model, splits.test.images, **feats)
+    test_top1 = float((logits.argmax(1).cpu() == torch.from_numpy(splits.test.labels)).float().mean())
+    result = {
+        "test_top1": test_top1,
+        "labels": n_labels,
+        "best_epoch": best["epoch"],
+        "val_loss": best["val_loss"],
+        "val_top1": best["val_top1"],
+        "epochs": ft.epochs,
+        "val_size": len(val),
+        "n_test": len(splits.test),
+        "init": "random" if random_init else "pretrained",
+        "freeze_encoder": ft.freeze_encoder,
+        "time_s": time.perf_counter() - t0,
+    }
+    log(
+        f"fine-tuned ({result['init']} encoder, {n_labels} labels): test top-1 {test_top1:.4f} "
+        f"(best epoch {best['epoch']}/{ft.epochs}, val loss {best['val_loss']:.4f})"
+    )
+    return result

@@ -1,0 +1,52 @@
+"""Pieces the methods share: the encoder (optionally initialised from a run) and a classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..config import Config
+from ..errors import CheckpointError, ConfigError
+from ..models import build_backbone, feature_dim
+
+
+def build_encoder(cfg: Config) -> nn.Module:
+    """``cfg.model.backbone``, with the weights of ``cfg.model.init`` when it is set."""
+    backbone = build_backbone(cfg.model.backbone, cfg.model.width)
+    if cfg.model.init:
+        load_backbone_weights(backbone, cfg.model.init)
+    return backbone
+
+
+def load_backbone_weights(backbone: nn.Module, source: str | Path) -> None:
+    """Copy the encoder weights of a run (its newest checkpoint) or checkpoint file into ``backbone``.
+
+    Raises:
+        ConfigError: If ``source`` does not exist.
+        CheckpointError: If it holds no encoder, or one of another architecture.
+    """
+    from ..train.checkpoint import load_checkpoint, load_latest
+
+    path = Path(source)
+    if path.is_dir():
+        loaded = load_latest(path)
+        if loaded is None:
+            raise CheckpointError(f"model.init: {path} has no checkpoint to initialise from")
+        state = loaded[0]
+    elif path.is_file():
+        state = load_checkpoint(path)
+    else:
+        raise ConfigError(f"model.init: {path} does not exist (give a run directory or a checkpoint file)")
+    weights = {k.removeprefix("backbone."): v for k, v in state["model"].items() if k.startswith("backbone.")}
+    if not weights:
+        raise CheckpointError(f"model.init: {path} holds no encoder weights")
+    ours = backbone.state_dict()
+    if set(weights) != set(ours) or any(weights[k].shape != ours[k].shape for k in ours):
+        raise CheckpointError(f"model.init: the encoder in {path} is not a {type(backbone).__name__} of this shape")
+    backbone.load_state_dict(weights)
+
+
+def linear_classifier(backbone: nn.Module, num_classes: int) -> nn.Linear:
+    """A linear layer from the backbone's features to ``num_classes`` logits."""
+    return nn.Linear(feature_dim(backbone), num_classes)

@@ -1,0 +1,119 @@
+"""MoCo v2 (He et al. 2020; Chen et al. 2020): momentum key encoder and a queue of negatives."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from ..ema import ema_update, frozen_copy
+from ..errors import ConfigError
+from ..losses import info_nce
+from ..models import ProjectionHead, feature_dim
+from ..models.norm import convert_split_bn
+from .common import build_encoder
+
+
+class MoCo(nn.Module):
+    """Query encoder + MLP head trained by InfoNCE against a momentum key encoder.
+
+    Per step: the key encoder becomes an EMA of the query encoder (``momentum``), keys of
+    the second views are computed without gradient, the loss contrasts each query with
+    its key and the ``queue_size`` keys of earlier steps, and the new keys replace the
+    oldest in the queue.
+
+    Shuffle-BN on one device: in the paper each GPU normalises its own sub-batch, and
+    keys are shuffled across GPUs so that a query and its key never share BatchNorm
+    statistics (which would let the model cheat). Here every BatchNorm is a
+    :class:`~selfsup.models.norm.SplitBatchNorm` over ``bn_splits`` sub-batches (the
+    GPUs), and the key batch is randomly permuted before the key encoder and restored
+    after it, so each key is normalised with other samples than its query. This is the
+    approach of MoCo's own single-GPU CIFAR demo.
+
+    Args:
+        backbone: Query encoder.
+        head: Query projection head.
+        queue_size: K, the number of negative keys.
+        momentum: EMA coefficient m of the key encoder.
+        temperature: InfoNCE temperature.
+        bn_splits: BatchNorm sub-batches (1 turns shuffle-BN off).
+    """
+
+    n_views = 2
+    default_augment = "moco_v2"
+    uses_labels = False
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: ProjectionHead,
+        queue_size: int,
+        momentum: float,
+        temperature: float,
+        bn_splits: int,
+    ) -> None:
+        super().__init__()
+        self.backbone = convert_split_bn(backbone, bn_splits)
+        self.head = convert_split_bn(head, bn_splits)
+        self.key_backbone = frozen_copy(self.backbone)
+        self.key_head = frozen_copy(self.head)
+        self.momentum, self.temperature, self.bn_splits = momentum, temperature, bn_splits
+        dim = head.sizes[-1]
+        self.queue: torch.Tensor
+        self.queue_ptr: torch.Tensor
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int) -> MoCo:
+        """Build from ``cfg.model`` and ``cfg.method`` (``num_classes`` is unused)."""
+        splits = cfg.method.bn_splits
+        if cfg.train.batch_size % splits:
+            raise ConfigError(
+                f"train.batch_size {cfg.train.batch_size} must be a multiple of method.bn_splits {splits}"
+            )
+        backbone = build_encoder(cfg)
+        head = ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=cfg.model.head_bn)
+        m = cfg.method
+        return cls(backbone, head, m.queue_size, m.momentum, m.temperature, splits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> query-encoder features (B, feature_dim)."""
+        return self.backbone(x)
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Normalised keys (B, D) of ``x`` through the shuffled, split-BN key encoder."""
+        ema_update(self.key_backbone, self.backbone, self.momentum)
+        ema_update(self.key_head, self.head, self.momentum)
+        perm = torch.randperm(len(x), generator=gen).to(x.device)
+        k = self.key_head(self.key_backbone(x.index_select(0, perm)))  # keys in shuffled order
+        k = torch.empty_like(k).index_copy_(0, perm, k)  # back to the input order
+        return F.normalize(k.float(), dim=1)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        """Replace the oldest ``len(keys)`` entries of the queue (FIFO, wrapping around)."""
+        k = self.queue.shape[0]
+        idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % k
+        self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % k)
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """InfoNCE of queries (first views) against keys (second views) and the queue.
+
+        Args:
+            batch: ``views`` (2B, 3, H, W): B query views then B key views;
+                ``generator``: the step's CPU generator (for the key shuffle).
+
+        Returns:
+            ``{"loss": scalar}``.
+        """
+        x_q, x_k = batch["views"].chunk(2)
+        q = self.head(self.backbone(x_q))  # (B, D)
+        k = self._keys(x_k, batch["generator"])  # (B, D), no gradient
+        # The queue changes below; the loss's backward needs its current values.
+        loss = info_nce(q, k, self.queue.clone(), self.temperature)
+        self._enqueue(k)
+        return {"loss": loss}

@@ -1,0 +1,350 @@
+"""Every registered method: steps, gradients, resume; MoCo's queue and shuffle-BN; EMA; semi-supervision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_overrides
+from selfsup.config import load_config
+from selfsup.ema import ema_update, frozen_copy
+from selfsup.errors import CheckpointError, ConfigError
+from selfsup.eval import evaluate_classifiers
+from selfsup.eval.finetune import finetune
+from selfsup.methods import METHODS, MeanTeacher, MoCo, build_method
+from selfsup.methods.common import load_backbone_weights
+from selfsup.methods.pi_model import sigmoid_rampup
+from selfsup.models import build_backbone
+from selfsup.models.norm import SplitBatchNorm, convert_split_bn
+from selfsup.train import load_latest, pretrain
+from selfsup.train.rundir import read_jsonl
+from selfsup.train.sampler import StepSampler
+
+# Settings that make each method a second-long CPU run on the tiny dataset (96 train images).
+METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
+    "simclr": {},
+    "moco": {"method.queue_size": 40, "method.bn_splits": 4},
+    "supervised": {},
+    "pi": {"semi.labels": 24, "semi.labeled_batch_size": 8, "semi.rampup_epochs": 1.0},
+    "mean-teacher": {"semi.labels": 24, "semi.labeled_batch_size": 8, "semi.rampup_epochs": 1.0},
+}
+
+
+def method_cfg(name: str, data: Path, **extra: Any) -> Any:
+    return load_config(None, tiny_overrides(data, **{"method.name": name, **METHOD_OVERRIDES[name], **extra}))
+
+
+def test_every_method_has_test_settings() -> None:
+    assert set(METHOD_OVERRIDES) == set(METHODS)
+
+
+def fake_batch(model: nn.Module, n: int = 16, seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    labels[n // 2 :] = -1 if getattr(model, "semi_supervised", False) else labels[n // 2 :]
+    views = torch.randn(int(model.n_views) * n, 3, 32, 32, generator=g)
+    return {"views": views, "labels": labels, "generator": g, "step": 3, "epoch": 0.5}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_two_steps_finite_loss_and_gradients_where_they_belong(name: str, shared_folder: Path) -> None:
+    torch.manual_seed(0)
+    model = build_method(method_cfg(name, shared_folder), 3)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    if name == "moco":
+        assert frozen == {n for n, _ in model.named_parameters() if n.startswith(("key_backbone.", "key_head."))}
+    elif name == "mean-teacher":
+        assert frozen and all(n.startswith("teacher_") for n in frozen)
+    else:
+        assert not frozen
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    for step in range(2):
+        out = model.training_step(fake_batch(model, seed=step))
+        assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
+        opt.zero_grad()
+        out["loss"].backward()
+        for n, p in model.named_parameters():
+            if n in frozen:
+                assert p.grad is None, f"{n} got a gradient"
+            else:
+                assert p.grad is not None and torch.isfinite(p.grad).all(), f"{n} got no gradient"
+        opt.step()
+        if hasattr(model, "after_optimizer_step"):
+            model.after_optimizer_step()
+    assert isinstance(model.backbone, nn.Module)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_checkpoint_and_resume(name: str, shared_folder: Path, tmp_path: Path) -> None:
+    cfg = method_cfg(name, shared_folder, **{"train.epochs": 2, "train.keep_checkpoints": 3})
+    full = tmp_path / "full"
+    pretrain(cfg, out=full, log=lambda s: None)
+    part = tmp_path / "part"
+    pretrain(cfg, out=part, log=lambda s: None)
+    # Lose the last epoch as a kill would: drop the newest checkpoint, resume from epoch 1.
+    ckpts = sorted((part / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["step-000000006.pt", "step-000000012.pt"]
+    ckpts[-1].unlink()
+    pretrain(cfg, out=part, resume=True, log=lambda s: None)
+    a, b = load_latest(full)[0], load_latest(part)[0]
+    assert a["step"] == b["step"] == 12
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+# ---- EMA and split BatchNorm ---------------------------------------------------------------
+
+
+def test_ema_update_arithmetic() -> None:
+    src = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    tgt = frozen_copy(src)
+    assert all(not p.requires_grad for p in tgt.parameters())
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(1.0)
+        src[1].running_mean.fill_(2.0)
+        src[1].num_batches_tracked.fill_(7)
+    before = [t.clone() for t in tgt.state_dict().values()]
+    ema_update(tgt, src, 0.9)
+    for (key, new), old in zip(tgt.state_dict().items(), before, strict=True):
+        s = src.state_dict()[key]
+        if new.dtype.is_floating_point:
+            torch.testing.assert_close(new, 0.9 * old + 0.1 * s)
+        else:
+            assert torch.equal(new, s)
+    ema_update(tgt, src, 0.0)
+    for key, value in tgt.state_dict().items():
+        assert torch.equal(value, src.state_dict()[key])
+
+
+def test_split_batchnorm_normalises_each_sub_batch() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(12, 4, 5, 5) * 3 + 1
+    bn = SplitBatchNorm(4, splits=3)
+    out = bn(x)
+    for k in range(3):
+        group = x[k::3]
+        ref = (group - group.mean((0, 2, 3), keepdim=True)) / torch.sqrt(
+            group.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5
+        )
+        torch.testing.assert_close(out[k::3], ref, atol=1e-5, rtol=1e-5)
+    # Running statistics: the mean of the sub-batches' updates.
+    expected = 0.1 * torch.stack([x[k::3].mean((0, 2, 3)) for k in range(3)]).mean(0)
+    torch.testing.assert_close(bn.running_mean, expected, atol=1e-6, rtol=1e-5)
+    bn.eval()
+    plain = nn.BatchNorm2d(4)
+    plain.load_state_dict(bn.state_dict())
+    torch.testing.assert_close(bn(x), plain.eval()(x))
+    net = convert_split_bn(build_backbone("preact_resnet8"), 2)
+    assert all(not isinstance(m, nn.BatchNorm2d) or isinstance(m, SplitBatchNorm) for m in net.modules())
+    with pytest.raises(ValueError, match="does not split"):
+        SplitBatchNorm(4, 5)(x)
+
+
+# ---- MoCo ------------------------------------------------------------------------------------
+
+
+def test_moco_queue_is_fifo_and_wraps(shared_folder: Path) -> None:
+    model = build_method(method_cfg("moco", shared_folder, **{"method.queue_size": 10}), 3)
+    assert isinstance(model, MoCo)
+    keys = [torch.full((4, model.queue.shape[1]), float(i)) for i in range(1, 4)]
+    for k in keys:
+        model._enqueue(k)
+    q = model.queue[:, 0]
+    # 12 keys into 10 slots: batches fill 0-3, 4-7, then 8, 9 and (wrapping) 0, 1.
+    assert q.tolist() == [3, 3, 1, 1, 2, 2, 2, 2, 3, 3]
+    assert int(model.queue_ptr) == 2
+
+
+def test_moco_key_encoder_is_momentum_average_and_unshuffled(shared_folder: Path) -> None:
+    torch.manual_seed(0)
+    model = build_method(method_cfg("moco", shared_folder, **{"method.bn_splits": 1, "method.momentum": 0.9}), 3)
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(0.5)
+    before = [p.clone() for p in model.key_backbone.parameters()]
+    x = torch.randn(8, 3, 32, 32)
+    keys = model._keys(x, torch.Generator().manual_seed(1))
+    for old, key_p, q_p in zip(before, model.key_backbone.parameters(), model.backbone.parameters(), strict=True):
+        torch.testing.assert_close(key_p, 0.9 * old + 0.1 * q_p)
+    # With one BN group the shuffle cannot change a key: keys come back in input order.
+    with torch.no_grad():
+        direct = torch.nn.functional.normalize(model.key_head(model.key_backbone(x)), dim=1)
+    torch.testing.assert_close(keys, direct, atol=1e-5, rtol=1e-4)
+
+
+def test_moco_batch_must_split_into_bn_groups(shared_folder: Path) -> None:
+    with pytest.raises(ConfigError, match="multiple of method.bn_splits"):
+        build_method(method_cfg("moco", shared_folder, **{"method.bn_splits": 3}), 3)
+
+
+# ---- semi-supervised ------------------------------------------------------------------------
+
+
+def test_sigmoid_rampup() -> None:
+    assert sigmoid_rampup(0, 5) == pytest.approx(np.exp(-5))
+    assert sigmoid_rampup(2.5, 5) == pytest.approx(np.exp(-5 * 0.25))
+    assert sigmoid_rampup(5, 5) == 1.0 and sigmoid_rampup(9, 5) == 1.0 and sigmoid_rampup(0, 0) == 1.0
+
+
+def test_mean_teacher_decay_schedule(shared_folder: Path) -> None:
+    torch.manual_seed(0)
+    model = build_method(method_cfg("mean-teacher", shared_folder), 3)
+    assert isinstance(model, MeanTeacher)
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+    # Step 0: decay min(0.99, 1 - 1/1) = 0, the teacher becomes the student.
+    model.training_step(fake_batch(model) | {"step": 0, "epoch": 0.0})
+    model.after_optimizer_step()
+    for t, s in zip(model.teacher_backbone.parameters(), model.backbone.parameters(), strict=True):
+        assert torch.equal(t, s)
+    old = [p.clone() for p in model.teacher_backbone.parameters()]
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+    model.training_step(fake_batch(model) | {"step": 5000, "epoch": 3.0})  # after the ramp-up: 0.999
+    model.after_optimizer_step()
+    for t, o, s in zip(model.teacher_backbone.parameters(), old, model.backbone.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.999 * o + 0.001 * s)
+
+
+def test_step_sampler_streams() -> None:
+    labeled = np.array([3, 7, 11, 20, 21])
+    s = StepSampler(40, 8, seed=0, labeled=labeled, labeled_batch_size=3)
+    assert s.steps_per_epoch == 5
+    seen_l, seen_u = [], []
+    for step in range(10):
+        idx, n_lab = s(step)
+        assert n_lab == 3 and len(idx) == 11
+        seen_l += idx[:3].tolist()
+        seen_u += idx[3:].tolist()
+    # The labelled stream cycles through the subset, each cycle a permutation of it.
+    assert set(seen_l) == set(labeled.tolist())
+    assert sorted(seen_l[:5]) == sorted(labeled.tolist()) and sorted(seen_l[5:10]) == sorted(labeled.tolist())
+    # The main stream visits every image once per epoch.
+    assert sorted(seen_u[:40]) == list(range(40))
+    again = StepSampler(40, 8, seed=0, labeled=labeled, labeled_batch_size=3)
+    assert torch.equal(again(7)[0], s(7)[0])
+    only = StepSampler(40, 8, seed=0, labeled=labeled, labeled_batch_size=3, use_main=False)
+    assert len(only(0)[0]) == 3 and only.steps_per_epoch == 5
+    plain, n = StepSampler(40, 8, seed=0)(0)
+    assert n == 8 == len(plain)
+
+
+class _Spy(nn.Module):
+    """Records the labels each step sees."""
+
+
+def test_semi_run_hides_unlabelled_labels(shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.Tensor] = []
+    original = MeanTeacher.training_step
+
+    def spy(self: MeanTeacher, batch: dict) -> dict:
+        seen.append(batch["labels"].clone())
+        return original(self, batch)
+
+    monkeypatch.setattr(MeanTeacher, "training_step", spy)
+    cfg = method_cfg("mean-teacher", shared_folder, **{"train.eval_after": True})
+    result = pretrain(cfg, out=tmp_path / "mt", log=lambda s: None)
+    assert all(len(b) == 8 + 16 and (b[:8] >= 0).all() and (b[8:] == -1).all() for b in seen)
+    m = json.loads((tmp_path / "mt" / "metrics.json").read_text())
+    assert 0 <= m["test_top1"] <= 1 and 0 <= m["student_test_top1"] <= 1 and m["labels"] == 24
+    assert "linear_top1" not in m  # a probe would use every label
+    assert result.metrics["test_top1"] == m["test_top1"]
+    again = evaluate_classifiers(tmp_path / "mt", log=lambda s: None)
+    assert again["test_top1"] == pytest.approx(m["test_top1"])
+
+
+def test_supervised_on_labels_alone_uses_only_them(
+    shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selfsup.methods import Supervised
+
+    seen: list[torch.Tensor] = []
+    original = Supervised.training_step
+    monkeypatch.setattr(Supervised, "training_step", lambda self, b: (seen.append(b["labels"]), original(self, b))[1])
+    cfg = method_cfg("supervised", shared_folder, **{"semi.labels": 24, "semi.labeled_batch_size": 8})
+    pretrain(cfg, out=tmp_path / "sup", log=lambda s: None)
+    assert len(seen) == 12 and all(len(b) == 8 and (b >= 0).all() for b in seen)
+
+
+def test_semi_method_without_labels_is_refused(shared_folder: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, tiny_overrides(shared_folder, **{"method.name": "pi"}))
+    with pytest.raises(ConfigError, match="selfsup semi --method pi --labels N"):
+        pretrain(cfg, out=tmp_path / "x", log=lambda s: None)
+    cfg = load_config(None, tiny_overrides(shared_folder, **{"semi.labels": 24}))
+    with pytest.raises(ConfigError, match="does not use labels"):
+        pretrain(cfg, out=tmp_path / "x", log=lambda s: None)
+    assert not (tmp_path / "x").exists()
+
+
+# ---- initialisation from another run, fine-tuning --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simclr_run(shared_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "simclr"
+    pretrain(method_cfg("simclr", shared_folder), out=out, log=lambda s: None)
+    return out
+
+
+def test_init_from_a_run(simclr_run: Path, shared_folder: Path, tmp_path: Path) -> None:
+    cfg = method_cfg("mean-teacher", shared_folder, **{"model.init": str(simclr_run)})
+    model = build_method(cfg, 3)
+    trained = load_latest(simclr_run)[0]["model"]
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, trained[f"backbone.{key}"])
+    for key, value in model.teacher_backbone.state_dict().items():  # the teacher starts from it too
+        assert torch.equal(value, trained[f"backbone.{key}"])
+    with pytest.raises(CheckpointError, match="not a PreActResNetCifar of this shape"):
+        load_backbone_weights(build_backbone("preact_resnet20"), simclr_run)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_backbone_weights(build_backbone("preact_resnet8"), tmp_path / "none")
+    with pytest.raises(CheckpointError, match="has no checkpoint"):
+        (tmp_path / "empty").mkdir()
+        load_backbone_weights(build_backbone("preact_resnet8"), tmp_path / "empty")
+
+
+def test_finetune(simclr_run: Path) -> None:
+    lines: list[str] = []
+    r = finetune(
+        simclr_run,
+        {"finetune.labels": 15, "finetune.val_size": 9, "finetune.epochs": 3, "finetune.batch_size": 8},
+        log=lines.append,
+    )["15"]
+    assert 0 <= r["test_top1"] <= 1 and 1 <= r["best_epoch"] <= 3 and r["n_test"] == 24 and r["val_size"] == 9
+    records = read_jsonl(simclr_run / "finetune" / "labels-15.jsonl")
+    assert len(records) == 3 and min(x["val_loss"] for x in records) == pytest.approx(r["val_loss"])
+    scratch = finetune(
+        simclr_run,
+        {"finetune.labels": 15, "finetune.val_size": 9, "finetune.epochs": 3, "finetune.batch_size": 8},
+        random_init=True,
+        log=lines.append,
+    )["15"]
+    m = json.loads((simclr_run / "metrics.json").read_text())
+    assert m["finetune"]["15"]["test_top1"] == r["test_top1"]
+    assert m["finetune_random_init"]["15"]["test_top1"] == scratch["test_top1"]
+    assert "fine-tuned (pretrained encoder, 15 labels)" in lines[0]
+    both = finetune(
+        simclr_run,
+        {
+            "finetune.labels": "6,12",
+            "finetune.val_size": 9,
+            "finetune.epochs": 2,
+            "finetune.freeze_encoder": True,
+            "finetune.batch_size": 8,
+        },
+        log=lines.append,
+    )
+    assert set(both) == {"6", "12"} and both["6"]["freeze_encoder"] and both["12"]["labels"] == 12
+    m = json.loads((simclr_run / "metrics.json").read_text())
+    assert set(m["finetune"]) == {"6", "12", "15"}
+    # The frozen encoder really stayed frozen: the run's checkpoint is untouched and reused.
+    assert load_latest(simclr_run)[0]["step"] == 12
