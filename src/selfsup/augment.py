@@ -194,6 +194,10 @@ class AugmentParams:
     gray: torch.Tensor
     blur_sigma: torch.Tensor
 
+    def select(self, rows: torch.Tensor) -> AugmentParams:
+        """The parameters of the given samples (a CPU index tensor)."""
+        return AugmentParams(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
 
 def _uniform(lo: float, hi: float, n: int, gen: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
@@ -472,9 +476,28 @@ class BatchAugment:
     def __init__(self, cfg: AugmentConfig | AugmentSpec) -> None:
         self.cfg = cfg if isinstance(cfg, AugmentSpec) else AugmentSpec.from_config(cfg)
 
-    def __call__(self, images: torch.Tensor, gen: torch.Generator, n_views: int = 1) -> torch.Tensor:
-        """Augment ``images`` (B, H, W, 3) uint8 ``n_views`` times, views stacked on dim 0."""
+    def __call__(
+        self,
+        images: torch.Tensor,
+        gen: torch.Generator,
+        n_views: int = 1,
+        positions: torch.Tensor | None = None,
+        total: int | None = None,
+    ) -> torch.Tensor:
+        """Augment ``images`` (B, H, W, 3) uint8 ``n_views`` times, views stacked on dim 0.
+
+        With ``positions`` (B,) and ``total``, ``images`` are the samples at those
+        positions of a global batch of ``total``: parameters are drawn for the whole global
+        batch and these samples' rows kept, so that several processes together augment
+        exactly as one process would.
+        """
+        b, h, w = images.shape[:3]
+        n = b if total is None else total
+        params = sample_params(self.cfg, n_views * n, h, w, gen)
+        if positions is not None:
+            rows = torch.cat([v * n + positions.cpu() for v in range(n_views)])
+            params = params.select(rows)
+
         if n_views > 1:
             images = images.repeat(n_views, 1, 1, 1)
-        params = sample_params(self.cfg, images.shape[0], images.shape[1], images.shape[2], gen)
         return apply_params(images, params, self.cfg)

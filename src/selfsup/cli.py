@@ -109,7 +109,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         if cfg.method.name not in ("pi", "mean-teacher", "supervised"):
             raise ConfigError(f"selfsup semi trains pi, mean-teacher or supervised, not {cfg.method.name!r} (--method)")
     result = pretrain(cfg, out=args.out, resume=args.resume, overwrite=args.overwrite)
+    from .distributed import rank
+
+    if rank() != 0:
+        return 0  # under torchrun, rank 0 reports
     print(f"run directory: {result.run_dir}")
+
     m = result.metrics
     names = {
         "knn_top1": "kNN top-1",
@@ -158,7 +163,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(command: Any, args: argparse.Namespace) -> int:
+    from .distributed import shutdown
+
+    try:
+        return int(command(args))
+    finally:
+        shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+
     """Entry point of the ``selfsup`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -174,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     commands = {"pretrain": _cmd_pretrain, "semi": _cmd_pretrain, "eval": _cmd_eval, "finetune": _cmd_finetune}
     try:
-        return commands[args.command](args)
+        return _run(commands[args.command], args)
     except SelfsupError as e:
         if debug:
             raise

@@ -164,6 +164,9 @@ class TrainConfig:
     channels_last: bool = True
     #: torch.compile the model (pays on GPUs; costs start-up time).
     compile: bool = False
+    #: Under torchrun on GPUs: BatchNorm statistics over the whole global batch.
+    sync_bn: bool = False
+
     #: CPU threads for PyTorch (None = PyTorch's default).
     num_threads: Union[int, None] = None
     #: Save a checkpoint every N epochs (and always at the end).

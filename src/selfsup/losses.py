@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float,
+    z1_all: torch.Tensor | None = None,
+    z2_all: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """NT-Xent, SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020).
 
     Each of the 2N embeddings is an anchor; its positive is the other view of the same
@@ -17,22 +24,35 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 
     and the result is the mean over all 2N anchors (the paper's Algorithm 1).
 
+    Across processes, pass the embeddings of the whole global batch as ``z1_all`` and
+    ``z2_all`` (M, D), in which this process's rows start at ``offset``: the local 2N
+    anchors are then contrasted with all 2M embeddings (2M - 2 negatives each), and the
+    mean of the result over processes is the single-process loss of the global batch.
+
     Args:
         z1: (N, D) embeddings of the first views.
         z2: (N, D) embeddings of the second views; row i pairs with row i of ``z1``.
         temperature: t > 0.
+        z1_all: (M, D) first views of the global batch (default: ``z1``).
+        z2_all: (M, D) second views of the global batch (default: ``z2``).
+        offset: Row of ``z1`` within ``z1_all``.
 
     Returns:
         Scalar loss (float32 even under autocast).
     """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"z1 and z2 must both be (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
-    logits = z @ z.T / temperature  # (2N, 2N)
-    # An anchor is not its own negative: remove the diagonal from the softmax.
-    logits.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    z1_all = z1 if z1_all is None else z1_all
+    z2_all = z2 if z2_all is None else z2_all
+    n, m = z1.shape[0], z1_all.shape[0]
+    anchors = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
+    candidates = F.normalize(torch.cat([z1_all, z2_all]).float(), dim=1)  # (2M, D)
+    logits = anchors @ candidates.T / temperature  # (2N, 2M)
+    local = torch.arange(n, device=logits.device) + offset
+    own = torch.cat([local, local + m])  # each anchor's own column
+    # An anchor is not its own negative: remove it from the softmax.
+    logits[torch.arange(2 * n, device=logits.device), own] = float("-inf")
+    targets = torch.cat([local + m, local])  # the other view of the same image
     return F.cross_entropy(logits, targets)
 
 

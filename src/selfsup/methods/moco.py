@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from ..distributed import gather
 from ..ema import ema_update, frozen_copy
 from ..errors import ConfigError
 from ..losses import info_nce
@@ -115,5 +116,5 @@ class MoCo(nn.Module):
         k = self._keys(x_k, batch["generator"])  # (B, D), no gradient
         # The queue changes below; the loss's backward needs its current values.
         loss = info_nce(q, k, self.queue.clone(), self.temperature)
-        self._enqueue(k)
+        self._enqueue(gather(k))  # under torchrun: every rank's keys, in rank order
         return {"loss": loss}

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..distributed import gather_with_grad, rank
 from ..losses import nt_xent
 from ..models import ProjectionHead, feature_dim
 from .common import build_encoder
@@ -58,4 +59,6 @@ class SimCLR(nn.Module):
         # single-device setting.
         z = self.head(self.backbone(batch["views"]))  # (2B, D)
         z1, z2 = z.chunk(2)
-        return {"loss": nt_xent(z1, z2, self.temperature)}
+        # Under torchrun: negatives from every rank's views, gradients through the gather.
+        z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)
+        return {"loss": nt_xent(z1, z2, self.temperature, z1_all, z2_all, offset=rank() * len(z1))}

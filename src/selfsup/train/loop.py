@@ -29,7 +29,8 @@ from torch import nn
 from ..augment import BatchAugment, resolve_augment
 from ..config import Config, copy_config, diff, save_config
 from ..data import DataSplits, channel_stats, class_balanced_indices, load_data
-from ..errors import ConfigError, RunDirError, TrainingDivergedError
+from ..distributed import all_reduce_mean, any_rank, broadcast_object, init_from_env, local_device, rank, world_size
+from ..errors import ConfigError, RunDirError, SelfsupError, TrainingDivergedError
 from ..eval.features import extract_features
 from ..eval.knn import knn_accuracy
 from ..methods import build_method, method_class
@@ -54,6 +55,7 @@ RESUME_FREE_KEYS = (
     "train.device",
     "train.precision",
     "train.compile",
+    "train.sync_bn",
     "train.num_threads",
     "train.progress",
     "train.log_every",
@@ -185,6 +187,9 @@ def train_step(
     bf16: bool,
     step: int = 0,
     epoch: float = 0.0,
+    step_fn: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None,
+    positions: torch.Tensor | None = None,
+    total: int | None = None,
 ) -> torch.Tensor:
     """Augment one batch, run the method's step, update: the body of every training loop.
 
@@ -199,14 +204,18 @@ def train_step(
         bf16: Use bf16 autocast.
         step: Global step index (for methods with schedules of their own).
         epoch: Training progress in epochs (for ramp-ups).
+        step_fn: What computes the losses (default ``model.training_step``; under
+            torchrun the DistributedDataParallel wrapper, which syncs gradients).
+        positions: Under torchrun, where these images sit in the global batch ...
+        total: ... of this many images (so augmentation draws as one process would).
 
     Returns:
         The loss, detached, still on the device (reading it would synchronise).
     """
-    views = augment(images, gen, n_views=int(model.n_views))  # type: ignore[arg-type]
+    views = augment(images, gen, n_views=int(model.n_views), positions=positions, total=total)  # type: ignore[arg-type]
     batch = {"views": views, "labels": labels, "generator": gen, "step": step, "epoch": epoch}
     with autocast(device, bf16):
-        result = model.training_step(batch)  # type: ignore[operator]
+        result = (step_fn or model.training_step)(batch)  # type: ignore[operator]
     loss = result["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -215,6 +224,30 @@ def train_step(
     if after_step is not None:
         after_step()
     return loss.detach()
+
+
+class _Steps(nn.Module):
+    """Makes ``training_step`` the forward pass, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, method: nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.method.training_step(batch)  # type: ignore[operator,no-any-return]
+
+
+def local_positions(total: int, n_labeled: int, part: int, parts: int) -> torch.Tensor:
+    """Positions of rank ``part``'s share of a global batch of ``total`` images.
+
+    Each rank takes 1/parts of the labelled images (the first ``n_labeled``) and 1/parts
+    of the others, so every rank's batch has the same mix.
+    """
+
+    n_other = total - n_labeled
+    lab = torch.arange(part * n_labeled // parts, (part + 1) * n_labeled // parts)
+    other = n_labeled + torch.arange(part * n_other // parts, (part + 1) * n_other // parts)
+    return torch.cat([lab, other])
 
 
 def build_sampler(cfg: Config, splits: DataSplits) -> StepSampler:
@@ -288,6 +321,10 @@ def pretrain(
     of the method's own classifier where it has one (semi-supervised runs report only
     the latter: a probe would use every label).
 
+    Under ``torchrun`` each process trains on its share of every global batch
+    (``train.batch_size`` in all) with DistributedDataParallel; rank 0 alone writes the
+    run directory and evaluates.
+
     Args:
         cfg: The run's config (see :mod:`selfsup.config`).
         out: Run directory (default ``runs/<method>-<backbone>-<time>``).
@@ -304,33 +341,42 @@ def pretrain(
     """
     t = cfg.train
     set_threads(t.num_threads)
-    device = resolve_device(t.device)
+    distributed = init_from_env()
+    leader = rank() == 0
+    log = log if leader else (lambda _msg: None)
+    device = resolve_device(local_device(t.device))
     bf16 = use_bf16(t.precision, device)
     run_dir = Path(out) if out is not None else default_run_dir(cfg.method.name, cfg.model.backbone)
 
     # Everything that can fail on bad input happens before the run directory is touched.
     method_class(cfg.method.name)
-    splits = load_data(cfg.data, seed=t.seed, progress=t.progress)
+    _check_distributed(cfg, device)
+    splits = load_data(cfg.data, seed=t.seed, progress=t.progress and leader)
     cfg = resolve_config(cfg, splits)
     sampler = build_sampler(cfg, splits)
     torch.manual_seed(t.seed)
     model = build_method(cfg, len(splits.train.classes))
-    existing = prepare_run_dir(run_dir, resume, overwrite)
-    if existing:
-        check_resume_config(load_run_config(run_dir), cfg, run_dir)
-    else:
-        save_config(cfg, run_dir / CONFIG)
+    # Rank 0 prepares the run directory; every rank learns the outcome (or the error).
+    outcome: tuple[bool, str | None] = (False, None)
+    if leader:
+        try:
+            outcome = (_prepare(cfg, run_dir, resume, overwrite), None)
+        except SelfsupError as e:
+            if not distributed:
+                raise
+            outcome = (False, str(e))
+    existing, error = broadcast_object(outcome)
+    if error:
+        raise RunDirError(error)
 
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
+    if distributed and t.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optim, t.batch_size)
     progress = _Progress(device)
-    metrics_path = run_dir / METRICS_JSONL
     if existing:
-        # Temporary files of a checkpoint write that a kill interrupted.
-        for stale in (run_dir / CHECKPOINTS).glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
         loaded = load_latest(run_dir)
         if loaded is not None:
             state, path = loaded
@@ -339,36 +385,43 @@ def pretrain(
             progress.load_state_dict(state)
             torch.set_rng_state(state["rng_cpu"])
             log(f"resuming {run_dir} from {path.name} (step {progress.step}/{t.epochs * sampler.steps_per_epoch})")
-        truncate_jsonl(metrics_path, progress.step)
+        if leader:
+            truncate_jsonl(run_dir / METRICS_JSONL, progress.step)
     if t.compile:
         backbone = model.backbone
         assert isinstance(backbone, nn.Module)
         backbone.compile()
+    step_fn = None
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
 
-    _loop(cfg, model, optimizer, sampler, splits, progress, run_dir, device, bf16)
+        step_fn = DistributedDataParallel(_Steps(model), device_ids=[device.index] if device.type == "cuda" else None)
+
+    _loop(cfg, model, optimizer, sampler, splits, progress, run_dir, device, bf16, step_fn)
 
     n_views = int(model.n_views)  # type: ignore[arg-type]
     images_per_step = len(sampler(0)[0])
-    records = read_jsonl(metrics_path)
-    final_loss = next((r["epoch_loss"] for r in reversed(records) if "epoch_loss" in r), float("nan"))
     summary = {
         "step": progress.step,
         "summary": True,
-        "final_loss": final_loss,
+        "final_loss": _final_loss(run_dir) if leader else float("nan"),
         "train_time_s": progress.train_time,
         "views_per_s": progress.step * images_per_step * n_views / max(progress.train_time, 1e-9),
         "peak_memory_mb": peak_memory_mb(device),
         "device": str(device),
         "bf16": bf16,
+        "processes": world_size(),
         "n_train": len(splits.train),
         "epochs": t.epochs,
     }
-    append_jsonl(metrics_path, summary)
+    result = RunResult(run_dir=run_dir, summary=summary)
+    if not leader:
+        return result
+    append_jsonl(run_dir / METRICS_JSONL, summary)
     log(
         f"trained {t.epochs} epochs ({progress.step} steps) in {progress.train_time:.0f} s, "
-        f"{summary['views_per_s']:.0f} views/s, final loss {final_loss:.4f}"
+        f"{summary['views_per_s']:.0f} views/s, final loss {summary['final_loss']:.4f}"
     )
-    result = RunResult(run_dir=run_dir, summary=summary)
     if t.eval_after:
         from ..eval import evaluate_classifiers, evaluate_run
 
@@ -377,6 +430,39 @@ def pretrain(
         else:
             result.metrics = evaluate_classifiers(run_dir, model=model, step=progress.step, log=log)
     return result
+
+
+def _check_distributed(cfg: Config, device: torch.device) -> None:
+    """Batch sizes that split evenly over the processes; SyncBatchNorm only on GPUs."""
+    w = world_size()
+    if cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only)")
+    if w == 1:
+        return
+    if cfg.train.batch_size % w:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {w} processes")
+    if cfg.semi.labels is not None and cfg.semi.labeled_batch_size % w:
+        raise ConfigError(
+            f"semi.labeled_batch_size {cfg.semi.labeled_batch_size} must be a multiple of the {w} processes"
+        )
+
+
+def _prepare(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Create or check the run directory (rank 0). True when there is a run to continue."""
+    existing = prepare_run_dir(run_dir, resume, overwrite)
+    if existing:
+        check_resume_config(load_run_config(run_dir), cfg, run_dir)
+        # Temporary files of a checkpoint write that a kill interrupted.
+        for stale in (run_dir / CHECKPOINTS).glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    else:
+        save_config(cfg, run_dir / CONFIG)
+    return existing
+
+
+def _final_loss(run_dir: Path) -> float:
+    records = read_jsonl(run_dir / METRICS_JSONL)
+    return next((r["epoch_loss"] for r in reversed(records) if "epoch_loss" in r), float("nan"))
 
 
 def _loop(
@@ -389,6 +475,7 @@ def _loop(
     run_dir: Path,
     device: torch.device,
     bf16: bool,
+    step_fn: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """Train from ``progress.step`` to the end, logging and checkpointing on the way."""
     from tqdm import tqdm
@@ -401,7 +488,8 @@ def _loop(
     augment = BatchAugment(cfg.augment)
     images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
     labels = torch.from_numpy(splits.train.labels).to(device)
-    monitor = Monitor(cfg, splits, device, bf16) if t.knn_every else None
+    leader, part, parts = rank() == 0, rank(), world_size()
+    monitor = Monitor(cfg, splits, device, bf16) if t.knn_every and leader else None
     n_views = int(model.n_views)  # type: ignore[arg-type]
     metrics_path = run_dir / METRICS_JSONL
     p = progress
@@ -418,6 +506,8 @@ def _loop(
             )
 
     def save() -> None:
+        if not leader:
+            return
         state = {
             "format": 1,
             "model": model.state_dict(),
@@ -431,10 +521,14 @@ def _loop(
         }
         save_checkpoint(run_dir, state, p.step, t.keep_checkpoints)
 
+    def record(entry: dict[str, Any]) -> None:
+        if leader:
+            append_jsonl(metrics_path, entry)
+
     bar = tqdm(
         total=total_steps,
         initial=p.step,
-        disable=not t.progress,
+        disable=not (t.progress and leader),
         unit="step",
         dynamic_ncols=True,
         desc=f"{cfg.method.name} {cfg.model.backbone}",
@@ -448,6 +542,10 @@ def _loop(
             while p.step < total_steps:
                 t0 = time.perf_counter()
                 idx_cpu, n_labeled = sampler(p.step)
+                total, positions = len(idx_cpu), None
+                if parts > 1:  # this rank's share of the global batch
+                    positions = local_positions(total, n_labeled, part, parts)
+                    idx_cpu, n_labeled = idx_cpu[positions], n_labeled // parts
                 idx = idx_cpu.to(device, non_blocking=True)
                 batch_labels = labels.index_select(0, idx)
                 if n_labeled < len(idx):
@@ -465,22 +563,25 @@ def _loop(
                     bf16,
                     step=p.step,
                     epoch=p.step / spe,
+                    step_fn=step_fn,
+                    positions=positions,
+                    total=total,
                 )
                 # Accumulate on the device; reading the loss every step would sync.
                 p.loss_sum += loss.float()
                 p.epoch_loss_sum += loss.float()
                 p.loss_count += 1
                 p.step += 1
-                interval_views += len(idx) * n_views
+                interval_views += total * n_views
                 p.train_time += time.perf_counter() - t0
                 bar.update(1)
                 end_of_epoch = p.step % spe == 0
-                if p.step % t.log_every == 0 or end_of_epoch:
-                    mean_loss = float(p.loss_sum) / max(p.loss_count, 1)
+                logging_step = p.step % t.log_every == 0 or end_of_epoch
+                if logging_step:
+                    mean_loss = float(all_reduce_mean(p.loss_sum)) / max(p.loss_count, 1)
                     check_finite(mean_loss)
                     vps = interval_views / max(time.perf_counter() - interval_start, 1e-9)
-                    append_jsonl(
-                        metrics_path,
+                    record(
                         {
                             "step": p.step,
                             "epoch": p.step / spe,
@@ -488,7 +589,7 @@ def _loop(
                             "lr": optimizer.param_groups[0]["lr"],
                             "views_per_s": vps,
                             "train_time_s": p.train_time,
-                        },
+                        }
                     )
                     bar.set_postfix(loss=f"{mean_loss:.3f}", views_s=f"{vps:.0f}", refresh=False)
                     p.loss_sum.zero_()
@@ -496,29 +597,31 @@ def _loop(
                     interval_start, interval_views = time.perf_counter(), 0
                 if end_of_epoch:
                     epoch = p.step // spe
-                    epoch_loss = float(p.epoch_loss_sum) / spe
+                    epoch_loss = float(all_reduce_mean(p.epoch_loss_sum)) / spe
                     check_finite(epoch_loss)
-                    record: dict[str, Any] = {
+                    entry: dict[str, Any] = {
                         "step": p.step,
                         "epoch": epoch,
                         "epoch_loss": epoch_loss,
                         "train_time_s": p.train_time,
                     }
                     if monitor is not None and (epoch % t.knn_every == 0 or p.step == total_steps):
-                        record["knn_top1"] = monitor(model.backbone)  # type: ignore[arg-type]
-                        bar.write(f"epoch {epoch}: loss {epoch_loss:.4f}, kNN top-1 {record['knn_top1']:.4f}")
-                    append_jsonl(metrics_path, record)
+                        entry["knn_top1"] = monitor(model.backbone)  # type: ignore[arg-type]
+                        bar.write(f"epoch {epoch}: loss {epoch_loss:.4f}, kNN top-1 {entry['knn_top1']:.4f}")
+                    record(entry)
                     p.epoch_loss_sum.zero_()
                     interval_start = time.perf_counter()
+                # Stopping must be agreed by every rank; they compare notes when they log.
+                stopping = any_rank(bool(stop), device) if (parts > 1 and logging_step) else (parts == 1 and bool(stop))
                 due = end_of_epoch and ((p.step // spe) % t.checkpoint_every == 0 or p.step == total_steps)
                 overdue = t.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * t.checkpoint_minutes
-                if due or overdue or stop:
+                if due or overdue or stopping:
                     if not end_of_epoch:
                         check_finite(float(p.loss_sum) + float(p.epoch_loss_sum))
                     save()
                     last_ckpt = time.monotonic()
                     interval_start = time.perf_counter()
-                if stop:
+                if stopping:
                     raise Interrupted(p.step, run_dir)
     finally:
         bar.close()
