@@ -13,7 +13,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from selfsup.distributed import all_reduce_mean, init_from_env, rank, shutdown, world_size
-
 from selfsup.train.loop import _Steps
 
 GLOBAL_BATCH = 8

@@ -173,7 +173,6 @@ def _run(command: Any, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     """Entry point of the ``selfsup`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)

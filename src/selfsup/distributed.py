@@ -128,7 +128,6 @@ def shutdown() -> None:
 
 
 def barrier() -> None:
-
     """Wait for every rank (no-op without a process group)."""
     if is_distributed():
         dist.barrier()

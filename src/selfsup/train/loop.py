@@ -243,7 +243,6 @@ def local_positions(total: int, n_labeled: int, part: int, parts: int) -> torch.
     Each rank takes 1/parts of the labelled images (the first ``n_labeled``) and 1/parts
     of the others, so every rank's batch has the same mix.
     """
-
     n_other = total - n_labeled
     lab = torch.arange(part * n_labeled // parts, (part + 1) * n_labeled // parts)
     other = n_labeled + torch.arange(part * n_other // parts, (part + 1) * n_other // parts)
