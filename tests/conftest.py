@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +110,69 @@ def tiny_overrides(data: Path | str, **extra: Any) -> dict[str, Any]:
     }
     base.update(extra)
     return base
+
+
+def cli_flags(data: Path | str, **extra: Any) -> list[str]:
+    """:func:`tiny_overrides` as command-line flags."""
+    flags: list[str] = []
+    for k, v in tiny_overrides(data, **extra).items():
+        flags += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+    return flags
+
+
+def cli_command(out: Path, data: Path, *extra: str) -> list[str]:
+    """A `python -m selfsup pretrain` command for a tiny 3-epoch (18-step) run, logging every step."""
+    flags = cli_flags(data, **{"train.epochs": 3, "train.log_every": 1})
+    return [sys.executable, "-m", "selfsup", "pretrain", "--out", str(out), *flags, *extra]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for subprocesses: this checkout's sources first on the path."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Block until the run in ``out`` has logged ``step`` (or fail if it ended first)."""
+    from selfsup.train.rundir import read_jsonl
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if any(r.get("step", 0) >= step for r in read_jsonl(out / "metrics.jsonl")):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def final_state(out: Path) -> dict:
+    """The newest checkpoint of a run."""
+    from selfsup.train import load_latest
+
+    loaded = load_latest(out)
+    assert loaded is not None
+    return loaded[0]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bit-identical model weights, buffers and optimizer state."""
+    import torch
+
+    assert a["step"] == b["step"]
+    for name, t in a["model"].items():
+        assert torch.equal(t, b["model"][name]), name
+    oa, ob = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        for name, t in oa[k].items():
+            assert torch.equal(t, ob[k][name]), (k, name)
+
+
+@pytest.fixture(scope="session")
+def reference_run(shared_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny 18-step run of :func:`cli_command`, never interrupted."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    subprocess.run(cli_command(out, shared_folder), check=True, env=subprocess_env(), capture_output=True)
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, tiny_overrides
+from conftest import cli_flags, subprocess_env
 from selfsup.cli import main
-
-
-def flags(data: Path | str, **extra: object) -> list[str]:
-    out = []
-    for k, v in tiny_overrides(data, **extra).items():
-        out += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
-    return out
 
 
 def run_main(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
@@ -85,7 +77,7 @@ def test_bad_input_is_one_line(
         out.mkdir()
         (out / "config.yaml").write_text("{}\n")
         expect = "already exists; pass --resume"
-    code, _, err = run_main(capsys, ["pretrain", "--out", str(out), *flags(data), *extra])
+    code, _, err = run_main(capsys, ["pretrain", "--out", str(out), *cli_flags(data), *extra])
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("selfsup: error: ") and expect in lines[0], err
@@ -96,7 +88,7 @@ def test_bad_input_is_one_line(
 
 def test_debug_shows_the_traceback(shared_folder: Path) -> None:
     with pytest.raises(Exception, match="unknown backbone"):
-        main(["pretrain", "--debug", *flags(shared_folder), "--backbone", "resnet19"])
+        main(["pretrain", "--debug", *cli_flags(shared_folder), "--backbone", "resnet19"])
 
 
 def test_eval_of_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,7 +99,7 @@ def test_eval_of_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_pretrain_then_eval(shared_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     code, stdout, _ = run_main(
-        capsys, ["pretrain", "--out", str(out), *flags(shared_folder, **{"train.eval_after": True})]
+        capsys, ["pretrain", "--out", str(out), *cli_flags(shared_folder, **{"train.eval_after": True})]
     )
     assert code == 0 and "kNN top-1:" in stdout and "linear top-1:" in stdout
     code, stdout, _ = run_main(capsys, ["eval", str(out), "--eval.linear-epochs", "2", "--eval.knn_k", "3"])
@@ -117,7 +109,7 @@ def test_pretrain_then_eval(shared_folder: Path, tmp_path: Path, capsys: pytest.
 
 
 def test_console_script_subprocess(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = subprocess_env()
     r = subprocess.run(
         [sys.executable, "-m", "selfsup", "pretrain", "--batch-size", "0"], env=env, capture_output=True, text=True
     )
@@ -137,5 +129,7 @@ def test_unreadable_image_folder_with_odd_files_is_converted(
             (root / split / cls).mkdir(parents=True)
             for i in range(n):
                 Image.new("LA" if i % 2 else "L", (40 + i, 30)).save(root / split / cls / f"{i}.png")
-    code, _, err = run_main(capsys, ["pretrain", "--out", str(tmp_path / "r"), *flags(root, **{"train.batch_size": 8})])
+    code, _, err = run_main(
+        capsys, ["pretrain", "--out", str(tmp_path / "r"), *cli_flags(root, **{"train.batch_size": 8})]
+    )
     assert code == 0, err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, tiny_overrides
+from conftest import cli_flags, subprocess_env, tiny_overrides
 from dist_worker import build, global_views, local_views
 from selfsup.augment import BatchAugment, resolve_augment
 from selfsup.config import AugmentConfig, load_config
@@ -24,7 +23,7 @@ TESTS = Path(__file__).resolve().parent
 
 
 def torchrun(*args: str, n: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(TESTS)]), OMP_NUM_THREADS="1")
+    env = subprocess_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -82,16 +81,9 @@ def test_sync_bn_on_cpu_is_a_clear_error(shared_folder: Path, tmp_path: Path) ->
         pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
 
 
-def _flags(data: Path, **extra: object) -> list[str]:
-    out = []
-    for k, v in tiny_overrides(data, **extra).items():
-        out += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
-    return out
-
-
 def test_torchrun_pretrain_and_resume(shared_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["-m", "selfsup", "pretrain", "--out", str(out), *_flags(shared_folder, **{"train.eval_after": True})]
+    args = ["-m", "selfsup", "pretrain", "--out", str(out), *cli_flags(shared_folder, **{"train.eval_after": True})]
     r = torchrun(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("run directory:") == 1  # only rank 0 reports
@@ -109,6 +101,6 @@ def test_torchrun_pretrain_and_resume(shared_folder: Path, tmp_path: Path) -> No
     for key, value in final["model"].items():
         assert torch.equal(value, again["model"][key]), key
     r = torchrun(
-        "-m", "selfsup", "pretrain", "--out", str(tmp_path / "odd"), *_flags(shared_folder), "--batch-size", "15"
+        "-m", "selfsup", "pretrain", "--out", str(tmp_path / "odd"), *cli_flags(shared_folder), "--batch-size", "15"
     )
     assert r.returncode != 0 and "must be a multiple of the 2 processes" in r.stderr

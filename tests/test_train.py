@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import REPO, tiny_overrides
+from conftest import assert_same_state, cli_command, final_state, subprocess_env, tiny_overrides, wait_for_step
 from selfsup.config import load_config
 from selfsup.errors import RunDirError, TrainingDivergedError
 from selfsup.train import load_latest, load_run_config, pretrain
@@ -100,73 +97,27 @@ def test_nan_loss_stops_with_a_message(shared_folder: Path, tmp_path: Path) -> N
         pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
 
 
-def _cli(out: Path, data: Path, *extra: str) -> list[str]:
-    flags = []
-    for k, v in tiny_overrides(data, **{"train.epochs": 3, "train.log_every": 1}).items():
-        flags += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
-    return [sys.executable, "-m", "selfsup", "pretrain", "--out", str(out), *flags, *extra]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if any(r.get("step", 0) >= step for r in read_jsonl(out / "metrics.jsonl")):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended early: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.02)
-    raise AssertionError("timed out")
-
-
-def _final_state(out: Path) -> dict:
-    state, _ = load_latest(out)
-    return state
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"]
-    for name, t in a["model"].items():
-        assert torch.equal(t, b["model"][name]), name
-    oa, ob = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert oa.keys() == ob.keys()
-    for k in oa:
-        assert torch.equal(oa[k]["momentum_buffer"], ob[k]["momentum_buffer"])
-
-
-@pytest.fixture(scope="module")
-def reference_run(shared_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "run"
-    subprocess.run(_cli(out, shared_folder), check=True, env=_env(), capture_output=True)
-    return out
-
-
 @pytest.mark.parametrize("kill_after,ckpt_minutes", [(8, "0"), (3, "0"), (10, "1e-9")])
 def test_sigkill_then_resume_matches_uninterrupted(
     shared_folder: Path, tmp_path: Path, reference_run: Path, kill_after: int, ckpt_minutes: str
 ) -> None:
     out = tmp_path / "run"
-    cmd = _cli(out, shared_folder, "--train.checkpoint_minutes", ckpt_minutes)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_step(out, kill_after, proc)
+    cmd = cli_command(out, shared_folder, "--train.checkpoint_minutes", ckpt_minutes)
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_step(out, kill_after, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(r.get("step", 0) for r in read_jsonl(out / "metrics.jsonl"))
     assert killed_at < 18, "the run finished before the kill"
     resumed = subprocess.run(
         [sys.executable, "-m", "selfsup", "pretrain", "--out", str(out), "--resume"],
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout or kill_after < 6
-    _assert_same(_final_state(out), _final_state(reference_run))
+    assert_same_state(final_state(out), final_state(reference_run))
     # The metrics log reads as if the run had never stopped: no step logged twice.
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, 19))
@@ -175,9 +126,13 @@ def test_sigkill_then_resume_matches_uninterrupted(
 def test_sigint_saves_and_exits_cleanly(shared_folder: Path, tmp_path: Path, reference_run: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        _cli(out, shared_folder), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cli_command(out, shared_folder),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    _wait_for_step(out, 4, proc)
+    wait_for_step(out, 4, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -186,8 +141,8 @@ def test_sigint_saves_and_exits_cleanly(shared_folder: Path, tmp_path: Path, ref
     assert 4 <= state["step"] < 18
     subprocess.run(
         [sys.executable, "-m", "selfsup", "pretrain", "--out", str(out), "--resume"],
-        env=_env(),
+        env=subprocess_env(),
         check=True,
         capture_output=True,
     )
-    _assert_same(_final_state(out), _final_state(reference_run))
+    assert_same_state(final_state(out), final_state(reference_run))

@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--debug", action="store_true", help="show tracebacks")
     f.add_argument("--config", metavar="FILE.yaml", help="a recipe with a finetune: section")
     _add_config_flags(f, ["finetune"], {"labels": "finetune.labels", "epochs": "finetune.epochs"})
+
+    x = sub.add_parser(
+        "export",
+        help="write a run's encoder as safetensors and a torchvision state dict",
+        description="Export the encoder of RUN_DIR's newest checkpoint to RUN_DIR/export/.",
+    )
+    x.add_argument("run_dir", metavar="RUN_DIR")
+    x.add_argument("--out", metavar="DIR", help="destination folder (default RUN_DIR/export)")
+    x.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -156,6 +165,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    meta = export_run(args.run_dir, args.out)
+    print("\n".join(meta["files"]))
+    return 0
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .eval.finetune import finetune
 
@@ -186,7 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     warnings.formatwarning = _warning_line  # type: ignore[assignment]
     debug = getattr(args, "debug", False)
-    commands = {"pretrain": _cmd_pretrain, "semi": _cmd_pretrain, "eval": _cmd_eval, "finetune": _cmd_finetune}
+    commands = {
+        "pretrain": _cmd_pretrain,
+        "semi": _cmd_pretrain,
+        "eval": _cmd_eval,
+        "finetune": _cmd_finetune,
+        "export": _cmd_export,
+    }
+
     try:
         return _run(commands[args.command], args)
     except SelfsupError as e:

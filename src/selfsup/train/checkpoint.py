@@ -65,15 +65,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found or "weights_only" in text.lower() or "weights only" in text.lower():
+            what = f"it references {found.group(1)}" if found else "it holds objects other than tensors"
             raise CheckpointError(
-                f"{path}: refused to load: it holds objects that could run code when unpickled "
-                f"({first[:160]}); only load checkpoints you trust with other tools"
+                f"{path}: refused to load: {what}, which could run code when unpickled; "
+                "only open checkpoints you trust with other tools"
             ) from None
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise CheckpointError(f"{path}: corrupt checkpoint ({first[:160]})") from None
+
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first[:160]})") from None
