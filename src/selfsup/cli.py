@@ -86,6 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--config", metavar="FILE.yaml", help="a recipe with a finetune: section")
     _add_config_flags(f, ["finetune"], {"labels": "finetune.labels", "epochs": "finetune.epochs"})
 
+    s = sub.add_parser(
+        "sweep",
+        help="run a grid of configs x seeds (resumable), write results.csv and a table",
+        description="Run or continue every cell of a sweep spec (see configs/ablations/).",
+    )
+    s.add_argument("spec", metavar="SPEC.yaml")
+    s.add_argument("--scale", metavar="NAME", help="a size profile of the spec's scale: section, e.g. cpu")
+    s.add_argument("--out", metavar="DIR", help="sweep folder (default runs/sweeps/<name>[-<scale>])")
+    s.add_argument("--plan", action="store_true", help="print one command per cell instead of running")
+    s.add_argument("--cell", metavar="NAME", help="run only this cell (names as --plan prints them)")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    r = sub.add_parser(
+        "report",
+        help="write report.html with plots for a run or a sweep",
+        description="Write DIR/report.html and its PNGs (DIR/report/) for a run or a sweep folder.",
+    )
+    r.add_argument("dir", metavar="DIR")
+    r.add_argument("--samples", type=int, default=2000, help="test images in the t-SNE map (runs)")
+    r.add_argument("--no-embedding", action="store_true", help="skip the t-SNE map and retrievals (runs)")
+    r.add_argument("--debug", action="store_true", help="show tracebacks")
+
     x = sub.add_parser(
         "export",
         help="write a run's encoder as safetensors and a torchvision state dict",
@@ -165,6 +187,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments import run_sweep
+
+    result = run_sweep(args.spec, scale=args.scale, out=args.out, plan=args.plan, only=args.cell)
+    if not args.plan:
+        print(f"results: {result.dir / 'results.csv'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .experiments.report import make_report
+
+    print(make_report(args.dir, samples=args.samples, embedding=not args.no_embedding))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
@@ -209,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": _cmd_eval,
         "finetune": _cmd_finetune,
         "export": _cmd_export,
+        "sweep": _cmd_sweep,
+        "report": _cmd_report,
     }
 
     try:

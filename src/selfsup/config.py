@@ -223,6 +223,9 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     #: Train only the new linear head (linear evaluation with augmentation).
     freeze_encoder: bool = False
+    #: Start from a randomly initialised encoder instead (the "from scratch" reference).
+    from_scratch: bool = False
+
     #: Augmentation preset of the labelled images.
     preset: str = "supervised"
     seed: int = 0

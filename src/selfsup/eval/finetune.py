@@ -67,8 +67,10 @@ def finetune(
         if bad:
             raise RunDirError(f"only finetune.* settings apply to fine-tuning, not {bad[0]}")
         cfg = apply_overrides(cfg, overrides)
+    random_init = random_init or cfg.finetune.from_scratch
     set_threads(cfg.train.num_threads)
     dev = resolve_device(device or cfg.train.device)
+
     d = cfg.data
     splits = load_dataset(
         d.name, d.image_size, d.root, d.download, d.skip_invalid, d.test_fraction, progress=cfg.train.progress

@@ -520,9 +520,17 @@ def _loop(
         }
         save_checkpoint(run_dir, state, p.step, t.keep_checkpoints)
 
+    board = _tensorboard(run_dir, p.step) if leader else None
+
     def record(entry: dict[str, Any]) -> None:
         if leader:
             append_jsonl(metrics_path, entry)
+        if board is not None:
+            epoch_entry = "epoch_loss" in entry
+            x = entry["epoch"] if epoch_entry else entry["step"]
+            for key, value in entry.items():
+                if key not in ("step", "epoch", "train_time_s") and isinstance(value, (int, float)):
+                    board.add_scalar(f"{'epoch' if epoch_entry else 'train'}/{key}", value, x)
 
     bar = tqdm(
         total=total_steps,
@@ -624,3 +632,17 @@ def _loop(
                     raise Interrupted(p.step, run_dir)
     finally:
         bar.close()
+        if board is not None:
+            board.close()
+
+
+def _tensorboard(run_dir: Path, step: int) -> Any:
+    """A TensorBoard writer for ``run_dir/tensorboard`` (None if tensorboard is missing).
+
+    ``purge_step`` hides events a killed run logged after the checkpoint it resumes from.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step or None)

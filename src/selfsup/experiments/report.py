@@ -1,0 +1,373 @@
+"""HTML reports of a run or a sweep: ``selfsup report DIR``.
+
+Writes ``DIR/report.html`` (no external resources) and the PNGs it shows in
+``DIR/report/``.
+
+* A run: its metrics, loss, learning-rate and kNN-monitor curves, a t-SNE map of test
+  features coloured by class, a grid of nearest-neighbour retrievals, its config.
+* A sweep: the results table (mean ± std over seeds), accuracy against the swept value
+  with error bars, loss curves of every cell, wall time per grid point, every cell's row.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RunDirError
+from ..train.rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
+from .results import COLUMNS, aggregate, mean_std, read_csv
+from .sweep import SPEC_FILE
+
+FIGURES = "report"
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.muted { color: #777; }
+"""
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _page(title: str, body: list[str]) -> str:
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def _img(name: str, alt: str) -> str:
+    return f"<img src='{FIGURES}/{html.escape(name)}' alt='{html.escape(alt)}'>"
+
+
+def _save(fig: Any, folder: Path, name: str) -> str:
+    folder.mkdir(exist_ok=True)
+    fig.savefig(folder / name, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return name
+
+
+def _curves(records: list[dict[str, Any]], folder: Path, prefix: str = "") -> list[str]:
+    """Loss, learning-rate and kNN-monitor curves of one run; the figure names written."""
+    plt = _plt()
+    steps = [r for r in records if "loss" in r and "step" in r]
+    epochs = [r for r in records if "epoch_loss" in r]
+    names = []
+    if steps:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        ax.plot([r["epoch"] for r in steps], [r["loss"] for r in steps], lw=1, label="per log interval")
+        if epochs:
+            ax.plot([r["epoch"] for r in epochs], [r["epoch_loss"] for r in epochs], "o-", label="epoch mean")
+        ax.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+        ax.legend()
+        names.append(_save(fig, folder, f"{prefix}loss.png"))
+        fig, ax = plt.subplots(figsize=(6.4, 3.0))
+        ax.plot([r["epoch"] for r in steps], [r["lr"] for r in steps], color="C2")
+        ax.set(xlabel="epoch", ylabel="learning rate", title="Learning-rate schedule")
+        names.append(_save(fig, folder, f"{prefix}lr.png"))
+    knn = [r for r in epochs if "knn_top1" in r]
+    if knn:
+        fig, ax = plt.subplots(figsize=(6.4, 3.0))
+        ax.plot([r["epoch"] for r in knn], [100 * r["knn_top1"] for r in knn], "o-", color="C3")
+        ax.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor (subsets)")
+        names.append(_save(fig, folder, f"{prefix}knn.png"))
+    return names
+
+
+def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[list[Any]]:
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            rows += _flat_metrics(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            rows.append([prefix + key, f"{value:.4f}"])
+        else:
+            rows.append([prefix + key, value])
+    return rows
+
+
+def _features(run_dir: Path, samples: int) -> dict[str, Any] | None:
+    """Test and train-bank features of a run's encoder, with images and labels."""
+    import torch
+
+    from ..data import class_balanced_indices, load_dataset
+    from ..eval import extract_features, load_run_model
+    from ..runtime import resolve_device, use_bf16
+
+    if not (run_dir / "checkpoints").is_dir():
+        return None
+    cfg, model, _ = load_run_model(run_dir, "cpu")
+    dev = resolve_device(cfg.train.device)
+    model.to(dev)
+    d = cfg.data
+    splits = load_dataset(d.name, d.image_size, d.root, d.download, d.skip_invalid, d.test_fraction, progress=False)
+    test_idx = class_balanced_indices(splits.test.labels, min(samples, len(splits.test)), 0)
+    bank_idx = class_balanced_indices(splits.train.labels, min(10000, len(splits.train)), 0)
+    assert cfg.augment.mean is not None and cfg.augment.std is not None
+    kw: dict[str, Any] = dict(
+        mean=cfg.augment.mean,
+        std=cfg.augment.std,
+        device=dev,
+        batch_size=cfg.eval.batch_size,
+        bf16=use_bf16(cfg.train.precision, dev),
+        channels_last=cfg.train.channels_last,
+    )
+    encoder = model.backbone
+    assert isinstance(encoder, torch.nn.Module)
+    return {
+        "test": extract_features(encoder, splits.test.images[test_idx], **kw).cpu().numpy(),
+        "test_images": splits.test.images[test_idx],
+        "test_labels": splits.test.labels[test_idx],
+        "bank": extract_features(encoder, splits.train.images[bank_idx], **kw).cpu().numpy(),
+        "bank_images": splits.train.images[bank_idx],
+        "bank_labels": splits.train.labels[bank_idx],
+        "classes": splits.train.classes,
+    }
+
+
+def _embedding(f: dict[str, Any], folder: Path) -> str:
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    x = f["test"] / np.linalg.norm(f["test"], axis=1, keepdims=True).clip(1e-8)
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=0).fit_transform(x)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab10" if len(f["classes"]) <= 10 else "tab20")
+    for c, name in enumerate(f["classes"]):
+        m = f["test_labels"] == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=5, color=cmap(c % cmap.N), label=name)
+    ax.set(title=f"t-SNE of {len(x)} test features, coloured by class", xticks=[], yticks=[])
+    ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    return _save(fig, folder, "embedding.png")
+
+
+def _neighbours(f: dict[str, Any], folder: Path, queries: int = 8, k: int = 8) -> str:
+    plt = _plt()
+    bank = f["bank"] / np.linalg.norm(f["bank"], axis=1, keepdims=True).clip(1e-8)
+    labels = f["test_labels"]
+    picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)][:queries]
+    fig, axes = plt.subplots(len(picks), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(picks)))
+    axes = np.atleast_2d(axes)
+    for row, q in enumerate(picks):
+        v = f["test"][q] / max(np.linalg.norm(f["test"][q]), 1e-8)
+        nearest = np.argsort(-(bank @ v))[:k]
+        cells = [(f["test_images"][q], None)] + [
+            (f["bank_images"][j], f["bank_labels"][j] == labels[q]) for j in nearest
+        ]
+        for col, (image, same) in enumerate(cells):
+            ax = axes[row, col]
+            ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            colour = "black" if same is None else ("tab:green" if same else "tab:red")
+            for spine in ax.spines.values():
+                spine.set_color(colour)
+                spine.set_linewidth(2.5)
+        axes[row, 0].set_ylabel(f["classes"][labels[q]], fontsize=7)
+    axes[0, 0].set_title("query", fontsize=8)
+    fig.suptitle(f"{k} nearest training images (green: same class, red: other)", fontsize=9)
+    return _save(fig, folder, "neighbours.png")
+
+
+def report_run(run_dir: Path, samples: int = 2000, embedding: bool = True) -> Path:
+    """Write ``run_dir/report.html`` (see the module docstring)."""
+    import yaml
+
+    folder = run_dir / FIGURES
+    records = read_jsonl(run_dir / METRICS_JSONL)
+    metrics = json.loads((run_dir / METRICS_JSON).read_text()) if (run_dir / METRICS_JSON).is_file() else {}
+    config = yaml.safe_load((run_dir / CONFIG).read_text())
+    body = [
+        f"<p class='muted'>{html.escape(str(run_dir))}: {html.escape(config['method']['name'])}, "
+        f"{html.escape(config['model']['backbone'])}, data {html.escape(str(config['data']['name']))}, "
+        f"{config['train']['epochs']} epochs, batch {config['train']['batch_size']}</p>"
+    ]
+    if metrics:
+        body += ["<h2>Results</h2>", _table(["metric", "value"], _flat_metrics(metrics))]
+    summary = next((r for r in reversed(records) if r.get("summary")), None)
+    if summary:
+        body += [
+            _table(
+                ["training", "value"],
+                [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in summary.items() if k != "summary"],
+            )
+        ]
+    curves = _curves(records, folder)
+    if curves:
+        body += ["<h2>Training curves</h2>"] + [_img(n, n) for n in curves]
+    if embedding:
+        feats = _features(run_dir, samples)
+        if feats is not None:
+            body += [
+                "<h2>Test features</h2>",
+                _img(_embedding(feats, folder), "t-SNE"),
+                "<h2>Nearest neighbours</h2>",
+                _img(_neighbours(feats, folder), "retrievals"),
+            ]
+    body += ["<h2>Config</h2>", f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"]
+    out = run_dir / "report.html"
+    write_atomic(out, _page(f"selfsup run: {run_dir.name}", body).encode())
+    return out
+
+
+def _numeric(labels: list[str]) -> list[float] | None:
+    try:
+        return [float(v) for v in labels]
+    except ValueError:
+        return None
+
+
+def _accuracy_plot(groups: list[dict[str, Any]], axes: list[str], metric: str, folder: Path) -> str | None:
+    plt = _plt()
+    first, rest = axes[0], axes[1:]
+    series: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for g in groups:
+        if g["values"].get(metric):
+            series.setdefault(tuple(g[a] for a in rest), []).append(g)
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    all_labels = list(dict.fromkeys(g[first] for g in groups))
+    xs_num = _numeric(all_labels)
+    for key, gs in series.items():
+        stats = [mean_std([100 * v for v in g["values"][metric]]) for g in gs]
+        xs = [float(g[first]) for g in gs] if xs_num else [all_labels.index(g[first]) for g in gs]
+        label = ", ".join(f"{a}={v}" for a, v in zip(rest, key, strict=True)) or None
+        ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=4, label=label)
+    if xs_num:
+        if min(xs_num) > 0 and max(xs_num) / min(xs_num) >= 20:
+            ax.set_xscale("log")
+        ax.set_xticks(xs_num, all_labels)
+    else:
+        ax.set_xticks(range(len(all_labels)), all_labels, rotation=20)
+    name = metric.replace("_top1", " top-1").replace("_", " ")
+    ax.set(xlabel=first, ylabel=f"{name} (%)", title=f"{name} against {first} (mean ± std over seeds)")
+    if rest:
+        ax.legend(fontsize=8)
+    return _save(fig, folder, f"accuracy_{metric}.png")
+
+
+def _sweep_loss_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    labels = list(dict.fromkeys(str(r[axes[0]]) for r in rows))
+    cmap = plt.get_cmap("viridis")
+    drawn = set()
+    for row in rows:
+        records = [r for r in read_jsonl(sweep_dir / row["cell"] / METRICS_JSONL) if "epoch_loss" in r]
+        if not records:
+            continue
+        i = labels.index(str(row[axes[0]]))
+        colour = cmap(i / max(len(labels) - 1, 1))
+        label = f"{axes[0]}={row[axes[0]]}" if i not in drawn else None
+        drawn.add(i)
+        ax.plot(
+            [r["epoch"] for r in records],
+            [r["epoch_loss"] for r in records],
+            "-",
+            color=colour,
+            lw=1.2,
+            label=label,
+            alpha=0.85,
+        )
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="epoch", ylabel="training loss (epoch mean)", title="Loss curves of every cell")
+    ax.legend(fontsize=7)
+    return _save(fig, folder, "loss_curves.png")
+
+
+def _time_plot(groups: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
+    plt = _plt()
+    gs = [g for g in groups if g["values"].get("wall_time_s")]
+    if not gs:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    stats = [mean_std(g["values"]["wall_time_s"]) for g in gs]
+    names = [",".join(str(g[a]) for a in axes) for g in gs]
+    ax.bar(range(len(gs)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="C1")
+    ax.set_xticks(range(len(gs)), names, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="wall time (s)", title="Time per run (training + evaluation)")
+    return _save(fig, folder, "time.png")
+
+
+def report_sweep(sweep_dir: Path) -> Path:
+    """Write ``sweep_dir/report.html`` from its results.csv (see the module docstring)."""
+    import yaml
+
+    from .results import markdown_table
+
+    spec = yaml.safe_load((sweep_dir / SPEC_FILE).read_text())
+    csv_path = sweep_dir / "results.csv"
+    if not csv_path.is_file():
+        raise RunDirError(f"{sweep_dir} has no results.csv yet; run the sweep first (selfsup sweep SPEC)")
+    rows = read_csv(csv_path)
+    axes = list((spec.get("grid") or {}).keys())
+    folder = sweep_dir / FIGURES
+    groups = aggregate(rows, axes)
+    command = spec.get("command", "pretrain")
+    table = markdown_table(rows, axes, command).split("\n")
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    body_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:] if line.startswith("|")]
+    body = [
+        f"<p class='muted'>{html.escape(str(sweep_dir))}: {command} sweep over "
+        f"{html.escape(', '.join(axes))}, seeds {spec.get('seeds')}, scale {spec.get('use_scale') or 'full'}</p>",
+        "<h2>Results (mean ± std over seeds)</h2>",
+        _table(head, body_rows),
+    ]
+    plots = [_accuracy_plot(groups, axes, m, folder) for m in ("knn_top1", "linear_top1", "test_top1")]
+    plots += [_sweep_loss_plot(sweep_dir, rows, axes, folder), _time_plot(groups, axes, folder)]
+    body += ["<h2>Plots</h2>"] + [_img(p, p) for p in plots if p]
+    cols = ["cell", "seed", "status", *COLUMNS]
+    body += ["<h2>Every run</h2>", _table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows])]
+    body += ["<h2>Spec</h2>", f"<pre>{html.escape(yaml.safe_dump(spec, sort_keys=False))}</pre>"]
+    out = sweep_dir / "report.html"
+    write_atomic(out, _page(f"selfsup sweep: {spec.get('name', sweep_dir.name)}", body).encode())
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def make_report(path: str | Path, samples: int = 2000, embedding: bool = True) -> Path:
+    """Report on a run or a sweep folder; returns the path of report.html.
+
+    Raises:
+        RunDirError: If ``path`` is neither.
+    """
+    p = Path(path)
+    if (p / SPEC_FILE).is_file():
+        return report_sweep(p)
+    if (p / CONFIG).is_file():
+        return report_run(p, samples, embedding)
+    raise RunDirError(f"{p} is neither a run directory nor a sweep folder")

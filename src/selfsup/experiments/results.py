@@ -1,0 +1,142 @@
+"""Sweep results: one row per cell in results.csv, and a table aggregated over seeds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..train.rundir import METRICS_JSON, METRICS_JSONL, read_jsonl
+
+#: Metric columns of results.csv, in order.
+COLUMNS = [
+    "final_loss",
+    "knn_top1",
+    "linear_top1",
+    "test_top1",
+    "train_time_s",
+    "eval_time_s",
+    "wall_time_s",
+    "views_per_s",
+    "peak_memory_mb",
+]
+
+
+def run_row(run_dir: Path) -> dict[str, Any]:
+    """The metrics of one run directory (missing values are absent)."""
+    row: dict[str, Any] = {}
+    records = read_jsonl(run_dir / METRICS_JSONL)
+    summary = next((r for r in reversed(records) if r.get("summary")), None)
+    if summary:
+        for key in ("final_loss", "train_time_s", "views_per_s", "peak_memory_mb"):
+            row[key] = summary.get(key)
+    path = run_dir / METRICS_JSON
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        for key in ("knn_top1", "linear_top1", "test_top1", "eval_time_s"):
+            if key in metrics:
+                row[key] = metrics[key]
+        if "time_s" in metrics:  # a fine-tuning result
+            row["eval_time_s"] = metrics["time_s"]
+    times = [row.get("train_time_s"), row.get("eval_time_s")]
+    if any(t is not None for t in times):
+        row["wall_time_s"] = sum(t for t in times if t is not None)
+    return row
+
+
+def collect(spec: Any, cells: list[Any]) -> list[dict[str, Any]]:
+    """One row per cell: its axis labels, seed, status and metrics."""
+    from .sweep import _encoder_dir, cell_done
+
+    rows = []
+    for cell in cells:
+        row: dict[str, Any] = {"cell": cell.dir.name, **cell.labels, "seed": cell.seed}
+        done = cell_done(cell, spec.command)
+        row["status"] = "done" if done else "missing"
+        if done:
+            metrics = run_row(cell.dir)
+            if spec.command == "finetune":  # the encoder's pretraining figures, the cell's test accuracy
+                encoder = run_row(_encoder_dir(cell.dir.parent, cell.seed))
+                metrics = {**{k: v for k, v in encoder.items() if k != "eval_time_s"}, **metrics}
+                metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("eval_time_s") or 0)
+            row.update(metrics)
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], axes: list[str]) -> None:
+    """results.csv: cell, axes, seed, status, then :data:`COLUMNS`."""
+    fields = ["cell", *axes, "seed", "status", *COLUMNS]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
+    tmp.replace(path)
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of results.csv with numbers parsed."""
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            parsed: dict[str, Any] = dict(row)
+            for key in [*COLUMNS, "seed"]:
+                if row.get(key):
+                    parsed[key] = float(row[key]) if key != "seed" else int(row[key])
+                else:
+                    parsed.pop(key, None)
+            out.append(parsed)
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def aggregate(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any]]:
+    """Group finished rows by their axis labels (first-seen order): n and per-metric value lists."""
+    groups: dict[tuple[str, ...], dict[str, Any]] = {}
+    for row in rows:
+        if row.get("status", "done") != "done":
+            continue
+        key = tuple(str(row[a]) for a in axes)
+        g = groups.setdefault(key, {**dict(zip(axes, key, strict=True)), "n": 0, "values": {}})
+        g["n"] += 1
+        for col in COLUMNS:
+            if row.get(col) is not None:
+                g["values"].setdefault(col, []).append(float(row[col]))
+    return list(groups.values())
+
+
+def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "pretrain") -> str:
+    """Mean ± std over seeds of accuracy (%), final loss and wall time per grid point."""
+    metrics = [("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)")]
+    if command in ("semi", "finetune"):
+        metrics = [("test_top1", "test top-1 (%)")] + (metrics if command == "finetune" else [])
+    head = [*axes, "seeds", *(name for _, name in metrics), "final loss", "wall time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for g in aggregate(rows, axes):
+        cells = [str(g[a]) for a in axes] + [str(g["n"])]
+        for key, _ in metrics:
+            vals = g["values"].get(key)
+            if vals:
+                m, s = mean_std([100 * v for v in vals])
+                cells.append(f"{m:.1f} ± {s:.1f}")
+            else:
+                cells.append("-")
+        for key, fmt in (("final_loss", "{:.3f} ± {:.3f}"), ("wall_time_s", "{:.0f} ± {:.0f}")):
+            vals = g["values"].get(key)
+            cells.append(fmt.format(*mean_std(vals)) if vals else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    missing = sum(1 for r in rows if r.get("status") == "missing")
+    if missing:
+        lines.append(f"\n{missing} cell(s) not finished.")
+    return "\n".join(lines)

@@ -1,0 +1,394 @@
+"""Sweeps: a grid of config values x seeds, each cell an ordinary run directory.
+
+A spec (YAML)::
+
+    name: temperature
+    command: pretrain            # pretrain | semi | finetune
+    base: ../quick.yaml          # a recipe, relative to the spec (optional)
+    overrides:                   # fixed changes to the recipe (optional)
+      train.epochs: 200
+    grid:                        # axes: a config key with values ...
+      method.temperature: [0.01, 0.05, 0.07, 0.1, 0.5, 1.0]
+      optimizer:                 # ... or a named axis whose values set several keys
+        - {label: LARS, optim.name: lars, optim.lr: 1.0}
+        - {label: Adam, optim.name: adam, optim.lr: 0.001}
+    seeds: [0, 1]
+    scale:                       # named size profiles, chosen with --scale NAME
+      cpu: {train.epochs: 6, data.subset: 5000}
+    encoder:                     # finetune sweeps only: what to fine-tune, per seed
+      base: ../quick.yaml
+      overrides: {}
+
+Cells run one after another; a finished cell is skipped and an interrupted one resumes
+(from its own checkpoints), so a killed sweep is continued by running it again.
+``--plan`` prints one command per cell instead (``selfsup sweep SPEC --cell NAME``), for
+running cells as separate jobs; running the whole sweep afterwards only collects.
+
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import Config, apply_overrides, field_types, flatten, load_config, load_yaml, save_config
+from ..errors import ConfigError, RunDirError
+from ..train.rundir import CONFIG, METRICS_JSON, write_atomic
+
+SPEC_FILE = "sweep.yaml"
+COMMANDS = ("pretrain", "semi", "finetune")
+_SPEC_KEYS = {"name", "command", "base", "overrides", "grid", "seeds", "scale", "encoder", "out", "description"}
+
+
+@dataclass
+class Axis:
+    """One grid dimension: a name and its values, each a label plus the keys it sets."""
+
+    name: str
+    values: list[tuple[str, dict[str, Any]]]
+
+
+@dataclass
+class Cell:
+    """One run of a sweep.
+
+    Attributes:
+        labels: Axis name -> value label of this cell.
+        overrides: Dotted config keys this cell sets.
+        seed: Its seed.
+        dir: Its run directory.
+    """
+
+    labels: dict[str, str]
+    overrides: dict[str, Any]
+    seed: int
+    dir: Path
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep spec (see the module docstring)."""
+
+    name: str
+    command: str
+    base: Path | None
+    overrides: dict[str, Any]
+    axes: list[Axis]
+    seeds: list[int]
+    scale: dict[str, dict[str, Any]]
+    encoder: dict[str, Any] | None
+    path: Path
+    out: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def config(
+        self,
+        extra: dict[str, Any],
+        scale: str | None,
+        base: Path | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> Config:
+        """The base recipe with the spec's overrides, the scale profile and ``extra`` applied."""
+        cfg = load_config(base if base is not None else self.base)
+        merged = dict(self.overrides if overrides is None else overrides)
+        if scale is not None:
+            merged.update({k: v for k, v in self.scale[scale].items() if k != "grid"})
+        merged.update(extra)
+        return apply_overrides(cfg, merged, source=str(self.path)) if merged else cfg
+
+    def scaled_axes(self, scale: str | None) -> list[Axis]:
+        """The axes, with values replaced where the scale profile gives a ``grid``."""
+        replaced = ((self.scale.get(scale) or {}).get("grid") or {}) if scale else {}
+        return [
+            Axis(a.name, [(_label(v), {a.name: v}) for v in replaced[a.name]]) if a.name in replaced else a
+            for a in self.axes
+        ]
+
+
+def _check_key(key: str, where: str) -> None:
+    section, _, name = key.partition(".")
+    try:
+        known = field_types(section)
+    except KeyError:
+        known = {}
+    if name not in known:
+        raise ConfigError(f"{where}: '{key}' is not a config key (section.key, e.g. method.temperature)")
+
+
+def _label(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text.replace("/", "_").replace(" ", "")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Parse and check a sweep spec.
+
+    Raises:
+        ConfigError: For unknown spec fields, keys that are not config keys, empty axes,
+            or a missing base recipe.
+    """
+    path = Path(path)
+    raw = load_yaml(path)
+    unknown = sorted(set(raw) - _SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep field '{unknown[0]}' (known: {', '.join(sorted(_SPEC_KEYS))})")
+    command = raw.get("command", "pretrain")
+    if command not in COMMANDS:
+        raise ConfigError(f"{path}: command must be one of {', '.join(COMMANDS)}, got {command!r}")
+
+    def resolve(p: Any) -> Path | None:
+        if p is None:
+            return None
+        q = (path.parent / str(p)).resolve()
+        if not q.is_file():
+            raise ConfigError(f"{path}: base recipe {p} not found (looked at {q})")
+        return q
+
+    overrides = dict(raw.get("overrides") or {})
+    for key in overrides:
+        _check_key(key, f"{path}: overrides")
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{path}: grid must map at least one axis to a list of values")
+    axes = []
+    for name, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid axis '{name}' needs a non-empty list of values")
+        parsed = []
+        for v in values:
+            if isinstance(v, dict):
+                sets = {k: x for k, x in v.items() if k != "label"}
+                for key in sets:
+                    _check_key(key, f"{path}: grid axis '{name}'")
+                parsed.append((_label(v.get("label", "-".join(_label(x) for x in sets.values()))), sets))
+            else:
+                _check_key(name, f"{path}: grid")
+                parsed.append((_label(v), {name: v}))
+        axes.append(Axis(name, parsed))
+    scale = raw.get("scale") or {}
+    axis_names = [a.name for a in axes]
+    for profile, values in scale.items():
+        for key, value in (values or {}).items():
+            if key == "grid":  # a profile may shrink axis values too (e.g. the epochs axis)
+                for name in value or {}:
+                    if name not in axis_names:
+                        raise ConfigError(f"{path}: scale '{profile}' changes grid axis '{name}', which the grid lacks")
+            else:
+                _check_key(key, f"{path}: scale '{profile}'")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
+        raise ConfigError(f"{path}: seeds must be a list of integers")
+    encoder = raw.get("encoder")
+    if command == "finetune" and not encoder:
+        raise ConfigError(f"{path}: a finetune sweep needs an encoder: section (base and overrides)")
+    spec = SweepSpec(
+        name=str(raw.get("name", path.stem)),
+        command=command,
+        base=resolve(raw.get("base")),
+        overrides=overrides,
+        axes=axes,
+        seeds=seeds,
+        scale={k: dict(v or {}) for k, v in scale.items()},
+        encoder=encoder,
+        path=path,
+        out=Path(raw["out"]) if raw.get("out") else None,
+        raw=raw,
+    )
+    spec.config({}, None)  # every base + override combination must load
+    return spec
+
+
+def cells(spec: SweepSpec, out: Path, scale: str | None = None) -> list[Cell]:
+    """Every (grid point, seed) of the spec, with its run directory under ``out``."""
+    result = []
+    axes = spec.scaled_axes(scale)
+    for combo in itertools.product(*(a.values for a in axes)):
+        labels = {a.name: label for a, (label, _) in zip(axes, combo, strict=True)}
+        overrides: dict[str, Any] = {}
+        for _, sets in combo:
+            overrides.update(sets)
+        for seed in spec.seeds:
+            name = ",".join(f"{k}={v}" for k, v in labels.items()) + f",seed={seed}"
+            result.append(Cell(labels, overrides, seed, out / name))
+    return result
+
+
+def _seed_key(command: str) -> str:
+    return "finetune.seed" if command == "finetune" else "train.seed"
+
+
+def cell_done(cell: Cell, command: str) -> bool:
+    """Whether a cell has its final results."""
+    path = cell.dir / METRICS_JSON
+    if not path.is_file():
+        return False
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    needed = "test_top1" if command in ("semi", "finetune") else "linear_top1"
+    return needed in metrics
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` returns: the sweep folder, one row per cell, the markdown table."""
+
+    dir: Path
+    rows: list[dict[str, Any]]
+    table: str
+
+
+def _encoder_dir(out: Path, seed: int) -> Path:
+    return out / f"encoder,seed={seed}"
+
+
+def run_sweep(
+    spec_path: str | Path,
+    scale: str | None = None,
+    out: str | Path | None = None,
+    plan: bool = False,
+    only: str | None = None,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run (or continue) every cell of a sweep, then write ``results.csv`` and the table.
+
+    Args:
+        spec_path: The sweep spec.
+        scale: A profile of the spec's ``scale`` (e.g. 'cpu'); None = the full setting.
+        out: The sweep folder (default: the spec's ``out``, else ``runs/sweeps/<name>[-<scale>]``).
+        plan: Only print one command per cell (``--cell NAME``), to run cells as separate jobs.
+        only: Run just the cell of this name (its run directory's name).
+        log: Where messages go.
+
+    Returns:
+        The folder, the per-cell rows and the aggregated markdown table.
+
+    Raises:
+        ConfigError: For a bad spec or unknown scale profile.
+        RunDirError: If the folder holds a different sweep.
+    """
+    from tqdm import tqdm
+
+    from ..train import pretrain
+    from .results import collect, markdown_table, write_csv
+
+    spec = load_spec(spec_path)
+    if scale is not None and scale not in spec.scale:
+        known = ", ".join(spec.scale) or "none"
+        raise ConfigError(f"{spec.path}: no scale profile {scale!r} (profiles: {known})")
+    folder = Path(out) if out is not None else (spec.out or Path("runs") / "sweeps" / spec.name)
+    if out is None and spec.out is None and scale is not None:
+        folder = folder.with_name(f"{folder.name}-{scale}")
+    record = {**spec.raw, "spec": str(spec.path), "use_scale": scale}
+    _claim_folder(folder, record)
+    all_cells = cells(spec, folder, scale)
+
+    configs = {c.dir: spec.config({**c.overrides, _seed_key(spec.command): c.seed}, scale) for c in all_cells}
+    if spec.command == "finetune":  # the encoders' configs must load too
+        for seed in spec.seeds:
+            _encoder_config(spec, seed, scale)
+    if plan:
+        lines = _plan(spec_path, scale, out, all_cells, log)
+        write_atomic(folder / "plan.sh", ("\n".join(lines) + "\n").encode())
+        return SweepResult(folder, [], "")
+    todo = [c for c in all_cells if not cell_done(c, spec.command)]
+    if only is not None:
+        names = [c.dir.name for c in all_cells]
+        if only not in names:
+            raise ConfigError(f"no cell {only!r} in this sweep (see --plan for the names)")
+        todo = [c for c in todo if c.dir.name == only]
+    log(f"sweep {spec.name}: {len(all_cells)} cells, {len(all_cells) - len(todo)} done, {len(todo)} to run -> {folder}")
+    bar = tqdm(
+        total=len(all_cells),
+        initial=len(all_cells) - len(todo),
+        desc=f"sweep {spec.name}",
+        unit="cell",
+        position=0,
+        dynamic_ncols=True,
+    )
+    try:
+        for cell in todo:
+            bar.set_postfix_str(cell.dir.name, refresh=True)
+            cfg = configs[cell.dir]
+            if spec.command == "finetune":
+                _run_finetune_cell(spec, cell, cfg, folder, scale, tqdm.write)
+            else:
+                pretrain(cfg, out=cell.dir, resume=True, log=tqdm.write)
+            bar.update(1)
+    finally:
+        bar.close()
+    rows = collect(spec, all_cells)
+    write_csv(folder / "results.csv", rows, [a.name for a in spec.axes])
+    table = markdown_table(rows, [a.name for a in spec.axes], spec.command)
+    write_atomic(folder / "results.md", (table + "\n").encode())
+    log(table)
+    return SweepResult(folder, rows, table)
+
+
+def _claim_folder(folder: Path, record: dict[str, Any]) -> None:
+    """Create the sweep folder, or check that it holds this same sweep."""
+    spec_file = folder / SPEC_FILE
+    if spec_file.is_file():
+        saved = yaml.safe_load(spec_file.read_text())
+        if saved != json.loads(json.dumps(record)):
+            raise RunDirError(
+                f"{folder} holds a different sweep (its {SPEC_FILE} differs from this spec or scale); "
+                "choose another --out or delete it"
+            )
+        return
+    if folder.exists() and any(folder.iterdir()):
+        raise RunDirError(f"{folder} exists and is not a sweep folder; choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create sweep folder {folder} ({e.strerror or e})") from None
+    write_atomic(spec_file, yaml.safe_dump(json.loads(json.dumps(record)), sort_keys=False).encode())
+
+
+def _encoder_config(spec: SweepSpec, seed: int, scale: str | None) -> Config:
+    enc = spec.encoder or {}
+    base = (spec.path.parent / enc["base"]).resolve() if enc.get("base") else None
+    return spec.config({"train.seed": seed}, scale, base=base, overrides=dict(enc.get("overrides") or {}))
+
+
+def _run_finetune_cell(
+    spec: SweepSpec, cell: Cell, cfg: Config, folder: Path, scale: str | None, log: Callable[[str], None]
+) -> None:
+    """Pretrain (or continue) the seed's encoder, fine-tune it as the cell says, record the cell."""
+    from ..eval.finetune import finetune
+    from ..train import pretrain
+    from ..train.rundir import update_metrics_json
+
+    encoder = _encoder_dir(folder, cell.seed)
+    enc_cfg = _encoder_config(spec, cell.seed, scale)
+    if not cell_done(Cell({}, {}, cell.seed, encoder), "pretrain"):
+        pretrain(enc_cfg, out=encoder, resume=True, log=log)
+    ft = {k: v for k, v in flatten(cfg).items() if k.startswith("finetune.")}
+    results = finetune(encoder, ft, log=log)
+    (result,) = results.values()
+    cell.dir.mkdir(parents=True, exist_ok=True)
+    cell_cfg = apply_overrides(enc_cfg, ft)
+    save_config(cell_cfg, cell.dir / CONFIG)
+    update_metrics_json(cell.dir, {**result, "encoder": str(encoder)})
+
+
+def _plan(
+    spec_path: str | Path, scale: str | None, out: str | Path | None, all_cells: list[Cell], log: Callable[[str], None]
+) -> list[str]:
+    """One command per cell; each runs (or continues) that cell alone."""
+    base = ["selfsup", "sweep", str(spec_path)]
+    if scale is not None:
+        base += ["--scale", scale]
+    if out is not None:
+        base += ["--out", str(out)]
+    lines = [" ".join(shlex.quote(a) for a in [*base, "--cell", c.dir.name]) for c in all_cells]
+    log("\n".join(lines))
+    return lines

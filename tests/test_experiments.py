@@ -1,0 +1,231 @@
+"""Sweeps (run, resume after a kill, plan), results tables, HTML reports, TensorBoard files."""
+
+from __future__ import annotations
+
+import csv
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import REPO, subprocess_env, tiny_overrides
+from selfsup.errors import ConfigError, RunDirError
+from selfsup.experiments import load_spec, run_sweep
+from selfsup.experiments.report import make_report
+from selfsup.experiments.results import markdown_table, mean_std
+from selfsup.experiments.sweep import cells
+
+
+def write_recipe(path: Path, data: Path, **extra: Any) -> Path:
+    """A tiny recipe (YAML sections) from the test overrides."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in tiny_overrides(data, **{"train.eval_after": True, "eval.linear_epochs": 2, **extra}).items():
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = value
+    path.write_text(yaml.safe_dump(nested))
+    return path
+
+
+def write_spec(folder: Path, data: Path, **fields: Any) -> Path:
+    write_recipe(folder / "tiny.yaml", data)
+    spec = {
+        "name": "tiny",
+        "command": "pretrain",
+        "base": "tiny.yaml",
+        "grid": {"method.temperature": [0.1, 0.5]},
+        "seeds": [0, 1],
+        "scale": {"small": {"train.epochs": 1}},
+        **fields,
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def images_exist(report: Path) -> list[str]:
+    srcs = re.findall(r"<img src='([^']+)'", report.read_text())
+    assert srcs, "the report shows no image"
+    for src in srcs:
+        assert (report.parent / src).is_file(), src
+    return srcs
+
+
+def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, shared_folder)
+    lines: list[str] = []
+    result = run_sweep(spec, out=tmp_path / "sweep", log=lines.append)
+    assert len(result.rows) == 4 and all(r["status"] == "done" for r in result.rows)
+    for row in result.rows:
+        run = tmp_path / "sweep" / row["cell"]
+        assert (run / "config.yaml").is_file() and (run / "checkpoints").is_dir()
+        assert 0 <= row["linear_top1"] <= 1 and row["wall_time_s"] > 0 and row["peak_memory_mb"] > 0
+    with open(tmp_path / "sweep" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method.temperature"] for r in rows] == ["0.1", "0.1", "0.5", "0.5"]
+    assert {"final_loss", "knn_top1", "linear_top1", "wall_time_s", "views_per_s", "peak_memory_mb"} <= set(rows[0])
+    table = result.table.splitlines()
+    assert table[0].startswith("| method.temperature | seeds | kNN top-1 (%) | linear top-1 (%)")
+    assert len(table) == 4 and all("±" in line for line in table[2:]) and "| 0.5 | 2 |" in table[3]
+    assert (tmp_path / "sweep" / "results.md").read_text().strip() == result.table
+    # Running it again redoes nothing.
+    again = run_sweep(spec, out=tmp_path / "sweep", log=lines.append)
+    assert "4 done, 0 to run" in lines[-2] and again.table == result.table
+    # The sweep's report, and one run's report with its embedding and retrievals.
+    srcs = images_exist(make_report(tmp_path / "sweep"))
+    assert {
+        "report/accuracy_knn_top1.png",
+        "report/accuracy_linear_top1.png",
+        "report/loss_curves.png",
+        "report/time.png",
+    } <= set(srcs)
+    run_report = make_report(tmp_path / "sweep" / result.rows[0]["cell"], samples=24)
+    assert {"report/loss.png", "report/lr.png", "report/embedding.png", "report/neighbours.png"} <= set(
+        images_exist(run_report)
+    )
+    assert "linear_top1" in run_report.read_text()
+    # TensorBoard events for every run, readable by TensorBoard itself.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "sweep" / result.rows[0]["cell"] / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "epoch/epoch_loss"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8, 10, 12]
+
+
+def test_killed_sweep_finishes_only_missing_cells(shared_folder: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, shared_folder)
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "selfsup", "sweep", str(spec), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while len(list(out.glob("*/metrics.json"))) < 2:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # between cells, or early in the third
+    proc.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/metrics.json")}
+    assert len(finished) == 2
+    r = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "2 done, 2 to run" in r.stdout
+    for name, mtime in finished.items():  # not redone
+        assert (out / name / "metrics.json").stat().st_mtime_ns == mtime
+    assert len(list(out.glob("*/metrics.json"))) == 4
+    with open(out / "results.csv") as f:
+        assert all(row["status"] == "done" for row in csv.DictReader(f))
+
+
+def test_plan_and_single_cells(shared_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from selfsup.cli import main
+
+    spec = write_spec(tmp_path, shared_folder)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--out", str(out), "--scale", "small", "--plan"]) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 4 and all(c.startswith("selfsup sweep ") and "--cell " in c for c in commands)
+    assert (out / "plan.sh").read_text().strip().splitlines() == commands
+    name = commands[1].split("--cell ")[1].strip("'")
+    assert main(["sweep", str(spec), "--out", str(out), "--scale", "small", "--cell", name]) == 0
+    done = [p.parent.name for p in out.glob("*/metrics.json")]
+    assert done == [name]
+    with open(out / "results.csv") as f:
+        assert [row["status"] for row in csv.DictReader(f)].count("done") == 1
+    code = main(["sweep", str(spec), "--out", str(out), "--scale", "small", "--cell", "nope"])
+    assert code == 2 and "no cell 'nope'" in capsys.readouterr().err
+
+
+def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
+    write_recipe(tmp_path / "tiny.yaml", shared_folder)
+    spec = tmp_path / "ft.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ft",
+                "command": "finetune",
+                "encoder": {"base": "tiny.yaml"},
+                "grid": {
+                    "finetune.labels": [6, 12],
+                    "init": [{"label": "pretrained"}, {"label": "scratch", "finetune.from_scratch": True}],
+                },
+                "seeds": [0],
+                "overrides": {"finetune.epochs": 2, "finetune.val_size": 6, "finetune.batch_size": 4},
+            }
+        )
+    )
+    result = run_sweep(spec, out=tmp_path / "sweep", log=lambda s: None)
+    assert len(result.rows) == 4 and all(0 <= r["test_top1"] <= 1 for r in result.rows)
+    assert (tmp_path / "sweep" / "encoder,seed=0" / "checkpoints").is_dir()
+    assert result.table.splitlines()[0].startswith("| finetune.labels | init | seeds | test top-1 (%)")
+    images_exist(make_report(tmp_path / "sweep"))
+
+
+def test_scale_profiles_change_axes(shared_folder: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, shared_folder, scale={"small": {"grid": {"method.temperature": [0.2]}}})
+    s = load_spec(spec)
+    assert [c.dir.name for c in cells(s, tmp_path, "small")] == [
+        "method.temperature=0.2,seed=0",
+        "method.temperature=0.2,seed=1",
+    ]
+    assert len(cells(s, tmp_path)) == 4
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"colour": 1}, "unknown sweep field 'colour'"),
+        ({"grid": {"train.epoch": [1, 2]}}, "'train.epoch' is not a config key"),
+        ({"grid": {"method.temperature": []}}, "needs a non-empty list"),
+        ({"base": "missing.yaml"}, "base recipe missing.yaml not found"),
+        ({"command": "dance"}, "command must be one of"),
+        ({"seeds": "zero"}, "seeds must be a list of integers"),
+        ({"command": "finetune"}, "needs an encoder"),
+        ({"scale": {"cpu": {"grid": {"train.epochs": [1]}}}}, "changes grid axis 'train.epochs'"),
+    ],
+)
+def test_bad_specs(fields: dict, message: str, shared_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_spec(write_spec(tmp_path, shared_folder, **fields))
+
+
+def test_sweep_folder_is_not_reused_for_another_sweep(shared_folder: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, shared_folder)
+    run_sweep(spec, out=tmp_path / "sweep", plan=True, log=lambda s: None)
+    with pytest.raises(ConfigError, match="no scale profile 'huge'"):
+        run_sweep(spec, out=tmp_path / "sweep", scale="huge", log=lambda s: None)
+    with pytest.raises(RunDirError, match="holds a different sweep"):
+        run_sweep(spec, out=tmp_path / "sweep", scale="small", plan=True, log=lambda s: None)
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not a sweep folder"):
+        run_sweep(spec, out=tmp_path / "stuff", log=lambda s: None)
+
+
+def test_every_ablation_spec_loads() -> None:
+    specs = sorted((REPO / "configs" / "ablations").glob("*.yaml"))
+    names = {p.stem for p in specs}
+    assert {"batch_size", "temperature", "epochs", "optimizer", "labels", "augmentations", "backbones"} <= names
+    for path in specs:
+        s = load_spec(path)
+        assert "cpu" in s.scale, f"{path.name} has no cpu scale profile"
+        for scale in (None, "cpu"):
+            for c in cells(s, Path("x"), scale)[:3]:
+                s.config({**c.overrides, "train.seed": c.seed}, scale)
+
+
+def test_markdown_table_statistics() -> None:
+    rows = [
+        {"t": "a", "seed": 0, "status": "done", "knn_top1": 0.50, "linear_top1": 0.60, "final_loss": 1.0},
+        {"t": "a", "seed": 1, "status": "done", "knn_top1": 0.54, "linear_top1": 0.62, "final_loss": 1.2},
+        {"t": "b", "seed": 0, "status": "missing"},
+    ]
+    table = markdown_table(rows, ["t"])
+    assert "| a | 2 | 52.0 ± 2.8 | 61.0 ± 1.4 | 1.100 ± 0.141 | - |" in table
+    assert "1 cell(s) not finished" in table
+    assert mean_std([3.0]) == (3.0, 0.0)
