@@ -164,6 +164,8 @@ class TrainConfig:
     channels_last: bool = True
     #: torch.compile the model (pays on GPUs; costs start-up time).
     compile: bool = False
+    #: torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'.
+    compile_mode: str = "default"
     #: Under torchrun on GPUs: BatchNorm statistics over the whole global batch.
     sync_bn: bool = False
 
@@ -473,6 +475,9 @@ def validate(cfg: Config) -> None:
     need(t.log_every > 0, "train.log_every", "must be a positive integer")
     need(t.num_threads is None or t.num_threads > 0, "train.num_threads", "must be positive")
     need(t.precision in ("auto", "bf16", "fp32"), "train.precision", "must be auto, bf16 or fp32")
+    need(t.compile_mode in ("default", "reduce-overhead", "max-autotune"), "train.compile_mode",
+         "must be default, reduce-overhead or max-autotune")
+
     need(o.name in ("lars", "sgd", "adam", "adamw"), "optim.name", "must be lars, sgd, adam or adamw")
     need(o.lr > 0, "optim.lr", "must be positive")
     need(o.lr_scaling in ("linear", "sqrt", "none"), "optim.lr_scaling", "must be linear, sqrt or none")

@@ -55,6 +55,8 @@ RESUME_FREE_KEYS = (
     "train.device",
     "train.precision",
     "train.compile",
+    "train.compile_mode",
+
     "train.sync_bn",
     "train.num_threads",
     "train.progress",
@@ -389,7 +391,7 @@ def pretrain(
     if t.compile:
         backbone = model.backbone
         assert isinstance(backbone, nn.Module)
-        backbone.compile()
+        backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
     step_fn = None
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
