@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pipelines import lightly_parts, setup  # noqa: E402
+from pipelines import lightly_parts, selfsup_pipeline, setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,8 +52,6 @@ def knn_top1(encoder: torch.nn.Module, ctx: Any, mean: list[float], std: list[fl
 def run_selfsup(ctx: Any, budget_s: float, out: Path) -> dict[str, Any]:
     from selfsup.config import apply_overrides
     from selfsup.train import pretrain
-
-    from pipelines import selfsup_pipeline
 
     step = selfsup_pipeline(ctx)
     for _ in range(3):
@@ -129,13 +127,15 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--pipelines", default="selfsup,lightly")
+    p.add_argument("--keep", metavar="RUN_DIR", help="keep selfsup's run here (default: a temporary folder)")
     args = p.parse_args()
     ctx = setup("preact_resnet26", args.batch)
     budget = 60 * args.minutes
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.pipelines.split(","):
-            r = run_selfsup(ctx, budget, Path(tmp) / "run") if name == "selfsup" else run_lightly(ctx, budget)
+            out = Path(args.keep) if args.keep else Path(tmp) / "run"
+            r = run_selfsup(ctx, budget, out) if name == "selfsup" else run_lightly(ctx, budget)
             r["knn_per_cpu_minute"] = r["knn_top1"] / (r["train_s"] / 60)
             r["budget_minutes"] = args.minutes
             results.append(r)
