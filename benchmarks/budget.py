@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pipelines import lightly_parts, selfsup_pipeline, setup  # noqa: E402
+from pipelines import cycle, lightly_parts, selfsup_pipeline, setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,15 +78,7 @@ def run_selfsup(ctx: Any, budget_s: float, out: Path) -> dict[str, Any]:
 def run_lightly(ctx: Any, budget_s: float) -> dict[str, Any]:
     p = lightly_parts(ctx, workers=2)
     model, criterion, opt, loader = p["model"], p["criterion"], p["opt"], p["loader"]
-    it = iter(loader)
-
-    def batch() -> Any:
-        nonlocal it
-        try:
-            return next(it)
-        except StopIteration:
-            it = iter(loader)
-            return next(it)
+    batch = cycle(loader)
 
     def step() -> torch.Tensor:
         (x0, x1), _, _ = batch()

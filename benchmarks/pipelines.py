@@ -118,7 +118,8 @@ def selfsup_pipeline(ctx: Context) -> Step:
     return step
 
 
-def _cycle(loader: Any) -> Callable[[], Any]:
+def cycle(loader: Any) -> Callable[[], Any]:
+    """A function returning the next batch of ``loader``, starting over when it ends."""
     it = iter(loader)
 
     def nxt() -> Any:
@@ -168,7 +169,7 @@ def seed_style(ctx: Context, workers: int = 2) -> Step:
         persistent_workers=workers > 0,
         pin_memory=ctx.device.type == "cuda",
     )
-    nxt = _cycle(loader)
+    nxt = cycle(loader)
     model, opt = selfsup_model(ctx)
 
     def step() -> torch.Tensor:
@@ -242,7 +243,7 @@ def lightly_pipeline(ctx: Context, workers: int = 2, tuned: bool = False) -> Ste
     model, criterion, opt = p["model"], p["criterion"], p["opt"]
     if tuned:
         model.to(memory_format=torch.channels_last)
-    nxt = _cycle(p["loader"])
+    nxt = cycle(p["loader"])
 
     def step() -> torch.Tensor:
         (x0, x1), _, _ = nxt()

@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import tiny_overrides
 from selfsup.config import load_config
-from selfsup.errors import RunDirError
+from selfsup.errors import ConfigError, RunDirError
 from selfsup.eval import evaluate_run, extract_features, knn_predict, linear_probe
 from selfsup.train import pretrain
 
@@ -100,7 +100,7 @@ def test_evaluate_run(shared_folder: Path, tmp_path: Path) -> None:
     assert saved["random_init"]["knn_top1"] == r["knn_top1"] and saved["knn_top1"] == m["knn_top1"]
     # A trained encoder separates the learnable synthetic classes better than a random one.
     assert m["knn_top1"] >= r["knn_top1"] - 0.2
-    with pytest.raises(RunDirError, match="only eval"):
+    with pytest.raises(ConfigError, match=r"only eval\.\* settings can change at evaluation time, not train\.epochs"):
         evaluate_run(out, {"train.epochs": 3})
     with pytest.raises(RunDirError, match="does not exist"):
         evaluate_run(tmp_path / "nothing")

@@ -137,7 +137,8 @@ def test_signals_save_and_exit_cleanly(sig: int, shared_folder: Path, tmp_path: 
     wait_for_step(out, 4, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "checkpoint saved" in err and "Traceback" not in err, err
+    assert proc.returncode == 130, err
+    assert "checkpoint saved, continue with --resume" in err and "Traceback" not in err, err
     assert 4 <= final_state(out)["step"] < 18
     assert resume(out).returncode == 0
     assert_same_state(final_state(out), final_state(reference_run))

@@ -430,6 +430,23 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "overr
     return out
 
 
+def apply_section_overrides(cfg: Config, overrides: dict[str, Any] | None, section: str, when: str) -> Config:
+    """Like :func:`apply_overrides`, for overrides that may only touch one section.
+
+    Re-evaluating or fine-tuning a finished run may change how it is measured, never how
+    it was trained, so a key outside ``section`` is refused.
+
+    Raises:
+        ConfigError: For a key outside ``section`` (named in the message) or a bad value.
+    """
+    if not overrides:
+        return cfg
+    bad = [k for k in overrides if not k.startswith(section + ".")]
+    if bad:
+        raise ConfigError(f"only {section}.* settings can change {when}, not {bad[0]}")
+    return apply_overrides(cfg, overrides)
+
+
 def copy_config(cfg: Config) -> Config:
     """A deep copy."""
     return config_from_dict(config_to_dict(cfg), "copy")

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config, EvalConfig, apply_overrides
+from ..config import Config, EvalConfig, apply_section_overrides
 from ..data import DataSplits, class_balanced_indices, load_dataset
 from ..errors import RunDirError
 from ..methods import build_method
-from ..runtime import resolve_device, set_threads, use_bf16
+from ..runtime import resolve_device, set_threads
 from ..train.checkpoint import load_latest
 from ..train.rundir import load_run_config, update_metrics_json
-from .features import extract_features
+from .features import extract_features, feature_options
 from .knn import knn_accuracy, knn_predict
 from .linear import ProbeResult, linear_probe
 
@@ -37,6 +37,7 @@ __all__ = [
     "evaluate_features",
     "evaluate_run",
     "extract_features",
+    "feature_options",
     "knn_accuracy",
     "knn_predict",
     "linear_probe",
@@ -110,23 +111,20 @@ def evaluate_features(
 
 
 def evaluate_encoder(
-    encoder: nn.Module,
-    splits: DataSplits,
-    mean: list[float],
-    std: list[float],
-    cfg: EvalConfig,
-    device: torch.device,
-    bf16: bool = False,
-    channels_last: bool = True,
-    seed: int = 0,
+    encoder: nn.Module, splits: DataSplits, cfg: EvalConfig, options: dict[str, Any], seed: int = 0
 ) -> dict[str, Any]:
-    """Extract features of both splits once, then run :func:`evaluate_features`."""
-    kw: dict[str, Any] = dict(
-        mean=mean, std=std, device=device, batch_size=cfg.batch_size, bf16=bf16, channels_last=channels_last
-    )
+    """Extract features of both splits once, then run :func:`evaluate_features`.
+
+    Args:
+        encoder: Maps normalised images to features.
+        splits: Train split (kNN bank, probe training data) and test split.
+        cfg: kNN and linear-probe settings.
+        options: Keyword arguments of :func:`extract_features` (see :func:`feature_options`).
+        seed: Seed of the linear probe.
+    """
     t0 = time.perf_counter()
-    train_f = extract_features(encoder, splits.train.images, **kw)
-    test_f = extract_features(encoder, splits.test.images, **kw)
+    train_f = extract_features(encoder, splits.train.images, **options)
+    test_f = extract_features(encoder, splits.test.images, **options)
     t_feat = time.perf_counter() - t0
     out = evaluate_features(
         train_f,
@@ -147,24 +145,21 @@ def evaluate_encoder(
     return out
 
 
-def classifier_accuracies(
-    model: nn.Module,
-    splits: DataSplits,
-    mean: list[float],
-    std: list[float],
-    device: torch.device,
-    batch_size: int = 256,
-    bf16: bool = False,
-    channels_last: bool = True,
-) -> dict[str, float]:
-    """Test accuracy of each classifier a method has (``model.classifiers()``), as fractions."""
+def classifier_accuracies(model: nn.Module, splits: DataSplits, options: dict[str, Any]) -> dict[str, float]:
+    """Test accuracy of each classifier a method has (``model.classifiers()``), as fractions.
+
+    Args:
+        model: A method; one without ``classifiers()`` gives an empty dict.
+        splits: The data; only the test split is used.
+        options: Keyword arguments of :func:`extract_features` (see :func:`feature_options`).
+    """
     get = getattr(model, "classifiers", None)
     if get is None:
         return {}
     labels = torch.from_numpy(splits.test.labels)
     out = {}
     for name, module in get().items():
-        logits = extract_features(module, splits.test.images, mean, std, device, batch_size, bf16, channels_last)
+        logits = extract_features(module, splits.test.images, **options)
         out[name] = float((logits.argmax(1).cpu() == labels).float().mean())
     return out
 
@@ -204,21 +199,9 @@ def evaluate_classifiers(
         step = state.get("step")
     if not hasattr(model, "classifiers"):
         raise RunDirError(f"method {cfg.method.name!r} of {run_dir} has no classifier; use 'selfsup eval'")
-    assert cfg.augment.mean is not None and cfg.augment.std is not None
     splits = _load_splits(cfg)
     t0 = time.perf_counter()
-    result: dict[str, Any] = dict(
-        classifier_accuracies(
-            model,
-            splits,
-            cfg.augment.mean,
-            cfg.augment.std,
-            dev,
-            cfg.eval.batch_size,
-            use_bf16(cfg.train.precision, dev),
-            cfg.train.channels_last,
-        )
-    )
+    result: dict[str, Any] = dict(classifier_accuracies(model, splits, feature_options(cfg, dev)))
     result.update(n_test=len(splits.test), eval_time_s=time.perf_counter() - t0)
     if cfg.semi.labels is not None:
         result["labels"] = cfg.semi.labels
@@ -257,24 +240,16 @@ def evaluate_run(
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    if overrides:
-        bad = [k for k in overrides if not k.startswith("eval.")]
-        if bad:
-            raise RunDirError(f"only eval.* settings can change at evaluation time, not {bad[0]}")
-        cfg = apply_overrides(cfg, overrides)
+    cfg = apply_section_overrides(cfg, overrides, "eval", "at evaluation time")
     set_threads(cfg.train.num_threads)
     dev = resolve_device(device or cfg.train.device)
-    bf16 = use_bf16(cfg.train.precision, dev)
     if model is None or random_init:
         _, model, state = load_run_model(run_dir, dev, random_init=random_init)
         step = state.get("step")
     splits = _load_splits(cfg)
-    assert cfg.augment.mean is not None and cfg.augment.std is not None
     encoder = model.backbone  # type: ignore[union-attr]
     assert isinstance(encoder, nn.Module)
-    result = evaluate_encoder(
-        encoder, splits, cfg.augment.mean, cfg.augment.std, cfg.eval, dev, bf16, cfg.train.channels_last, cfg.train.seed
-    )
+    result = evaluate_encoder(encoder, splits, cfg.eval, feature_options(cfg, dev), cfg.train.seed)
     result.update(
         knn_k=cfg.eval.knn_k,
         knn_temperature=cfg.eval.knn_temperature,
@@ -282,18 +257,7 @@ def evaluate_run(
         f"epochs={cfg.eval.linear_epochs} batch={cfg.eval.linear_batch_size}",
     )
     if not random_init:
-        result.update(
-            classifier_accuracies(
-                model,
-                splits,
-                cfg.augment.mean,
-                cfg.augment.std,
-                dev,
-                cfg.eval.batch_size,
-                bf16,
-                cfg.train.channels_last,
-            )
-        )
+        result.update(classifier_accuracies(model, splits, feature_options(cfg, dev)))
     if step is not None:
         result["checkpoint_step"] = step
     what = "random init" if random_init else "encoder"

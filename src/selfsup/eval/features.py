@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from ..augment import normalize
-from ..runtime import autocast
+from ..config import Config
+from ..runtime import autocast, use_bf16
+
+
+def feature_options(cfg: Config, device: torch.device) -> dict[str, Any]:
+    """The keyword arguments of :func:`extract_features` that a run's config implies.
+
+    One place decides how a run's images are encoded for evaluation (its normalisation,
+    eval batch size, precision and memory layout), so kNN, the linear probe, the monitor,
+    fine-tuning and reports all see the same features.
+    """
+    mean, std = cfg.augment.mean, cfg.augment.std
+    assert mean is not None and std is not None, "resolve_config fills augment.mean/std"
+    return dict(
+        mean=mean,
+        std=std,
+        device=device,
+        batch_size=cfg.eval.batch_size,
+        bf16=use_bf16(cfg.train.precision, device),
+        channels_last=cfg.train.channels_last,
+    )
 
 
 @torch.inference_mode()

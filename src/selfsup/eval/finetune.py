@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import BatchAugment, resolve_augment
-from ..config import AugmentConfig, Config, OptimConfig, apply_overrides
+from ..config import AugmentConfig, Config, OptimConfig, apply_section_overrides
 from ..data import DataSplits, class_balanced_indices, load_dataset
-from ..errors import RunDirError
 from ..methods.common import load_backbone_weights
 from ..methods.supervised import Supervised
 from ..models import build_backbone
@@ -35,7 +34,7 @@ from ..optim import build_optimizer, lr_factor, set_lr
 from ..runtime import resolve_device, set_threads, step_seed, use_bf16
 from ..train.loop import train_step
 from ..train.rundir import append_jsonl, load_run_config, update_metrics_json
-from .features import extract_features
+from .features import extract_features, feature_options
 
 
 def finetune(
@@ -62,11 +61,7 @@ def finetune(
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    if overrides:
-        bad = [k for k in overrides if not k.startswith("finetune.")]
-        if bad:
-            raise RunDirError(f"only finetune.* settings apply to fine-tuning, not {bad[0]}")
-        cfg = apply_overrides(cfg, overrides)
+    cfg = apply_section_overrides(cfg, overrides, "finetune", "for fine-tuning")
     random_init = random_init or cfg.finetune.from_scratch
     set_threads(cfg.train.num_threads)
     dev = resolve_device(device or cfg.train.device)
@@ -122,14 +117,7 @@ def _finetune_one(
     images = torch.from_numpy(splits.train.images).to(dev)
     labels = torch.from_numpy(splits.train.labels).to(dev)
     val_labels = torch.from_numpy(splits.train.labels[val]).to(dev)
-    feats: dict[str, Any] = dict(
-        mean=cfg.augment.mean,
-        std=cfg.augment.std,
-        device=dev,
-        batch_size=cfg.eval.batch_size,
-        bf16=bf16,
-        channels_last=cfg.train.channels_last,
-    )
+    feats = feature_options(cfg, dev)
     # Batches of one would break BatchNorm: a last batch of a single image is dropped.
     n_batches = len(labeled) // ft.batch_size + (len(labeled) % ft.batch_size > 1)
     total = ft.epochs * n_batches

@@ -116,8 +116,8 @@ def _features(run_dir: Path, samples: int) -> dict[str, Any] | None:
     import torch
 
     from ..data import class_balanced_indices, load_dataset
-    from ..eval import extract_features, load_run_model
-    from ..runtime import resolve_device, use_bf16
+    from ..eval import extract_features, feature_options, load_run_model
+    from ..runtime import resolve_device
 
     if not (run_dir / "checkpoints").is_dir():
         return None
@@ -128,15 +128,7 @@ def _features(run_dir: Path, samples: int) -> dict[str, Any] | None:
     splits = load_dataset(d.name, d.image_size, d.root, d.download, d.skip_invalid, d.test_fraction, progress=False)
     test_idx = class_balanced_indices(splits.test.labels, min(samples, len(splits.test)), 0)
     bank_idx = class_balanced_indices(splits.train.labels, min(10000, len(splits.train)), 0)
-    assert cfg.augment.mean is not None and cfg.augment.std is not None
-    kw: dict[str, Any] = dict(
-        mean=cfg.augment.mean,
-        std=cfg.augment.std,
-        device=dev,
-        batch_size=cfg.eval.batch_size,
-        bf16=use_bf16(cfg.train.precision, dev),
-        channels_last=cfg.train.channels_last,
-    )
+    kw = feature_options(cfg, dev)
     encoder = model.backbone
     assert isinstance(encoder, torch.nn.Module)
     return {

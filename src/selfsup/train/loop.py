@@ -31,7 +31,7 @@ from ..config import Config, copy_config, diff, save_config
 from ..data import DataSplits, channel_stats, class_balanced_indices, load_data
 from ..distributed import all_reduce_mean, any_rank, broadcast_object, init_from_env, local_device, rank, world_size
 from ..errors import ConfigError, RunDirError, SelfsupError, TrainingDivergedError
-from ..eval.features import extract_features
+from ..eval.features import extract_features, feature_options
 from ..eval.knn import knn_accuracy
 from ..methods import build_method, method_class
 from ..optim import build_optimizer, lr_factor, scaled_lr, set_lr
@@ -161,16 +161,8 @@ class Monitor:
 
     def __call__(self, encoder: nn.Module) -> float:
         """Top-1 kNN accuracy (a fraction) of the encoder's features on the fixed subsets."""
-        a, e = self.cfg.augment, self.cfg.eval
-        assert a.mean is not None and a.std is not None
-        kw: dict[str, Any] = dict(
-            mean=a.mean,
-            std=a.std,
-            device=self.device,
-            batch_size=e.batch_size,
-            bf16=self.bf16,
-            channels_last=self.cfg.train.channels_last,
-        )
+        e = self.cfg.eval
+        kw = {**feature_options(self.cfg, self.device), "bf16": self.bf16}
         bank = extract_features(encoder, self.bank_images, **kw)
         query = extract_features(encoder, self.query_images, **kw)
         return knn_accuracy(
