@@ -125,8 +125,8 @@ def main() -> None:
     budget = 60 * args.minutes
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.keep) if args.keep else Path(tmp) / "run"
         for name in args.pipelines.split(","):
-            out = Path(args.keep) if args.keep else Path(tmp) / "run"
             r = run_selfsup(ctx, budget, out) if name == "selfsup" else run_lightly(ctx, budget)
             r["knn_per_cpu_minute"] = r["knn_top1"] / (r["train_s"] / 60)
             r["budget_minutes"] = args.minutes

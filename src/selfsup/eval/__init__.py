@@ -249,7 +249,8 @@ def evaluate_run(
     splits = _load_splits(cfg)
     encoder = model.backbone  # type: ignore[union-attr]
     assert isinstance(encoder, nn.Module)
-    result = evaluate_encoder(encoder, splits, cfg.eval, feature_options(cfg, dev), cfg.train.seed)
+    options = feature_options(cfg, dev)
+    result = evaluate_encoder(encoder, splits, cfg.eval, options, cfg.train.seed)
     result.update(
         knn_k=cfg.eval.knn_k,
         knn_temperature=cfg.eval.knn_temperature,
@@ -257,7 +258,7 @@ def evaluate_run(
         f"epochs={cfg.eval.linear_epochs} batch={cfg.eval.linear_batch_size}",
     )
     if not random_init:
-        result.update(classifier_accuracies(model, splits, feature_options(cfg, dev)))
+        result.update(classifier_accuracies(model, splits, options))
     if step is not None:
         result["checkpoint_step"] = step
     what = "random init" if random_init else "encoder"

@@ -147,7 +147,7 @@ def _stop_signals() -> Iterator[dict[str, int]]:
 class Monitor:
     """kNN monitor on fixed, class-balanced subsets of the train and test splits."""
 
-    def __init__(self, cfg: Config, splits: DataSplits, device: torch.device, bf16: bool) -> None:
+    def __init__(self, cfg: Config, splits: DataSplits, device: torch.device) -> None:
         n_bank = min(cfg.eval.monitor_train, len(splits.train))
         n_query = min(cfg.eval.monitor_test, len(splits.test))
         bank = class_balanced_indices(splits.train.labels, n_bank, seed=0)
@@ -157,14 +157,14 @@ class Monitor:
         self.query_images = splits.test.images[query]
         self.query_labels = torch.from_numpy(splits.test.labels[query])
         self.num_classes = len(splits.train.classes)
-        self.cfg, self.device, self.bf16 = cfg, device, bf16
+        self.cfg = cfg
+        self.options = feature_options(cfg, device)
 
     def __call__(self, encoder: nn.Module) -> float:
         """Top-1 kNN accuracy (a fraction) of the encoder's features on the fixed subsets."""
         e = self.cfg.eval
-        kw = {**feature_options(self.cfg, self.device), "bf16": self.bf16}
-        bank = extract_features(encoder, self.bank_images, **kw)
-        query = extract_features(encoder, self.query_images, **kw)
+        bank = extract_features(encoder, self.bank_images, **self.options)
+        query = extract_features(encoder, self.query_images, **self.options)
         return knn_accuracy(
             bank, self.bank_labels, query, self.query_labels, self.num_classes, e.knn_k, e.knn_temperature
         )
@@ -482,7 +482,7 @@ def _loop(
     images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
     labels = torch.from_numpy(splits.train.labels).to(device)
     leader, part, parts = rank() == 0, rank(), world_size()
-    monitor = Monitor(cfg, splits, device, bf16) if t.knn_every and leader else None
+    monitor = Monitor(cfg, splits, device) if t.knn_every and leader else None
     n_views = int(model.n_views)  # type: ignore[arg-type]
     metrics_path = run_dir / METRICS_JSONL
     p = progress
