@@ -76,7 +76,7 @@ def run_selfsup(ctx: Any, budget_s: float, out: Path) -> dict[str, Any]:
 
 
 def run_lightly(ctx: Any, budget_s: float) -> dict[str, Any]:
-    p = lightly_parts(ctx, workers=2)
+    p = lightly_parts(ctx)
     model, criterion, opt, loader = p["model"], p["criterion"], p["opt"], p["loader"]
     batch = cycle(loader)
 

@@ -41,6 +41,12 @@ class Context:
     bf16: bool
     batch: int
     backbone: str
+    #: torch.compile the backbone of the pipelines built from this context.
+    compile: bool = False
+    #: torch.compile backend ("inductor"; "eager" checks the code path quickly on a CPU).
+    compile_backend: str = "inductor"
+    #: DataLoader worker processes of the PIL pipelines (seed_style, lightly).
+    workers: int = 2
 
 
 def setup(
@@ -49,9 +55,10 @@ def setup(
     precision: str = "auto",
     device: str = "auto",
     threads: int = 0,
-    config: str | None = None,
+    config: str | Path | None = None,
+    data: str = "cifar10",
 ) -> Context:
-    """Load the bundled CIFAR-10 and resolve a config (quick recipe unless ``config``)."""
+    """Load a dataset (the bundled CIFAR-10 by default) and resolve a config (quick recipe unless ``config``)."""
     from selfsup.config import load_config
     from selfsup.data import load_dataset
     from selfsup.runtime import resolve_device, use_bf16
@@ -62,7 +69,13 @@ def setup(
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(
         config or repo / "configs" / "quick.yaml",
-        {"model.backbone": backbone, "train.batch_size": batch, "train.precision": precision, "train.progress": False},
+        {
+            "data.name": data,
+            "model.backbone": backbone,
+            "train.batch_size": batch,
+            "train.precision": precision,
+            "train.progress": False,
+        },
     )
     splits = load_dataset(cfg.data.name, progress=False)
     cfg = resolve_config(cfg, splits)
@@ -77,6 +90,8 @@ def selfsup_model(ctx: Context, seed: int = 0) -> tuple[nn.Module, torch.optim.O
 
     torch.manual_seed(seed)
     model = build_method(ctx.cfg, 10).to(ctx.device).to(memory_format=torch.channels_last).train()
+    if ctx.compile:
+        model.backbone.compile(backend=ctx.compile_backend)  # type: ignore[operator]
     return model, build_optimizer(model, ctx.cfg.optim, ctx.batch)
 
 
@@ -133,7 +148,7 @@ def cycle(loader: Any) -> Callable[[], Any]:
     return nxt
 
 
-def seed_style(ctx: Context, workers: int = 2) -> Step:
+def seed_style(ctx: Context) -> Step:
     import torchvision.transforms as T
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -164,9 +179,9 @@ def seed_style(ctx: Context, workers: int = 2) -> Step:
         TwoViews(),
         batch_size=ctx.batch,
         shuffle=True,
-        num_workers=workers,
+        num_workers=ctx.workers,
         drop_last=True,
-        persistent_workers=workers > 0,
+        persistent_workers=ctx.workers > 0,
         pin_memory=ctx.device.type == "cuda",
     )
     nxt = cycle(loader)
@@ -180,8 +195,14 @@ def seed_style(ctx: Context, workers: int = 2) -> Step:
     return step
 
 
-def jpeg_folder() -> Path:
-    """The bundled training JPEGs extracted once (lightly reads image files)."""
+def jpeg_folder(data: str = "cifar10") -> Path:
+    """The training images as files (lightly reads image files).
+
+    The bundled JPEGs are extracted once; a folder given as ``data`` (with ``train/``)
+    is used as it is.
+    """
+    if data != "cifar10" and (Path(data) / "train").is_dir():
+        return Path(data) / "train"
     repo = Path(__file__).resolve().parents[1]
     dest = CACHE / "cifar10-jpeg"
     if not (dest / "train").is_dir():
@@ -205,7 +226,7 @@ class LightlySimCLR(nn.Module):
         return self.projection_head(self.backbone(x).flatten(start_dim=1))
 
 
-def lightly_parts(ctx: Context, workers: int = 2, seed: int = 0) -> dict[str, Any]:
+def lightly_parts(ctx: Context, seed: int = 0) -> dict[str, Any]:
     """lightly's dataset/loader, model, loss and optimizer as its CIFAR-10 benchmark sets them."""
     from lightly.data import LightlyDataset
     from lightly.loss import NTXentLoss
@@ -215,13 +236,21 @@ def lightly_parts(ctx: Context, workers: int = 2, seed: int = 0) -> dict[str, An
     from selfsup.models import build_backbone
 
     transform = SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)
-    dataset = LightlyDataset(input_dir=str(jpeg_folder()), transform=transform)
+    dataset = LightlyDataset(input_dir=str(jpeg_folder(ctx.cfg.data.name)), transform=transform)
     loader = DataLoader(
-        dataset, batch_size=ctx.batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
+        dataset,
+        batch_size=ctx.batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=ctx.workers,
+        persistent_workers=ctx.workers > 0,
+        pin_memory=ctx.device.type == "cuda",
     )
     torch.manual_seed(seed)
     backbone = build_backbone(ctx.backbone)
     model = LightlySimCLR(backbone, int(backbone.feature_dim)).to(ctx.device)  # type: ignore[arg-type]
+    if ctx.compile:
+        model.backbone.compile(backend=ctx.compile_backend)
     lr = 6e-2 * ctx.batch / 128
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     # SimCLRTransform normalises with ImageNet statistics; features must be extracted alike.
@@ -236,10 +265,10 @@ def lightly_parts(ctx: Context, workers: int = 2, seed: int = 0) -> dict[str, An
     }
 
 
-def lightly_pipeline(ctx: Context, workers: int = 2, tuned: bool = False) -> Step:
+def lightly_pipeline(ctx: Context, tuned: bool = False) -> Step:
     from selfsup.runtime import autocast
 
-    p = lightly_parts(ctx, workers)
+    p = lightly_parts(ctx)
     model, criterion, opt = p["model"], p["criterion"], p["opt"]
     if tuned:
         model.to(memory_format=torch.channels_last)
@@ -247,7 +276,7 @@ def lightly_pipeline(ctx: Context, workers: int = 2, tuned: bool = False) -> Ste
 
     def step() -> torch.Tensor:
         (x0, x1), _, _ = nxt()
-        x0, x1 = x0.to(ctx.device), x1.to(ctx.device)
+        x0, x1 = x0.to(ctx.device, non_blocking=True), x1.to(ctx.device, non_blocking=True)
         if tuned:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             x1 = x1.contiguous(memory_format=torch.channels_last)

@@ -66,6 +66,9 @@ def class_balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     classes = np.unique(labels)
     if n > len(labels):
         raise DataError(f"subset of {n} requested but the split has only {len(labels)} images")
+    if n == len(labels):
+        # All of them: balanced as far as the split is (a subset of a subset may not be).
+        return np.arange(n)
     rng = np.random.default_rng(seed)
     per_class = {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in classes}
     base, extra = divmod(n, len(classes))

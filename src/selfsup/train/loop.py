@@ -574,10 +574,14 @@ def _loop(
                 p.loss_count += 1
                 p.step += 1
                 interval_views += total * n_views
-                p.train_time += time.perf_counter() - t0
-                bar.update(1)
                 end_of_epoch = p.step % spe == 0
                 logging_step = p.step % t.log_every == 0 or end_of_epoch
+                if logging_step and device.type == "cuda":
+                    # Steps are queued, not done, when the host returns: the timed region
+                    # of a logging step ends when the device has finished every queued step.
+                    torch.cuda.synchronize(device)
+                p.train_time += time.perf_counter() - t0
+                bar.update(1)
                 if logging_step:
                     mean_loss = float(all_reduce_mean(p.loss_sum)) / max(p.loss_count, 1)
                     check_finite(mean_loss)
