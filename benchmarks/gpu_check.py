@@ -194,7 +194,6 @@ def throughput(
 def recipe_run(key: str, args: argparse.Namespace, runs: Path, data: str) -> dict[str, Any]:
     """Train a recipe for about ``args.recipe_seconds`` of training, then evaluate it."""
     from pipelines import selfsup_pipeline
-
     from selfsup.config import load_config
     from selfsup.train import pretrain
     from selfsup.train.rundir import read_jsonl
@@ -283,11 +282,15 @@ def environment(device: str) -> dict[str, Any]:
 
 def table(records: list[dict[str, Any]]) -> str:
     """The README table: throughput with ratios, then the recipes."""
-    lines = ["| backbone | compile | pipeline | views/s | of bare | GPU busy | peak MB |", "|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| backbone | compile | pipeline | views/s | of bare | GPU busy | peak MB |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     rows = [r for r in records if r.get("part") == "throughput"]
     for r in rows:
         if "skipped" in r or "error" in r:
-            lines.append(f"| {r['backbone']} | {r['compile']} | {r['pipeline']} | {r.get('skipped') or r['error']} | | | |")
+            why = r.get("skipped") or r["error"]
+            lines.append(f"| {r['backbone']} | {r['compile']} | {r['pipeline']} | {why} | | | |")
             continue
         bare = next(
             (b for b in rows if b["pipeline"] == "bare" and b["backbone"] == r["backbone"]
@@ -297,9 +300,8 @@ def table(records: list[dict[str, Any]]) -> str:
         ratio = f"{r['views_per_s'] / bare['views_per_s']:.2f}" if bare else "-"
         busy = f"{r['gpu_busy']:.0%}" if r.get("gpu_busy") is not None else "-"
         mem = f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") is not None else "-"
-        lines.append(
-            f"| {r['backbone']} | {r['compile']} | {r['pipeline']} | {r['views_per_s']:.0f} | {ratio} | {busy} | {mem} |"
-        )
+        vps = f"{r['views_per_s']:.0f}"
+        lines.append(f"| {r['backbone']} | {r['compile']} | {r['pipeline']} | {vps} | {ratio} | {busy} | {mem} |")
     for backbone in BACKBONES:
         got = {r["pipeline"]: r["views_per_s"] for r in rows if r["backbone"] == backbone and not r["compile"]
                and "views_per_s" in r}
@@ -307,8 +309,11 @@ def table(records: list[dict[str, Any]]) -> str:
             lines.append(f"\n{backbone}: selfsup / lightly = {got['selfsup'] / got['lightly']:.1f}x")
     recipes = [r for r in records if r.get("part") == "recipe"]
     if recipes:
-        lines += ["", "| recipe | epochs run | s/epoch | first epoch s | full recipe (min) | kNN top-1 | linear top-1 |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| recipe | epochs run | s/epoch | first epoch s | full recipe (min) | kNN top-1 | linear top-1 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in recipes:
             if "error" in r or "skipped" in r:
                 lines.append(f"| {r['recipe']} | {r.get('skipped') or r['error']} | | | | | |")
@@ -340,9 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 30)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: every core)")
-    p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; eager with --smoke)")
+    p.add_argument("--compile-backend", help="torch.compile backend (default inductor; eager with --smoke)")
     p.add_argument("--recipe-seconds", type=float, default=None, help="training time per recipe (default 110)")
-    p.add_argument("--deadline", type=float, default=None, help="skip what starts after this many seconds (default 330)")
+    p.add_argument("--deadline", type=float, help="skip what starts after this many seconds (default 330)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: throughput, compile, recipes")
     p.add_argument("--wheels", help="install lightly from this folder of wheels first")
     args = p.parse_args(argv)

@@ -133,3 +133,19 @@ def test_unreadable_image_folder_with_odd_files_is_converted(
         capsys, ["pretrain", "--out", str(tmp_path / "r"), *cli_flags(root, **{"train.batch_size": 8})]
     )
     assert code == 0, err
+
+
+@pytest.mark.parametrize("argv,suggestion", [
+    (["pretrain", "--train.epoch", "3"], "--train.epochs"),
+    (["pretrain", "--epoch", "3"], "--epochs"),
+    (["eval", "run", "--eval.linear_epoch", "3"], "--eval.linear_epochs"),
+    (["export", "run", "--form", "onnx"], "--format"),
+])
+def test_abbreviated_flags_are_refused_with_the_nearest_flag(
+    argv: list[str], suggestion: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"unknown flag {argv[-2]}; did you mean {suggestion}?" in err[0], err

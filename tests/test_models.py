@@ -8,16 +8,23 @@ import torchvision
 from torch import nn
 
 from selfsup.errors import ConfigError
-from selfsup.models import BACKBONES, PreActResNetCifar, ProjectionHead, build_backbone
+from selfsup.models import BACKBONES, PreActResNetCifar, ProjectionHead, build_backbone, torchvision_target
+
+#: (backbone, width, stem) for every registered backbone and stem, plus a non-default width.
+VARIANTS = [(name, 1.0, stem) for name, spec in sorted(BACKBONES.items()) for stem in spec.stems] + [
+    ("preact_resnet8", 2, "cifar"),
+    ("mobilenet_v2", 0.5, "cifar"),
+]
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_every_backbone_shapes_values_gradients(name: str) -> None:
+@pytest.mark.parametrize("name,width,stem", VARIANTS, ids=[f"{n}-w{w}-{s}" for n, w, s in VARIANTS])
+def test_every_backbone_shapes_values_gradients(name: str, width: float, stem: str) -> None:
     torch.manual_seed(0)
-    net = build_backbone(name)
+    net = build_backbone(name, width, stem)
     x = torch.randn(2, 3, 32, 32)
     out = net(x)
-    assert out.shape == (2, net.feature_dim)
+    # The registry's metadata says the feature size without building the model.
+    assert out.shape == (2, net.feature_dim) == (2, BACKBONES[name].feature_dim(width))
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     missing = [
@@ -59,11 +66,45 @@ def test_cifar_resnet_state_dict_loads_into_torchvision(arch: str) -> None:
     assert ours.conv1.kernel_size == (3, 3) and ours.conv1.stride == (1, 1)
 
 
+@pytest.mark.parametrize("name,width,stem", VARIANTS, ids=[f"{n}-w{w}-{s}" for n, w, s in VARIANTS])
+def test_state_dict_loads_into_the_registered_torchvision_target(name: str, width: float, stem: str) -> None:
+    spec = BACKBONES[name]
+    ours = build_backbone(name, width, stem).eval()
+    if spec.torchvision is None:
+        with pytest.raises(ConfigError, match="no torchvision counterpart"):
+            torchvision_target(name, width, stem)
+        return
+    ref = torchvision_target(name, width, stem).eval()
+    assert isinstance(ref, getattr(torchvision.models, type(ref).__name__))  # a plain torchvision model
+    assert ref.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_cifar_and_imagenet_stems_downsample_as_their_papers() -> None:
+    shapes = {}
+    for stem in ("cifar", "imagenet"):
+        net = build_backbone("resnet18", stem=stem).eval()
+        feats: list[torch.Size] = []
+        net.layer1.register_forward_hook(lambda _m, _i, o, f=feats: f.append(o.shape))
+        net(torch.randn(1, 3, 32, 32))
+        shapes[stem] = feats[0][-1]
+    assert shapes == {"cifar": 32, "imagenet": 8}  # stride-1 3x3 stem vs 7x7/2 conv + max-pool
+    mobile = build_backbone("mobilenet_v2", stem="cifar").eval()
+    assert mobile.features[0][0].stride == (1, 1) and mobile.features[2].conv[1][0].stride == (1, 1)
+    assert build_backbone("mobilenet_v2", stem="imagenet").features[0][0].stride == (2, 2)
+
+
 def test_unknown_backbone_and_bad_width() -> None:
     with pytest.raises(ConfigError, match="unknown backbone 'resnet19'"):
         build_backbone("resnet19")
     with pytest.raises(ConfigError, match="width"):
         build_backbone("resnet18", width=2)
+    with pytest.raises(ConfigError, match="whole number"):
+        build_backbone("preact_resnet8", width=1.5)
+    with pytest.raises(ConfigError, match="stem 'imagenet' is not available for preact_resnet8"):
+        build_backbone("preact_resnet8", stem="imagenet")
 
 
 @pytest.mark.parametrize(

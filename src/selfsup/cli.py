@@ -8,16 +8,46 @@ by input are one line on stderr and a non-zero exit; ``--debug`` shows the trace
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import SECTIONS, SHORT_FLAGS, field_types
 from .errors import SelfsupError
 
 _PREFIX = "cfg:"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that takes flags only as written, and suggests the nearest one.
+
+    argparse accepts any unambiguous prefix of a flag by default (``--train.epoch 3``
+    would set ``train.epochs``); then a flag added later can silently change what an old
+    command does. Here an unknown flag is an error that names the closest real one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        unknown = [a for a in extra if a.startswith("-")]
+        if unknown:
+            flag = unknown[0].split("=", 1)[0]
+            options = [o for action in self._actions for o in action.option_strings]
+            close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
+            self.error(f"unknown flag {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+        return parsed, extra
+
+    def error(self, message: str) -> NoReturn:
+        """One line, not the whole usage (which lists every config key)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str], short: dict[str, str]) -> None:
@@ -41,7 +71,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``selfsup`` argument parser with its subcommands."""
-    parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised representation learning.")
+    parser = _Parser(prog="selfsup", description="Self-supervised representation learning.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -115,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("run_dir", metavar="RUN_DIR")
     x.add_argument("--out", metavar="DIR", help="destination folder (default RUN_DIR/export)")
+    x.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        default="safetensors",
+        help="safetensors (+ a torchvision state dict) or onnx (dynamic batch axis); default safetensors",
+    )
     x.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -206,7 +242,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
-    meta = export_run(args.run_dir, args.out)
+    meta = export_run(args.run_dir, args.out, fmt=args.format)
     print("\n".join(meta["files"]))
     return 0
 

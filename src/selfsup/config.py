@@ -79,10 +79,15 @@ class AugmentConfig:
 class ModelConfig:
     """The encoder and its projection head."""
 
-    #: A registered backbone: preact_resnet8/20/26/56, resnet18, resnet34, resnet50.
+    #: A registered backbone: preact_resnet8/20/26/56, resnet18, resnet34, resnet50,
+    #: mobilenet_v2.
     backbone: str = "preact_resnet26"
-    #: Channel multiplier of the pre-activation ResNets.
-    width: int = 1
+    #: Width multiplier: whole numbers for the pre-activation ResNets (16/32/64 x width
+    #: channels), any positive value for mobilenet_v2 (e.g. 0.5), 1 for the ResNets.
+    width: float = 1
+    #: First layers: 'cifar' (3x3 stride-1 convolution, no max-pool: for 32x32 images)
+    #: or 'imagenet' (torchvision's downsampling stem, as seeds 001, 003 and 004 ran it).
+    stem: str = "cifar"
     #: Head layer sizes after the encoder's features: [64, 32] makes seed 000's
     #: 64-64-32 head on a 64-d encoder; the SimCLR paper uses [2048, 128].
     head_dims: list[int] = field(default_factory=lambda: [512, 128])
@@ -534,5 +539,7 @@ def validate(cfg: Config) -> None:
     need(e.batch_size > 0, "eval.batch_size", "must be a positive integer")
     need(e.train_subset is None or e.train_subset > 0, "eval.train_subset", "must be positive")
     need(e.monitor_train > 0 and e.monitor_test > 0, "eval.monitor_train", "must be positive")
+    need(cfg.model.width > 0, "model.width", "must be positive")
+    need(cfg.model.stem in ("cifar", "imagenet"), "model.stem", "must be cifar or imagenet")
     need(len(cfg.model.head_dims) >= 1, "model.head_dims", "needs at least one layer size")
     need(all(x > 0 for x in cfg.model.head_dims), "model.head_dims", "sizes must be positive")

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..fileio import normal_mode
 from . import cifar_pickle
 from .dataset import DataSplits, ImageDataset, channel_stats, class_balanced_indices
 from .readers import (
@@ -257,6 +258,7 @@ def _save_cache(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], cl
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        normal_mode(fd)
         with os.fdopen(fd, "wb") as f:
             np.savez(
                 f,

@@ -24,7 +24,7 @@ from ..errors import RunDirError
 from ..methods import build_method
 from ..runtime import resolve_device, set_threads
 from ..train.checkpoint import load_latest
-from ..train.rundir import load_run_config, update_metrics_json
+from ..train.rundir import load_run_config, locked, update_metrics_json
 from .features import extract_features, feature_options
 from .knn import knn_accuracy, knn_predict
 from .linear import ProbeResult, linear_probe
@@ -176,6 +176,7 @@ def _load_splits(cfg: Config) -> DataSplits:
     return splits
 
 
+@locked("selfsup eval")
 def evaluate_classifiers(
     run_dir: str | Path,
     model: nn.Module | None = None,
@@ -213,6 +214,7 @@ def evaluate_classifiers(
     return result
 
 
+@locked("selfsup eval")
 def evaluate_run(
     run_dir: str | Path,
     overrides: dict[str, Any] | None = None,

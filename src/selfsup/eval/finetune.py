@@ -33,10 +33,11 @@ from ..models import build_backbone
 from ..optim import build_optimizer, lr_factor, set_lr
 from ..runtime import resolve_device, set_threads, step_seed, use_bf16
 from ..train.loop import train_step
-from ..train.rundir import append_jsonl, load_run_config, update_metrics_json
+from ..train.rundir import append_jsonl, load_run_config, locked, update_metrics_json
 from .features import extract_features, feature_options
 
 
+@locked("selfsup finetune")
 def finetune(
     run_dir: str | Path,
     overrides: dict[str, Any] | None = None,
@@ -96,7 +97,7 @@ def _finetune_one(
     val = rest[class_balanced_indices(splits.train.labels[rest], min(ft.val_size, len(rest)), ft.seed + 1)]
 
     torch.manual_seed(ft.seed)
-    backbone = build_backbone(cfg.model.backbone, cfg.model.width)
+    backbone = build_backbone(cfg.model.backbone, cfg.model.width, cfg.model.stem)
     if not random_init:
         load_backbone_weights(backbone, run_dir)
     model = Supervised(backbone, len(splits.train.classes)).to(dev)

@@ -13,7 +13,7 @@ from ..models import build_backbone, feature_dim
 
 def build_encoder(cfg: Config) -> nn.Module:
     """``cfg.model.backbone``, with the weights of ``cfg.model.init`` when it is set."""
-    backbone = build_backbone(cfg.model.backbone, cfg.model.width)
+    backbone = build_backbone(cfg.model.backbone, cfg.model.width, cfg.model.stem)
     if cfg.model.init:
         load_backbone_weights(backbone, cfg.model.init)
     return backbone

@@ -1,6 +1,25 @@
 """Backbones (a registry) and heads."""
 
-from .backbones import BACKBONES, PreActResNetCifar, build_backbone, feature_dim, register_backbone
+from .backbones import (
+    BACKBONES,
+    BackboneSpec,
+    PreActResNetCifar,
+    backbone_spec,
+    build_backbone,
+    feature_dim,
+    register_backbone,
+    torchvision_target,
+)
 from .heads import ProjectionHead
 
-__all__ = ["BACKBONES", "PreActResNetCifar", "ProjectionHead", "build_backbone", "feature_dim", "register_backbone"]
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "PreActResNetCifar",
+    "ProjectionHead",
+    "backbone_spec",
+    "build_backbone",
+    "feature_dim",
+    "register_backbone",
+    "torchvision_target",
+]

@@ -1,13 +1,17 @@
 """Backbone encoders and their registry.
 
 Every backbone maps images ``(B, 3, H, W)`` to features ``(B, feature_dim)`` and exposes
-``feature_dim``. Register a new one with :func:`register_backbone`; tests are
+``feature_dim``. A registry entry (:class:`BackboneSpec`) carries what other code needs
+to know about it: its feature size for a width, the stems and widths it takes, and the
+torchvision model its exported weights load into; nothing elsewhere special-cases
+backbone names. Register a new one with :func:`register_backbone`; tests are
 parametrised over :data:`BACKBONES`, so a registered entry is tested automatically.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torchvision
@@ -15,48 +19,111 @@ from torch import nn
 
 from ..errors import ConfigError
 
-BackboneFactory = Callable[..., nn.Module]
-
-#: name -> factory(width=...) returning a module with a ``feature_dim`` attribute.
-BACKBONES: dict[str, BackboneFactory] = {}
+STEMS = ("cifar", "imagenet")
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator that adds a backbone factory to :data:`BACKBONES` under ``name``."""
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone and what other code needs to know about it.
 
-    def wrap(factory: BackboneFactory) -> BackboneFactory:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        BACKBONES[name] = factory
-        return factory
+    Attributes:
+        name: The registry key (``model.backbone``).
+        factory: ``factory(width, stem) -> nn.Module`` with a ``feature_dim`` attribute.
+        feature_dim: Feature size for a width multiplier.
+        stems: The ``model.stem`` values it takes ('cifar': 3x3 stride-1 first layer for
+            32x32 images; 'imagenet': the original downsampling stem).
+        integer_width: Whether the width multiplier must be a whole number.
+        torchvision: The torchvision constructor whose model the exported state dict
+            loads into (after :func:`torchvision_target` adapts its stem), or None.
+        source: Where the architecture comes from (for the README and reports).
+    """
 
-    return wrap
+    name: str
+    factory: Callable[[float, str], nn.Module]
+    feature_dim: Callable[[float], int]
+    stems: tuple[str, ...] = ("cifar",)
+    integer_width: bool = True
+    torchvision: str | None = None
+    source: str = ""
 
 
-def build_backbone(name: str, width: int = 1) -> nn.Module:
+#: name -> its :class:`BackboneSpec`.
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add a backbone to :data:`BACKBONES` (one line per backbone)."""
+    if spec.name in BACKBONES:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registry entry of ``name``; :class:`ConfigError` naming the known ones if missing."""
+    if name not in BACKBONES:
+        known = ", ".join(sorted(BACKBONES))
+        raise ConfigError(f"unknown backbone {name!r} (model.backbone); known: {known}")
+    return BACKBONES[name]
+
+
+def build_backbone(name: str, width: float = 1, stem: str = "cifar") -> nn.Module:
     """Build a registered backbone.
 
     Args:
         name: A key of :data:`BACKBONES`, e.g. ``"preact_resnet26"`` or ``"resnet18"``.
-        width: Channel multiplier (the pre-activation ResNets; must be 1 for the others).
+        width: Width multiplier (whole numbers for the ResNets, 1 for torchvision's).
+        stem: 'cifar' or 'imagenet' (see :class:`BackboneSpec`).
 
     Returns:
         The module; ``module.feature_dim`` is the size of its output features.
 
     Raises:
-        ConfigError: If the name is not registered or the width is not positive.
+        ConfigError: If the name is not registered, or the width or stem does not fit it.
     """
-    if name not in BACKBONES:
-        known = ", ".join(sorted(BACKBONES))
-        raise ConfigError(f"unknown backbone {name!r} (model.backbone); known: {known}")
-    if width < 1:
-        raise ConfigError(f"model.width must be a positive integer, got {width}")
-    return BACKBONES[name](width=width)
+    spec = backbone_spec(name)
+    if width <= 0 or (spec.integer_width and float(width) != int(width)):
+        kind = "a positive whole number" if spec.integer_width else "positive"
+        raise ConfigError(f"model.width must be {kind} for {name}, got {width}")
+    if stem not in spec.stems:
+        raise ConfigError(f"model.stem {stem!r} is not available for {name} (it takes {', '.join(spec.stems)})")
+    return spec.factory(width, stem)
 
 
 def feature_dim(backbone: nn.Module) -> int:
     """The size of a backbone's output features."""
     return int(backbone.feature_dim)  # type: ignore[arg-type]
+
+
+def torchvision_target(name: str, width: float = 1, stem: str = "cifar") -> nn.Module:
+    """The torchvision model that ``name``'s exported weights load into (features out).
+
+    Raises:
+        ConfigError: If ``name`` has no torchvision counterpart.
+    """
+    spec = backbone_spec(name)
+    if spec.torchvision is None:
+        raise ConfigError(f"backbone {name} has no torchvision counterpart; load its weights with selfsup")
+    return _torchvision(spec.torchvision, width, stem)
+
+
+def _torchvision(arch: str, width: float, stem: str) -> nn.Module:
+    """Torchvision's ``arch`` adapted to ``stem``, with its classifier replaced by Identity."""
+    if arch.startswith("mobilenet_v2"):
+        net = torchvision.models.mobilenet_v2(weights=None, width_mult=width)
+        if stem == "cifar":
+            # 32x32 inputs: no stride in the first conv nor in the first 24-channel block
+            # (the usual CIFAR MobileNetV2, 8x downsampling instead of 32x).
+            net.features[0][0].stride = (1, 1)
+            net.features[2].conv[1][0].stride = (1, 1)
+        net.classifier = nn.Identity()
+        return net
+    net = getattr(torchvision.models, arch)(weights=None)
+    if stem == "cifar":
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
 
 
 # --------------------------------------------------------------------------------------
@@ -143,29 +210,72 @@ class PreActResNetCifar(nn.Module):
 
 
 for _depth in (8, 20, 26, 56):
-    register_backbone(f"preact_resnet{_depth}")(lambda width=1, _d=_depth: PreActResNetCifar(depth=_d, width=width))
+    register_backbone(
+        BackboneSpec(
+            f"preact_resnet{_depth}",
+            lambda width, stem, _d=_depth: PreActResNetCifar(depth=_d, width=int(width)),
+            feature_dim=lambda width: 64 * int(width),
+            source="seed 000 (pre-activation ResNet for 32x32, 16/32/64 channels)",
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------
-# torchvision ResNets with the CIFAR stem.
+# torchvision ResNets (CIFAR or ImageNet stem) and MobileNetV2.
 
 
-def _cifar_resnet(arch: str, width: int) -> nn.Module:
-    """A torchvision ResNet with a 3x3 stride-1 stem, no max-pool and no classifier.
+def _torchvision_backbone(arch: str, width: float, stem: str) -> nn.Module:
+    """Torchvision's ``arch`` without its classifier; module names stay torchvision's.
 
-    Module names are torchvision's, so ``state_dict()`` loads into a torchvision ResNet
-    whose ``conv1`` is replaced the same way (and ``fc`` ignored).
+    So ``state_dict()`` loads into :func:`torchvision_target` of the same name.
     """
-    if width != 1:
-        raise ConfigError(f"model.width applies to the preact_resnet backbones only; {arch} takes 1")
-    net = getattr(torchvision.models, arch)(weights=None)
-    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    net.maxpool = nn.Identity()
-    net.feature_dim = net.fc.in_features
-    net.fc = nn.Identity()
+    if arch.startswith("resnet") and width != 1:
+        raise ConfigError(f"model.width applies to the preact_resnet and mobilenet_v2 backbones; {arch} takes 1")
+    net = _torchvision(arch, width, stem)
+    if hasattr(net, "conv1") and stem == "cifar":
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.feature_dim = _FEATURES[arch](width)
     return net
 
 
-for _arch in ("resnet18", "resnet34", "resnet50"):
-    register_backbone(_arch)(lambda width=1, _a=_arch: _cifar_resnet(_a, width))
+def _mobilenet_features(width: float) -> int:
+    # torchvision's last layer: 1280 x max(1, width), rounded to a multiple of 8.
+    from torchvision.models._utils import _make_divisible
+
+    return int(_make_divisible(1280 * max(1.0, width), 8))
+
+
+_FEATURES: dict[str, Callable[[float], int]] = {
+    "resnet18": lambda w: 512,
+    "resnet34": lambda w: 512,
+    "resnet50": lambda w: 2048,
+    "mobilenet_v2": _mobilenet_features,
+}
+
+for _arch, _source in (
+    ("resnet18", "seeds 001-004, SimCLR's CIFAR ResNet-18"),
+    ("resnet34", "seed 002"),
+    ("resnet50", "seeds 001 and 004, SimCLR and MoCo"),
+):
+    register_backbone(
+        BackboneSpec(
+            _arch,
+            lambda width, stem, _a=_arch: _torchvision_backbone(_a, width, stem),
+            feature_dim=_FEATURES[_arch],
+            stems=STEMS,
+            torchvision=_arch,
+            source=_source,
+        )
+    )
+
+register_backbone(
+    BackboneSpec(
+        "mobilenet_v2",
+        lambda width, stem: _torchvision_backbone("mobilenet_v2", width, stem),
+        feature_dim=_mobilenet_features,
+        stems=STEMS,
+        integer_width=False,
+        torchvision="mobilenet_v2",
+        source="seed 003 (MobileNetV2 for 32x32: no stride in the stem and the first 24-channel block)",
+    )
+)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from .rundir import CHECKPOINTS, write_atomic
+from ..fileio import write_atomic
+from .rundir import CHECKPOINTS
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 

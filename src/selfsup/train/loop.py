@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,12 @@ from .rundir import (
     CONFIG,
     METRICS_JSONL,
     append_jsonl,
+    check_not_busy,
     default_run_dir,
     load_run_config,
     prepare_run_dir,
     read_jsonl,
+    run_lock,
     truncate_jsonl,
 )
 from .sampler import StepSampler
@@ -338,10 +340,11 @@ def pretrain(
     leader = rank() == 0
     log = log if leader else (lambda _msg: None)
     device = resolve_device(local_device(t.device))
-    bf16 = use_bf16(t.precision, device)
     run_dir = Path(out) if out is not None else default_run_dir(cfg.method.name, cfg.model.backbone)
 
     # Everything that can fail on bad input happens before the run directory is touched.
+    if leader:
+        check_not_busy(run_dir)
     method_class(cfg.method.name)
     _check_distributed(cfg, device)
     splits = load_data(cfg.data, seed=t.seed, progress=t.progress and leader)
@@ -349,19 +352,39 @@ def pretrain(
     sampler = build_sampler(cfg, splits)
     torch.manual_seed(t.seed)
     model = build_method(cfg, len(splits.train.classes))
-    # Rank 0 prepares the run directory; every rank learns the outcome (or the error).
+    # Rank 0 locks and prepares the run directory; every rank learns the outcome (or the error).
+    lock = ExitStack()
     outcome: tuple[bool, str | None] = (False, None)
     if leader:
         try:
+            lock.enter_context(run_lock(run_dir, "selfsup pretrain"))
             outcome = (_prepare(cfg, run_dir, resume, overwrite), None)
         except SelfsupError as e:
+            lock.close()
             if not distributed:
                 raise
             outcome = (False, str(e))
     existing, error = broadcast_object(outcome)
     if error:
         raise RunDirError(error)
+    with lock:
+        return _train_and_evaluate(cfg, model, splits, sampler, run_dir, existing, device, log)
 
+
+def _train_and_evaluate(
+    cfg: Config,
+    model: nn.Module,
+    splits: DataSplits,
+    sampler: StepSampler,
+    run_dir: Path,
+    existing: bool,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> RunResult:
+    """The part of :func:`pretrain` after the run directory is ready (and locked by rank 0)."""
+    t = cfg.train
+    distributed, leader = world_size() > 1, rank() == 0
+    bf16 = use_bf16(t.precision, device)
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -6,27 +6,39 @@ A run directory holds::
     metrics.jsonl    one JSON record per log interval, epoch, monitor and summary
     metrics.json     final evaluation results (kNN, linear probe, fine-tuning, ...)
     checkpoints/     step-<N>.pt, the newest few
+    .lock            held by the one process working in the run (see :func:`run_lock`)
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from ..config import Config, config_from_dict
 from ..errors import RunDirError
+from ..fileio import write_atomic
 
 CONFIG = "config.yaml"
 METRICS_JSONL = "metrics.jsonl"
 METRICS_JSON = "metrics.json"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+
+#: Run directories this process holds the lock of: resolved path -> (fd, depth). Module
+#: state on purpose: a lock belongs to the process, and pretrain's own evaluation and a
+#: sweep's fine-tuning re-enter the lock they already hold.
+_HELD: dict[Path, list[int]] = {}
 
 
 def default_run_dir(method: str, backbone: str, root: str | Path = "runs") -> Path:
@@ -85,7 +97,7 @@ def prepare_run_dir(path: Path, resume: bool, overwrite: bool) -> bool:
         raise RunDirError("--resume and --overwrite contradict each other; pass one")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run directory {path} exists and is a file")
-    occupied = path.is_dir() and any(path.iterdir())
+    occupied = path.is_dir() and any(p.name != LOCK for p in path.iterdir())
     if occupied:
         if resume:
             if not is_run_dir(path):
@@ -96,7 +108,9 @@ def prepare_run_dir(path: Path, resume: bool, overwrite: bool) -> bool:
             if not is_run_dir(path):
                 raise RunDirError(f"{path} is not a selfsup run directory (no {CONFIG}); refusing to delete it")
             _check_writable(path)
-            shutil.rmtree(path)
+            for item in path.iterdir():  # everything but the lock this process holds
+                if item.name != LOCK:
+                    shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
         else:
             raise RunDirError(
                 f"run directory {path} already exists; pass --resume to continue it or --overwrite to start over"
@@ -109,18 +123,110 @@ def prepare_run_dir(path: Path, resume: bool, overwrite: bool) -> bool:
     return False
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _refuse(path: Path, fd: int) -> RunDirError:
+    holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+    return RunDirError(
+        f"run directory {path} is in use by {holder}; wait for it to end or stop it, "
+        "then run this again (the lock ends with its process)"
+    )
+
+
+def check_not_busy(path: Path) -> None:
+    """Refuse early (before loading data) if another process works in ``path``.
+
+    Only a courtesy: the lock itself is taken by :func:`run_lock`.
+    """
+    lock = path / LOCK
+    if path.resolve() in _HELD or not lock.is_file():
+        return
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise _refuse(path, fd) from None
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def run_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold ``path/.lock`` while working in a run directory: one writer per run.
+
+    The lock is an advisory ``flock`` that the kernel drops when its process ends, so a
+    killed holder never leaves a stale lock. Re-entrant within one process.
+
+    Args:
+        path: The run directory (created if missing).
+        what: What this process does there, shown to a second process that is refused.
+
+    Raises:
+        RunDirError: If another process holds the lock (naming it), or the directory
+            cannot be created.
+    """
+    key = path.resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"run directory {path} exists and is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunDirError(f"cannot create run directory {path} ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        error = _refuse(path, fd)
+        os.close(fd)
+        raise error from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} ({what}, since {time.strftime('%Y-%m-%d %H:%M:%S')})".encode(), 0)
+    _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        os.ftruncate(fd, 0)
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+@contextmanager
+def existing_run_lock(path: Path, what: str) -> Iterator[None]:
+    """:func:`run_lock` for a run that must already exist (evaluation, fine-tuning, export).
+
+    Raises:
+        RunDirError: If ``path`` is not a run, or another process works in it.
+    """
+    path = Path(path)
+    if not is_run_dir(path):
+        load_run_config(path)  # raises the error that says what is wrong
+    with run_lock(path, what):
+        yield
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def locked(what: str) -> Callable[[_F], _F]:
+    """Decorate a function whose first argument is a run directory to hold its lock."""
+
+    def wrap(func: _F) -> _F:
+        @functools.wraps(func)
+        def inner(run_dir: str | Path, *args: Any, **kwargs: Any) -> Any:
+            with existing_run_lock(Path(run_dir), what):
+                return func(run_dir, *args, **kwargs)
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
