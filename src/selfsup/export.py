@@ -59,7 +59,7 @@ def onnx_bytes(backbone: nn.Module, image_size: int) -> bytes:
         torch.onnx.export(
             backbone.eval(),
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]
             dynamo=False,
             input_names=["images"],
             output_names=["features"],

@@ -10,6 +10,7 @@ parametrised over :data:`BACKBONES`, so a registered entry is tested automatical
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -209,11 +210,15 @@ class PreActResNetCifar(nn.Module):
         return self.pool(self.relu(self.bn(x))).flatten(1)
 
 
+def _preact(depth: int, width: float, stem: str) -> nn.Module:
+    return PreActResNetCifar(depth=depth, width=int(width))
+
+
 for _depth in (8, 20, 26, 56):
     register_backbone(
         BackboneSpec(
             f"preact_resnet{_depth}",
-            lambda width, stem, _d=_depth: PreActResNetCifar(depth=_d, width=int(width)),
+            functools.partial(_preact, _depth),
             feature_dim=lambda width: 64 * int(width),
             source="seed 000 (pre-activation ResNet for 32x32, 16/32/64 channels)",
         )
@@ -232,9 +237,10 @@ def _torchvision_backbone(arch: str, width: float, stem: str) -> nn.Module:
     if arch.startswith("resnet") and width != 1:
         raise ConfigError(f"model.width applies to the preact_resnet and mobilenet_v2 backbones; {arch} takes 1")
     net = _torchvision(arch, width, stem)
-    if hasattr(net, "conv1") and stem == "cifar":
-        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    net.feature_dim = _FEATURES[arch](width)
+    conv1 = getattr(net, "conv1", None)
+    if isinstance(conv1, nn.Conv2d) and stem == "cifar":
+        nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.feature_dim = _FEATURES[arch](width)  # type: ignore[assignment]
     return net
 
 
@@ -260,7 +266,7 @@ for _arch, _source in (
     register_backbone(
         BackboneSpec(
             _arch,
-            lambda width, stem, _a=_arch: _torchvision_backbone(_a, width, stem),
+            functools.partial(_torchvision_backbone, _arch),
             feature_dim=_FEATURES[_arch],
             stems=STEMS,
             torchvision=_arch,
@@ -271,7 +277,7 @@ for _arch, _source in (
 register_backbone(
     BackboneSpec(
         "mobilenet_v2",
-        lambda width, stem: _torchvision_backbone("mobilenet_v2", width, stem),
+        functools.partial(_torchvision_backbone, "mobilenet_v2"),
         feature_dim=_mobilenet_features,
         stems=STEMS,
         integer_width=False,
