@@ -10,6 +10,7 @@ Everything the command line does is a function here::
 
 from .config import Config, apply_overrides, load_config, save_config
 from .data import load_dataset
+from .embed import embed, embed_query
 from .eval import evaluate_run
 from .train import RunResult, pretrain
 
@@ -20,6 +21,8 @@ __all__ = [
     "RunResult",
     "__version__",
     "apply_overrides",
+    "embed",
+    "embed_query",
     "evaluate_run",
     "load_config",
     "load_dataset",

@@ -152,7 +152,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="safetensors (+ a torchvision state dict) or onnx (dynamic batch axis); default safetensors",
     )
     x.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_embed_parser(sub)
     return parser
+
+
+def _add_embed_parser(sub: Any) -> None:
+    m = sub.add_parser(
+        "embed",
+        help="embeddings of every image of a folder, tar or dataset (.npy + index.csv); --query finds neighbours",
+        description="Encode every image of --data with a run's (or an export's) encoder into DIR/embeddings.npy "
+        "(float32, N x D) and DIR/index.csv; with --query IMAGE, print the k nearest images of DIR instead.",
+    )
+    m.add_argument("source", nargs="?", metavar="RUN_DIR|EXPORT", help="the encoder (with --query: default DIR's)")
+    m.add_argument("--data", metavar="PATH", help="a folder, a tar, or cifar10 / cifar10-pickle")
+    m.add_argument("--out", metavar="DIR", required=True, help="the embedding folder (written, or read with --query)")
+    m.add_argument("--overwrite", action="store_true", help="replace the embeddings in an existing DIR")
+    m.add_argument("--split", choices=["train", "test"], help="only this split (datasets, folders with splits)")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    m.add_argument("--batch-size", type=int, help="images per forward pass")
+    m.add_argument("--skip-invalid", action="store_true", help="leave out images that cannot be decoded")
+    m.add_argument("--query", metavar="IMAGE", help="print the images of DIR nearest to IMAGE (cosine)")
+    m.add_argument("-k", type=int, default=8, help="neighbours to print with --query (default 8)")
+    m.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _warning_line(message: Any, category: type[Warning], filename: str, lineno: int, line: Any = None) -> str:
@@ -247,6 +268,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+
+    if args.query:
+        from .embed import embed_query
+
+        for hit in embed_query(args.out, args.query, k=args.k, source=args.source, device=args.device):
+            label = f"  [{hit['label']}]" if hit["label"] else ""
+            print(f"{hit['rank']:>3}  {hit['similarity']:.4f}  {hit['path']}{label}")
+        return 0
+    if not args.source or not args.data:
+        raise ConfigError("selfsup embed needs RUN_DIR (or an export folder) and --data PATH (or --query IMAGE)")
+    from .embed import embed
+
+    out = embed(args.source, args.data, args.out, overwrite=args.overwrite, split=args.split, device=args.device,
+                batch_size=args.batch_size, skip_invalid=args.skip_invalid)
+    meta = __import__("json").loads((out / "meta.json").read_text())
+    print(f"{meta['count']} images -> {out / 'embeddings.npy'} ({meta['count']} x {meta['feature_dim']}, float32), "
+          f"{out / 'index.csv'}")
+    return 0
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .eval.finetune import finetune
 
@@ -285,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _cmd_export,
         "sweep": _cmd_sweep,
         "report": _cmd_report,
+        "embed": _cmd_embed,
     }
 
     try:
