@@ -85,9 +85,13 @@ def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> Non
         "report/time.png",
     } <= set(srcs)
     run_report = make_report(tmp_path / "sweep" / result.rows[0]["cell"], samples=24)
-    assert {"report/loss.png", "report/lr.png", "report/embedding.png", "report/neighbours.png"} <= set(
-        images_exist(run_report)
-    )
+    assert {
+        "report/loss.png",
+        "report/lr.png",
+        "report/augmentation.png",
+        "report/embedding.png",
+        "report/neighbours.png",
+    } <= set(images_exist(run_report))
     assert "linear_top1" in run_report.read_text()
     # TensorBoard events for every run, readable by TensorBoard itself.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -153,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--debug", action="store_true", help="show tracebacks")
     _add_embed_parser(sub)
+    a = sub.add_parser(
+        "augment",
+        help="draw real images and their augmented views into a PNG",
+        description="Draw N images and VIEWS augmented views of each (the batch augmentation training runs) "
+        "into a PNG; every augment.* key is a flag.",
+    )
+    a.add_argument("--n", type=int, default=8, help="images (rows), default 8")
+    a.add_argument("--views", type=int, default=4, help="views per image, default 4")
+    a.add_argument("--out", default="views.png", metavar="FILE.png", help="default views.png")
+    a.add_argument("--data", default="cifar10", metavar="PATH", help="default cifar10 (bundled)")
+    a.add_argument("--seed", type=int, default=0, help="chooses the images and the augmentations")
+    a.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_config_flags(a, ["augment"], {"preset": "augment.preset"})
     return parser
 
 
@@ -290,6 +303,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_augment(args: argparse.Namespace) -> int:
+    from .config import apply_overrides, load_config
+    from .experiments.preview import preview
+
+    cfg = apply_overrides(load_config(), _overrides(args))
+    print(preview(cfg.augment.preset, args.n, args.views, args.out, args.data, args.seed, augment=cfg.augment))
+    return 0
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .eval.finetune import finetune
 
@@ -329,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": _cmd_sweep,
         "report": _cmd_report,
         "embed": _cmd_embed,
+        "augment": _cmd_augment,
     }
 
     try:

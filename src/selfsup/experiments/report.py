@@ -187,6 +187,20 @@ def _neighbours(f: dict[str, Any], folder: Path, queries: int = 8, k: int = 8) -
     return _save(fig, folder, "neighbours.png")
 
 
+def _augmentation(config: dict[str, Any], folder: Path) -> str | None:
+    """The run's own augmentation on 8 of its images (None if its data is gone)."""
+    from ..config import config_from_dict
+    from ..errors import DataError
+    from .preview import preview
+
+    cfg = config_from_dict(config, "config.yaml")
+    try:
+        preview(n=8, views=4, out=folder / "augmentation.png", data=cfg.data.name, augment=cfg.augment)
+    except DataError:
+        return None
+    return "augmentation.png"
+
+
 def report_run(run_dir: Path, samples: int = 2000, embedding: bool = True) -> Path:
     """Write ``run_dir/report.html`` (see the module docstring)."""
     import yaml
@@ -213,6 +227,9 @@ def report_run(run_dir: Path, samples: int = 2000, embedding: bool = True) -> Pa
     curves = _curves(records, folder)
     if curves:
         body += ["<h2>Training curves</h2>"] + [_img(n, n) for n in curves]
+    views = _augmentation(config, folder)
+    if views:
+        body += ["<h2>Augmentation</h2>", _img(views, "images and augmented views")]
     if embedding:
         feats = _features(run_dir, samples)
         if feats is not None:

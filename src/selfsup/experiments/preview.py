@@ -1,0 +1,107 @@
+"""Augmentation previews: real images beside views drawn by the batch augmentation (seeds' Figure 4).
+
+>>> from selfsup.experiments.preview import preview
+>>> preview("seed000", n=8, views=4, out="views.png")      # bundled CIFAR-10 by default
+PosixPath('views.png')
+
+The views come from :class:`selfsup.augment.BatchAugment`, the code that training runs,
+on the uint8 images as training sees them; they are shown without normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..augment import BatchAugment, resolve_augment
+from ..config import AugmentConfig
+from ..data import class_balanced_indices, load_dataset
+from ..errors import ConfigError
+
+
+def augmented_views(images: np.ndarray, cfg: AugmentConfig, views: int, seed: int = 0) -> np.ndarray:
+    """``views`` augmentations of each image, as displayable floats.
+
+    Args:
+        images: uint8 (n, H, W, 3).
+        cfg: A resolved augmentation (its mean/std are ignored: views are not normalised).
+        views: Views per image.
+        seed: Seed of the augmentation's random draws.
+
+    Returns:
+        float32 (n, views, H, W, 3) in [0, 1].
+    """
+    plain = replace(cfg, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    gen = torch.Generator().manual_seed(seed)
+    x = BatchAugment(plain)(torch.from_numpy(np.ascontiguousarray(images)), gen, n_views=views)
+    n = len(images)
+    out = x.float().clamp(0, 1).permute(0, 2, 3, 1).reshape(views, n, *x.shape[2:], 3)
+    return out.transpose(0, 1).contiguous().numpy()
+
+
+def draw_views(images: np.ndarray, views: np.ndarray, path: Path, title: str, labels: list[str] | None = None) -> Path:
+    """A grid: one row per image, the original first, then its views."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, k = views.shape[:2]
+    fig, axes = plt.subplots(n, k + 1, figsize=(1.1 * (k + 1), 1.1 * n + 0.4), squeeze=False)
+    for i in range(n):
+        axes[i][0].imshow(images[i])
+        if labels:
+            axes[i][0].set_ylabel(labels[i], fontsize=7)
+        for j in range(k):
+            axes[i][j + 1].imshow(views[i, j])
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].set_title("image", fontsize=8)
+    for j in range(k):
+        axes[0][j + 1].set_title(f"view {j + 1}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def preview(
+    preset: str | None = None,
+    n: int = 8,
+    views: int = 4,
+    out: str | Path = "views.png",
+    data: str = "cifar10",
+    seed: int = 0,
+    augment: AugmentConfig | None = None,
+) -> Path:
+    """Draw ``n`` images of ``data`` and ``views`` augmented views of each into ``out`` (a PNG).
+
+    Args:
+        preset: An augmentation preset (``selfsup.augment.PRESETS``); default 'simclr'.
+        n: Images (rows), class-balanced, chosen by ``seed``.
+        views: Views per image (columns after the original).
+        out: The PNG to write.
+        data: A dataset name or path, as ``--data`` takes.
+        seed: Chooses the images and the augmentations.
+        augment: An augmentation config instead of a preset (e.g. a run's, resolved).
+
+    Raises:
+        ConfigError: For an unknown preset or sizes below 1.
+    """
+    if n < 1 or views < 1:
+        raise ConfigError(f"--n and --views must be at least 1, got {n} and {views}")
+    cfg = augment or resolve_augment(AugmentConfig(preset=preset), preset or "simclr")
+    if augment is not None and augment.crop is None:
+        cfg = resolve_augment(augment, augment.preset or "simclr")
+    splits = load_dataset(data, progress=False)
+    train = splits.train
+    idx = class_balanced_indices(train.labels, min(n, len(train)), seed)
+    images = train.images[idx]
+    grid = augmented_views(images, cfg, views, seed)
+    labels = [train.classes[int(y)] for y in train.labels[idx]]
+    return draw_views(images, grid, Path(out), f"augmentation: {cfg.preset}", labels)
