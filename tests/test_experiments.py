@@ -233,3 +233,36 @@ def test_markdown_table_statistics() -> None:
     assert "| a | 2 | 52.0 ± 2.8 | 61.0 ± 1.4 | 1.100 ± 0.141 | - |" in table
     assert "1 cell(s) not finished" in table
     assert mean_std([3.0]) == (3.0, 0.0)
+
+
+@pytest.mark.slow
+def test_ray_launcher_writes_what_the_local_launcher_writes(shared_folder: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    spec = write_spec(tmp_path, shared_folder, seeds=[0])  # 2 cells
+    local = run_sweep(spec, out=tmp_path / "local", log=lambda s: None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local Ray of 2 workers
+    try:
+        remote = run_sweep(spec, out=tmp_path / "ray", launcher="ray", cpus_per_cell=1, log=lambda s: None)
+        # Finished cells are not run again; the table is collected from the run directories.
+        again = run_sweep(spec, out=tmp_path / "ray", launcher="ray", log=lambda s: None)
+    finally:
+        ray.shutdown()
+    with open(tmp_path / "local" / "results.csv") as f:
+        local_rows = list(csv.DictReader(f))
+    with open(tmp_path / "ray" / "results.csv") as f:
+        ray_rows = list(csv.DictReader(f))
+    assert list(ray_rows[0]) == list(local_rows[0]) and len(ray_rows) == len(local_rows) == 2
+    assert [r["cell"] for r in ray_rows] == [r["cell"] for r in local_rows]
+    assert all(r["status"] == "done" for r in remote.rows) and again.table == remote.table
+    # Same config, same seed, same data order: the same final loss on either launcher.
+    for a, b in zip(local_rows, ray_rows):
+        assert float(a["final_loss"]) == pytest.approx(float(b["final_loss"]), rel=1e-4)
+
+
+def test_ray_launcher_without_ray_says_how_to_get_it(
+    shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    spec = write_spec(tmp_path, shared_folder, seeds=[0])
+    with pytest.raises(ConfigError, match=r"--launcher ray needs Ray: pip install 'selfsup\[ray\]'"):
+        run_sweep(spec, out=tmp_path / "s", launcher="ray", log=lambda s: None)

@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="DIR", help="sweep folder (default runs/sweeps/<name>[-<scale>])")
     s.add_argument("--plan", action="store_true", help="print one command per cell instead of running")
     s.add_argument("--cell", metavar="NAME", help="run only this cell (names as --plan prints them)")
+    s.add_argument("--launcher", choices=["local", "ray"], default="local",
+                   help="local: cells one after another here; ray: each cell a Ray task (pip install ray)")
+    s.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster (default $RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--cpus-per-cell", type=float, help="CPUs a Ray task asks for (default train.num_threads or 1)")
+    s.add_argument("--gpus-per-cell", type=float, help="GPUs a Ray task asks for (default 1 if the cluster has GPUs)")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
 
     r = sub.add_parser(
@@ -260,7 +265,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments import run_sweep
 
-    result = run_sweep(args.spec, scale=args.scale, out=args.out, plan=args.plan, only=args.cell)
+    result = run_sweep(
+        args.spec,
+        scale=args.scale,
+        out=args.out,
+        plan=args.plan,
+        only=args.cell,
+        launcher=args.launcher,
+        ray_address=args.ray_address,
+        cpus_per_cell=args.cpus_per_cell,
+        gpus_per_cell=args.gpus_per_cell,
+    )
     if not args.plan:
         print(f"results: {result.dir / 'results.csv'}")
     return 0

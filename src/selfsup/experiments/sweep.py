@@ -257,6 +257,10 @@ def run_sweep(
     plan: bool = False,
     only: str | None = None,
     log: Callable[[str], None] = print,
+    launcher: str = "local",
+    ray_address: str | None = None,
+    cpus_per_cell: float | None = None,
+    gpus_per_cell: float | None = None,
 ) -> SweepResult:
     """Run (or continue) every cell of a sweep, then write ``results.csv`` and the table.
 
@@ -267,6 +271,12 @@ def run_sweep(
         plan: Only print one command per cell (``--cell NAME``), to run cells as separate jobs.
         only: Run just the cell of this name (its run directory's name).
         log: Where messages go.
+        launcher: 'local' (cells one after another in this process) or 'ray' (each
+            cell a Ray task on the cluster ``ray_address`` or ``$RAY_ADDRESS`` names, a
+            local Ray otherwise; run directories must be on a filesystem every node sees).
+        ray_address: The Ray cluster (default ``$RAY_ADDRESS``).
+        cpus_per_cell: CPUs each Ray task asks for (default ``train.num_threads`` or 1).
+        gpus_per_cell: GPUs each Ray task asks for (default 1 where the cluster has GPUs).
 
     Returns:
         The folder, the per-cell rows and the aggregated markdown table.
@@ -277,7 +287,6 @@ def run_sweep(
     """
     from tqdm import tqdm
 
-    from ..train import pretrain
     from .results import collect, markdown_table, write_csv
 
     spec = load_spec(spec_path)
@@ -305,32 +314,49 @@ def run_sweep(
         if only not in names:
             raise ConfigError(f"no cell {only!r} in this sweep (see --plan for the names)")
         todo = [c for c in todo if c.dir.name == only]
+    if launcher not in ("local", "ray"):
+        raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
     log(f"sweep {spec.name}: {len(all_cells)} cells, {len(all_cells) - len(todo)} done, {len(todo)} to run -> {folder}")
-    bar = tqdm(
-        total=len(all_cells),
-        initial=len(all_cells) - len(todo),
-        desc=f"sweep {spec.name}",
-        unit="cell",
-        position=0,
-        dynamic_ncols=True,
-    )
-    try:
-        for cell in todo:
-            bar.set_postfix_str(cell.dir.name, refresh=True)
-            cfg = configs[cell.dir]
-            if spec.command == "finetune":
-                _run_finetune_cell(spec, cell, cfg, folder, scale, tqdm.write)
-            else:
-                pretrain(cfg, out=cell.dir, resume=True, log=tqdm.write)
-            bar.update(1)
-    finally:
-        bar.close()
+    if launcher == "ray":
+        from .ray_launcher import run_cells_on_ray
+
+        run_cells_on_ray(
+            spec, todo, configs, folder, scale, len(all_cells), ray_address, cpus_per_cell, gpus_per_cell, log
+        )
+    else:
+        bar = tqdm(
+            total=len(all_cells),
+            initial=len(all_cells) - len(todo),
+            desc=f"sweep {spec.name}",
+            unit="cell",
+            position=0,
+            dynamic_ncols=True,
+        )
+        try:
+            for cell in todo:
+                bar.set_postfix_str(cell.dir.name, refresh=True)
+                run_cell(spec, cell, configs[cell.dir], folder, scale, tqdm.write)
+                bar.update(1)
+        finally:
+            bar.close()
     rows = collect(spec, all_cells)
     write_csv(folder / "results.csv", rows, [a.name for a in spec.axes])
     table = markdown_table(rows, [a.name for a in spec.axes], spec.command)
     write_atomic(folder / "results.md", (table + "\n").encode())
     log(table)
     return SweepResult(folder, rows, table)
+
+
+def run_cell(
+    spec: SweepSpec, cell: Cell, cfg: Config, folder: Path, scale: str | None, log: Callable[[str], None]
+) -> None:
+    """Run (or continue, from its checkpoints) one cell: what every launcher calls."""
+    from ..train import pretrain
+
+    if spec.command == "finetune":
+        _run_finetune_cell(spec, cell, cfg, folder, scale, log)
+    else:
+        pretrain(cfg, out=cell.dir, resume=True, log=log)
 
 
 def _claim_folder(folder: Path, record: dict[str, Any]) -> None:

@@ -1,0 +1,89 @@
+"""Sweep cells as Ray tasks: ``selfsup sweep SPEC --launcher ray``.
+
+Each cell that is not done becomes one task on the cluster that ``--ray-address`` (or
+``$RAY_ADDRESS``) names, or on a local Ray started for the sweep; a task asks for its
+CPUs (``train.num_threads``, or 1) and, where the cluster has GPUs, one GPU. A task runs
+exactly what the local launcher runs for the cell (:func:`selfsup.experiments.sweep.run_cell`),
+into the same run directory, so the run directories must lie on a filesystem that every
+node sees. A cell whose worker dies is retried by Ray and resumes from its checkpoint;
+one that still fails is reported, and running the sweep again continues it. Results,
+tables and reports are then written exactly as with the local launcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError, SelfsupError
+from .sweep import Cell, SweepSpec, run_cell
+
+
+def _task(spec: SweepSpec, cell: Cell, cfg: Config, folder: Path, scale: str | None) -> str:
+    """What a Ray worker runs: one cell, its progress bar off (worker output is a log)."""
+    cfg = replace(cfg, train=replace(cfg.train, progress=False))
+    run_cell(spec, cell, cfg, folder, scale, lambda _msg: None)
+    return cell.dir.name
+
+
+def run_cells_on_ray(
+    spec: SweepSpec,
+    todo: list[Cell],
+    configs: dict[Path, Config],
+    folder: Path,
+    scale: str | None,
+    n_cells: int,
+    address: str | None,
+    cpus: float | None,
+    gpus: float | None,
+    log: Callable[[str], None],
+) -> None:
+    """Run ``todo`` as Ray tasks and wait for all of them.
+
+    Raises:
+        ConfigError: If Ray is not installed.
+        SelfsupError: If some cells failed (after Ray's retries); the others are done.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--launcher ray needs Ray: pip install 'selfsup[ray]' (or pip install ray)") from None
+    from tqdm import tqdm
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+    try:
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        remote = ray.remote(_task)
+        futures: dict[Any, Cell] = {}
+        for cell in todo:
+            cfg = configs[cell.dir]
+            options = {
+                "num_cpus": cpus if cpus is not None else (cfg.train.num_threads or 1),
+                "num_gpus": gpus if gpus is not None else (1 if has_gpus and cfg.train.device != "cpu" else 0),
+                "max_retries": 2,  # a worker that dies is retried; the cell resumes from its checkpoint
+            }
+            futures[remote.options(**options).remote(spec, cell, cfg, folder.resolve(), scale)] = cell
+        failed: list[str] = []
+        with tqdm(total=n_cells, initial=n_cells - len(todo), desc=f"sweep {spec.name} (ray)", unit="cell") as bar:
+            pending = list(futures)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                try:
+                    ray.get(ready[0])
+                except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on
+                    failed.append(f"{futures[ready[0]].dir.name}: {str(e).strip().splitlines()[-1][:200]}")
+                    tqdm.write(f"cell failed: {failed[-1]}")
+                bar.update(1)
+    finally:
+        if started_here:
+            ray.shutdown()
+    if failed:
+        raise SelfsupError(
+            f"{len(failed)} of {len(todo)} cells failed ({failed[0]}); run the sweep again to continue them"
+        )
+    log(f"{len(todo)} cells ran on Ray")
