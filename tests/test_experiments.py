@@ -240,6 +240,7 @@ def test_ray_launcher_writes_what_the_local_launcher_writes(shared_folder: Path,
     ray = pytest.importorskip("ray")
     spec = write_spec(tmp_path, shared_folder, seeds=[0])  # 2 cells
     local = run_sweep(spec, out=tmp_path / "local", log=lambda s: None)
+    assert len(local.rows) == 2
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local Ray of 2 workers
     try:
         remote = run_sweep(spec, out=tmp_path / "ray", launcher="ray", cpus_per_cell=1, log=lambda s: None)
