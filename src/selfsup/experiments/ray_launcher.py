@@ -19,19 +19,23 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError, SelfsupError
-from .sweep import Cell, SweepSpec, run_cell
+
+#: ``run_cell(spec, cell, cfg, folder, scale, log)``, the sweep's own (passed in, so that
+#: this module does not import the sweep that imports it).
+RunCell = Callable[[Any, Any, Config, Path, "str | None", Callable[[str], None]], None]
 
 
-def _task(spec: SweepSpec, cell: Cell, cfg: Config, folder: Path, scale: str | None) -> str:
+def _task(run_cell: RunCell, spec: Any, cell: Any, cfg: Config, folder: Path, scale: str | None) -> str:
     """What a Ray worker runs: one cell, its progress bar off (worker output is a log)."""
     cfg = replace(cfg, train=replace(cfg.train, progress=False))
     run_cell(spec, cell, cfg, folder, scale, lambda _msg: None)
-    return cell.dir.name
+    return str(cell.dir.name)
 
 
 def run_cells_on_ray(
-    spec: SweepSpec,
-    todo: list[Cell],
+    run_cell: RunCell,
+    spec: Any,
+    todo: list[Any],
     configs: dict[Path, Config],
     folder: Path,
     scale: str | None,
@@ -41,7 +45,7 @@ def run_cells_on_ray(
     gpus: float | None,
     log: Callable[[str], None],
 ) -> None:
-    """Run ``todo`` as Ray tasks and wait for all of them.
+    """Run the cells ``todo`` as Ray tasks (each ``run_cell``) and wait for all of them.
 
     Raises:
         ConfigError: If Ray is not installed.
@@ -59,7 +63,7 @@ def run_cells_on_ray(
     try:
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         remote = ray.remote(_task)
-        futures: dict[Any, Cell] = {}
+        futures: dict[Any, Any] = {}
         for cell in todo:
             cfg = configs[cell.dir]
             options = {
@@ -67,7 +71,7 @@ def run_cells_on_ray(
                 "num_gpus": gpus if gpus is not None else (1 if has_gpus and cfg.train.device != "cpu" else 0),
                 "max_retries": 2,  # a worker that dies is retried; the cell resumes from its checkpoint
             }
-            futures[remote.options(**options).remote(spec, cell, cfg, folder.resolve(), scale)] = cell
+            futures[remote.options(**options).remote(run_cell, spec, cell, cfg, folder.resolve(), scale)] = cell
         failed: list[str] = []
         with tqdm(total=n_cells, initial=n_cells - len(todo), desc=f"sweep {spec.name} (ray)", unit="cell") as bar:
             pending = list(futures)

@@ -24,6 +24,24 @@ COLUMNS = [
 ]
 
 
+def cell_done(run_dir: Path, command: str) -> bool:
+    """Whether a sweep cell's run directory has its final results."""
+    path = run_dir / METRICS_JSON
+    if not path.is_file():
+        return False
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    needed = "test_top1" if command in ("semi", "finetune") else "linear_top1"
+    return needed in metrics
+
+
+def encoder_dir(sweep_dir: Path, seed: int) -> Path:
+    """Where a fine-tuning sweep keeps the encoder it pretrains for ``seed``."""
+    return sweep_dir / f"encoder,seed={seed}"
+
+
 def run_row(run_dir: Path) -> dict[str, Any]:
     """The metrics of one run directory (missing values are absent)."""
     row: dict[str, Any] = {}
@@ -48,17 +66,15 @@ def run_row(run_dir: Path) -> dict[str, Any]:
 
 def collect(spec: Any, cells: list[Any]) -> list[dict[str, Any]]:
     """One row per cell: its axis labels, seed, status and metrics."""
-    from .sweep import _encoder_dir, cell_done
-
     rows = []
     for cell in cells:
         row: dict[str, Any] = {"cell": cell.dir.name, **cell.labels, "seed": cell.seed}
-        done = cell_done(cell, spec.command)
+        done = cell_done(cell.dir, spec.command)
         row["status"] = "done" if done else "missing"
         if done:
             metrics = run_row(cell.dir)
             if spec.command == "finetune":  # the encoder's pretraining figures, the cell's test accuracy
-                encoder = run_row(_encoder_dir(cell.dir.parent, cell.seed))
+                encoder = run_row(encoder_dir(cell.dir.parent, cell.seed))
                 metrics = {**{k: v for k, v in encoder.items() if k != "eval_time_s"}, **metrics}
                 metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("eval_time_s") or 0)
             row.update(metrics)

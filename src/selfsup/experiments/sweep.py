@@ -40,7 +40,8 @@ import yaml
 
 from ..config import Config, apply_overrides, field_types, flatten, load_config, load_yaml, save_config
 from ..errors import ConfigError, RunDirError
-from ..train.rundir import CONFIG, METRICS_JSON, write_atomic
+from ..train.rundir import CONFIG, write_atomic
+from .results import cell_done, collect, encoder_dir, markdown_table, write_csv
 
 SPEC_FILE = "sweep.yaml"
 COMMANDS = ("pretrain", "semi", "finetune")
@@ -224,19 +225,6 @@ def _seed_key(command: str) -> str:
     return "finetune.seed" if command == "finetune" else "train.seed"
 
 
-def cell_done(cell: Cell, command: str) -> bool:
-    """Whether a cell has its final results."""
-    path = cell.dir / METRICS_JSON
-    if not path.is_file():
-        return False
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return False
-    needed = "test_top1" if command in ("semi", "finetune") else "linear_top1"
-    return needed in metrics
-
-
 @dataclass
 class SweepResult:
     """What :func:`run_sweep` returns: the sweep folder, one row per cell, the markdown table."""
@@ -244,10 +232,6 @@ class SweepResult:
     dir: Path
     rows: list[dict[str, Any]]
     table: str
-
-
-def _encoder_dir(out: Path, seed: int) -> Path:
-    return out / f"encoder,seed={seed}"
 
 
 def run_sweep(
@@ -287,7 +271,6 @@ def run_sweep(
     """
     from tqdm import tqdm
 
-    from .results import collect, markdown_table, write_csv
 
     spec = load_spec(spec_path)
     if scale is not None and scale not in spec.scale:
@@ -308,7 +291,7 @@ def run_sweep(
         lines = _plan(spec_path, scale, out, all_cells, log)
         write_atomic(folder / "plan.sh", ("\n".join(lines) + "\n").encode())
         return SweepResult(folder, [], "")
-    todo = [c for c in all_cells if not cell_done(c, spec.command)]
+    todo = [c for c in all_cells if not cell_done(c.dir, spec.command)]
     if only is not None:
         names = [c.dir.name for c in all_cells]
         if only not in names:
@@ -321,7 +304,7 @@ def run_sweep(
         from .ray_launcher import run_cells_on_ray
 
         run_cells_on_ray(
-            spec, todo, configs, folder, scale, len(all_cells), ray_address, cpus_per_cell, gpus_per_cell, log
+            run_cell, spec, todo, configs, folder, scale, len(all_cells), ray_address, cpus_per_cell, gpus_per_cell, log
         )
     else:
         bar = tqdm(
@@ -393,9 +376,9 @@ def _run_finetune_cell(
     from ..train import pretrain
     from ..train.rundir import update_metrics_json
 
-    encoder = _encoder_dir(folder, cell.seed)
+    encoder = encoder_dir(folder, cell.seed)
     enc_cfg = _encoder_config(spec, cell.seed, scale)
-    if not cell_done(Cell({}, {}, cell.seed, encoder), "pretrain"):
+    if not cell_done(encoder, "pretrain"):
         pretrain(enc_cfg, out=encoder, resume=True, log=log)
     ft = {k: v for k, v in flatten(cfg).items() if k.startswith("finetune.")}
     results = finetune(encoder, ft, log=log)
