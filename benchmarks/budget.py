@@ -50,8 +50,8 @@ def knn_top1(encoder: torch.nn.Module, ctx: Any, mean: list[float], std: list[fl
 
 
 def run_selfsup(ctx: Any, budget_s: float, out: Path) -> dict[str, Any]:
+    from selfsup import pretrain
     from selfsup.config import apply_overrides
-    from selfsup.train import pretrain
 
     step = selfsup_pipeline(ctx)
     for _ in range(3):

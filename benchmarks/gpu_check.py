@@ -194,9 +194,9 @@ def throughput(
 def recipe_run(key: str, args: argparse.Namespace, runs: Path, data: str) -> dict[str, Any]:
     """Train a recipe for about ``args.recipe_seconds`` of training, then evaluate it."""
     from pipelines import selfsup_pipeline
+    from selfsup import pretrain
     from selfsup.config import load_config
-    from selfsup.train import pretrain
-    from selfsup.train.rundir import read_jsonl
+    from selfsup.rundir import read_jsonl
 
     path = REPO / RECIPES[key]
     full = load_config(path)
@@ -225,7 +225,7 @@ def recipe_run(key: str, args: argparse.Namespace, runs: Path, data: str) -> dic
     epochs = max(1, int(args.recipe_seconds / (step_s * steps_per_epoch)))
     epochs = min(epochs, full.train.epochs, 2 if args.smoke else full.train.epochs)
     warmup = full.optim.warmup_epochs * epochs / full.train.epochs
-    extra.update({"train.epochs": epochs, "optim.warmup_epochs": warmup, "train.checkpoint_every": epochs})
+    extra.update({"train.epochs": epochs, "optim.warmup_epochs": warmup})
     cfg = load_config(path, extra)
     t0 = time.perf_counter()
     result = pretrain(cfg, out=runs / key, overwrite=True, log=lambda _m: None)

@@ -135,7 +135,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     """Block until the run in ``out`` has logged ``step`` (or fail if it ended first)."""
-    from selfsup.train.rundir import read_jsonl
+    from selfsup.rundir import read_jsonl
 
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -149,7 +149,7 @@ def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float =
 
 def final_state(out: Path) -> dict:
     """The newest checkpoint of a run."""
-    from selfsup.train import load_latest
+    from selfsup.checkpoint import load_latest
 
     loaded = load_latest(out)
     assert loaded is not None

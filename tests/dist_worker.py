@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from selfsup.distributed import all_reduce_mean, init_from_env, rank, shutdown, world_size
-from selfsup.train.loop import _Steps
+from selfsup.train.loop import Steps
 
 GLOBAL_BATCH = 8
 
@@ -57,7 +57,7 @@ def main(method: str, out: str) -> None:
     init_from_env()
     model = build(method)
     views = local_views(global_views(), rank(), world_size())
-    ddp = DistributedDataParallel(_Steps(model))
+    ddp = DistributedDataParallel(Steps(model))
     loss = ddp({"views": views, "generator": torch.Generator().manual_seed(2)})["loss"]
     loss.backward()
     mean_loss = all_reduce_mean(loss.detach())

@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import cli_flags, subprocess_env
 from selfsup.cli import main
+from selfsup.errors import ConfigError
 
 
 def run_main(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
@@ -87,7 +88,7 @@ def test_bad_input_is_one_line(
 
 
 def test_debug_shows_the_traceback(shared_folder: Path) -> None:
-    with pytest.raises(Exception, match="unknown backbone"):
+    with pytest.raises(ConfigError, match="unknown backbone"):
         main(["pretrain", "--debug", *cli_flags(shared_folder), "--backbone", "resnet19"])
 
 
@@ -149,3 +150,29 @@ def test_abbreviated_flags_are_refused_with_the_nearest_flag(
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"unknown flag {argv[-2]}; did you mean {suggestion}?" in err[0], err
+
+
+def test_help_is_fast_needs_no_torch_and_explains_every_flag() -> None:
+    code = (
+        "import sys, time, contextlib, io\n"
+        "t = time.perf_counter()\n"
+        "from selfsup.cli import main\n"
+        "for argv in (['--help'], ['pretrain', '--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)\n"
+        "print(time.perf_counter() - t, 'torch' in sys.modules, 'numpy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True)
+    seconds, torch_loaded, numpy_loaded = done.stdout.split()
+    assert torch_loaded == "False" and numpy_loaded == "False"
+    assert float(seconds) < 0.5, seconds
+    from selfsup.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    for name in ("pretrain", "semi", "eval", "finetune", "augment"):
+        for action in sub[name]._actions:
+            if action.dest.startswith("cfg:"):
+                assert action.help, f"{name} {action.option_strings[0]} has no help text"
+    optim = next(a for a in sub["pretrain"]._actions if a.dest == "cfg:optim.name")
+    assert optim.choices == ["lars", "sgd", "adam", "adamw"]

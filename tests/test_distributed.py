@@ -11,13 +11,14 @@ import torch
 
 from conftest import cli_flags, subprocess_env, tiny_overrides
 from dist_worker import build, global_views, local_views
+from selfsup import pretrain
 from selfsup.augment import BatchAugment, resolve_augment
+from selfsup.checkpoint import load_latest
 from selfsup.config import AugmentConfig, load_config
 from selfsup.errors import ConfigError
 from selfsup.losses import nt_xent
-from selfsup.train import load_latest, pretrain
+from selfsup.rundir import read_jsonl
 from selfsup.train.loop import local_positions
-from selfsup.train.rundir import read_jsonl
 
 TESTS = Path(__file__).resolve().parent
 

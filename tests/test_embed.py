@@ -12,13 +12,12 @@ import torch
 from PIL import Image
 
 from conftest import tiny_overrides
-from selfsup import embed, embed_query
+from selfsup import embed, embed_query, pretrain
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data import load_dataset
 from selfsup.errors import ConfigError, RunDirError
 from selfsup.eval import extract_features, feature_options, load_run_model
-from selfsup.train import pretrain
 
 
 @pytest.fixture(scope="module")

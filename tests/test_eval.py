@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from conftest import tiny_overrides
+from selfsup import pretrain
 from selfsup.config import load_config
 from selfsup.errors import ConfigError, RunDirError
 from selfsup.eval import evaluate_run, extract_features, knn_predict, linear_probe
-from selfsup.train import pretrain
 
 
 def knn_reference(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray, c: int, k: int, t: float) -> np.ndarray:
@@ -98,9 +98,56 @@ def test_evaluate_run(shared_folder: Path, tmp_path: Path) -> None:
     r = evaluate_run(out, random_init=True, log=lines.append)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["random_init"]["knn_top1"] == r["knn_top1"] and saved["knn_top1"] == m["knn_top1"]
-    # A trained encoder separates the learnable synthetic classes better than a random one.
-    assert m["knn_top1"] >= r["knn_top1"] - 0.2
     with pytest.raises(ConfigError, match=r"only eval\.\* settings can change at evaluation time, not train\.epochs"):
         evaluate_run(out, {"train.epochs": 3})
     with pytest.raises(RunDirError, match="does not exist"):
         evaluate_run(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_pretraining_beats_the_random_encoder_on_cifar10(tmp_path: Path) -> None:
+    """On real images (the synthetic ones are separable by any encoder), 93 SimCLR steps pay."""
+    overrides = {
+        "data.subset": 4000,
+        "model.backbone": "preact_resnet8",
+        "model.head_dims": [64, 32],
+        "method.temperature": 0.2,
+        "optim.warmup_epochs": 0.3,
+        "train.epochs": 3,
+        "train.batch_size": 128,
+        "train.progress": False,
+        "train.eval_after": False,
+        "eval.train_subset": 4000,
+        "eval.linear_epochs": 5,
+    }
+    out = tmp_path / "run"
+    pretrain(load_config(None, overrides), out=out, log=lambda s: None)
+    trained = evaluate_run(out, log=lambda s: None)
+    random = evaluate_run(out, random_init=True, log=lambda s: None)
+    # Measured 2026-11-28: kNN 31.7 vs 26.9 %, linear 29.6 vs 24.1 % (10,000 test images).
+    assert trained["knn_top1"] > random["knn_top1"] + 0.02, (trained["knn_top1"], random["knn_top1"])
+    assert trained["linear_top1"] > random["linear_top1"] + 0.02, (trained["linear_top1"], random["linear_top1"])
+
+
+def test_milestone_checkpoints_are_kept_and_evaluated(
+    shared_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from selfsup.cli import main
+
+    out = tmp_path / "run"
+    extra = {"train.epochs": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 1}
+    pretrain(load_config(None, tiny_overrides(shared_folder, **extra)), out=out, log=lambda s: None)
+    # 6 steps per epoch: milestones at epochs 2 and 4 stay, rolling ones are pruned to 1.
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step-000000012.milestone.pt", "step-000000024.milestone.pt"]
+    assert main(["eval", str(out), "--milestones", "--eval.knn_k", "5", "--eval.linear_epochs", "1"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0] == "| epoch | step | kNN top-1 | linear top-1 |" and len(table) == 4
+    assert [row.split("|")[1:3] for row in table[2:]] == [[" 2 ", " 12 "], [" 4 ", " 24 "]]
+    saved = json.loads((out / "metrics.json").read_text())["milestones"]
+    assert set(saved) == {"12", "24"} and saved["12"]["epoch"] == 2
+    # One checkpoint by its step; an unknown step names the ones there are.
+    assert main(["eval", str(out), "--step", "12", "--eval.knn_k", "5", "--eval.linear_epochs", "1"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"]["12"]["checkpoint_step"] == 12
+    assert main(["eval", str(out), "--step", "7"]) == 2
+    assert "has no checkpoint of step 7 (it has: 12, 24)" in capsys.readouterr().err

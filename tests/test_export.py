@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
+from selfsup import pretrain
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.eval import load_run_model
 from selfsup.models import BACKBONES, build_backbone
-from selfsup.train import pretrain
 
 VARIANTS = [(name, stem) for name, spec in sorted(BACKBONES.items()) for stem in spec.stems]
 

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_overrides
+from selfsup import pretrain
+from selfsup.checkpoint import load_latest
 from selfsup.config import load_config
 from selfsup.ema import ema_update, frozen_copy
 from selfsup.errors import CheckpointError, ConfigError
@@ -22,8 +24,7 @@ from selfsup.methods.common import load_backbone_weights
 from selfsup.methods.pi_model import sigmoid_rampup
 from selfsup.models import build_backbone
 from selfsup.models.norm import SplitBatchNorm, convert_split_bn
-from selfsup.train import load_latest, pretrain
-from selfsup.train.rundir import read_jsonl
+from selfsup.rundir import read_jsonl
 from selfsup.train.sampler import StepSampler
 
 # Settings that make each method a second-long CPU run on the tiny dataset (96 train images).
@@ -312,7 +313,18 @@ def test_init_from_a_run(simclr_run: Path, shared_folder: Path, tmp_path: Path) 
         load_backbone_weights(build_backbone("preact_resnet8"), tmp_path / "empty")
 
 
-def test_finetune(simclr_run: Path) -> None:
+def test_finetune(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfsup.eval.finetune as ft_module
+    from selfsup.methods.supervised import Supervised
+
+    built: list[nn.Module] = []
+
+    class Recorded(Supervised):  # keeps every fine-tuned model for the checks below
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(ft_module, "Supervised", Recorded)
     lines: list[str] = []
     r = finetune(
         simclr_run,
@@ -346,5 +358,13 @@ def test_finetune(simclr_run: Path) -> None:
     assert set(both) == {"6", "12"} and both["6"]["freeze_encoder"] and both["12"]["labels"] == 12
     m = json.loads((simclr_run / "metrics.json").read_text())
     assert set(m["finetune"]) == {"6", "12", "15"}
-    # The frozen encoder really stayed frozen: the run's checkpoint is untouched and reused.
-    assert load_latest(simclr_run)[0]["step"] == 12
+    # The frozen encoders really stayed frozen: weights and BatchNorm statistics are the
+    # pretrained ones after fine-tuning, while the unfrozen fine-tuning changed them.
+    trained = {k.removeprefix("backbone."): v for k, v in load_latest(simclr_run)[0]["model"].items()
+               if k.startswith("backbone.")}
+    assert len(built) == 4
+    for model, frozen in zip(built, [False, False, True, True]):
+        state = model.backbone.state_dict()
+        same = all(torch.equal(state[k].cpu(), trained[k]) for k in trained)
+        assert same == frozen
+        assert not torch.equal(model.classifier.weight, torch.zeros_like(model.classifier.weight))

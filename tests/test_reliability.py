@@ -22,14 +22,15 @@ from conftest import (
     tiny_overrides,
     wait_for_step,
 )
+from selfsup import pretrain
+from selfsup.checkpoint import load_checkpoint
 from selfsup.cli import main
 from selfsup.config import load_config
-from selfsup.errors import CheckpointError, RunDirError
+from selfsup.errors import CheckpointError, DataError, RunDirError
 from selfsup.eval import evaluate_run
 from selfsup.methods.common import load_backbone_weights
 from selfsup.models import build_backbone
-from selfsup.train import load_checkpoint, pretrain
-from selfsup.train.rundir import read_jsonl
+from selfsup.rundir import read_jsonl
 
 EVERY_STEP = ("--train.checkpoint_minutes", "1e-9")  # a checkpoint after every step
 
@@ -69,7 +70,7 @@ def test_ten_kills_at_random_moments(shared_folder: Path, tmp_path: Path, refere
 
 SLOW_WRITE = """
 import os, sys, tempfile, time
-import selfsup.train.checkpoint as ck
+import selfsup.checkpoint as ck
 real = ck.write_atomic
 def half_then_hang(path, data):
     if path.name == "step-000000008.pt":
@@ -144,7 +145,7 @@ def test_signals_save_and_exit_cleanly(sig: int, shared_folder: Path, tmp_path: 
 def test_full_disk_during_a_checkpoint_write(
     shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import selfsup.train.checkpoint as ck
+    import selfsup.checkpoint as ck
 
     real, calls = ck.write_atomic, []
 
@@ -172,7 +173,7 @@ def test_full_disk_during_a_checkpoint_write(
 def test_unwritable_or_impossible_output(
     shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import selfsup.train.rundir as rd
+    import selfsup.rundir as rd
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -207,7 +208,7 @@ def test_bad_input_keeps_the_existing_run(shared_folder: Path, tmp_path: Path) -
     pretrain(cfg, out=out, log=lambda s: None)
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
     bad = load_config(None, tiny_overrides(tmp_path / "missing", **{"train.epochs": 1}))
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         pretrain(bad, out=out, overwrite=True, log=lambda s: None)
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
+from selfsup import pretrain
 from selfsup.config import load_config
-from selfsup.train import pretrain
-from selfsup.train.rundir import read_jsonl
+from selfsup.errors import ConfigError
+from selfsup.rundir import read_jsonl
 
 
 @pytest.mark.parametrize("extra", [
@@ -54,5 +55,5 @@ def test_no_device_reads_between_log_intervals(shared_folder: Path, tmp_path: Pa
 
 
 def test_config_rejects_unknown_compile_mode() -> None:
-    with pytest.raises(Exception, match="compile_mode"):
+    with pytest.raises(ConfigError, match="compile_mode"):
         load_config(None, {"train.compile_mode": "turbo"})

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_same_state, cli_command, final_state, subprocess_env, tiny_overrides, wait_for_step
+from selfsup import pretrain
+from selfsup.checkpoint import load_latest
 from selfsup.config import load_config
-from selfsup.errors import RunDirError, TrainingDivergedError
-from selfsup.train import load_latest, load_run_config, pretrain
-from selfsup.train.rundir import read_jsonl
+from selfsup.errors import ConfigError, RunDirError, TrainingDivergedError
+from selfsup.rundir import load_run_config, read_jsonl
 
 
 def test_pretrain_writes_a_complete_run(shared_folder: Path, tmp_path: Path) -> None:
@@ -71,11 +72,11 @@ def test_never_overwrites_without_asking(shared_folder: Path, tmp_path: Path) ->
 
 def test_bad_input_leaves_no_run_dir(shared_folder: Path, tmp_path: Path) -> None:
     cfg = load_config(None, tiny_overrides(shared_folder, **{"model.backbone": "nope"}))
-    with pytest.raises(Exception, match="unknown backbone"):
+    with pytest.raises(ConfigError, match="unknown backbone"):
         pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
     assert not (tmp_path / "r").exists()
     cfg = load_config(None, tiny_overrides(shared_folder, **{"train.batch_size": 500}))
-    with pytest.raises(Exception, match="larger than the 96 training images"):
+    with pytest.raises(ConfigError, match="larger than the 96 training images"):
         pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import SECTIONS, SHORT_FLAGS, field_types
+from .config import SECTIONS, SHORT_FLAGS, choices, field_help, field_types
 from .errors import SelfsupError
 
 _PREFIX = "cfg:"
@@ -51,18 +51,36 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str], short: dict[str, str]) -> None:
-    group = parser.add_argument_group("config keys (override --config)")
+    """One flag per config key, its help the field's ``#:`` comment, its choices the ``Literal``'s."""
     for section in sections:
+        group = parser.add_argument_group(f"{section}: settings (override --config)")
+        docs = field_help(section)
         for key, tp in field_types(section).items():
             dotted = f"{section}.{key}"
             names = [f"--{dotted}"]
             if "_" in key:
                 names.append(f"--{section}.{key.replace('_', '-')}")
             names += [f"--{s}" for s, target in short.items() if target == dotted]
-            kwargs: dict[str, Any] = dict(dest=_PREFIX + dotted, default=argparse.SUPPRESS, metavar="V")
+            kwargs: dict[str, Any] = dict(dest=_PREFIX + dotted, default=argparse.SUPPRESS, help=docs.get(key) or None)
+            allowed = choices(tp)
             if tp is bool:
                 kwargs.update(nargs="?", const="true", metavar="BOOL")
+            elif allowed is not None:
+                kwargs.update(choices=[str(c) for c in allowed])
+            else:
+                kwargs.update(metavar=_metavar(tp))
             group.add_argument(*names, **kwargs)
+
+
+def _metavar(tp: Any) -> str:
+    """INT, FLOAT, LIST or TEXT, from a field's type (the inner one of an optional field)."""
+    import types
+    import typing
+
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    base = typing.get_origin(tp) or tp
+    return {int: "INT", float: "FLOAT", list: "LIST"}.get(base, "TEXT")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-init",
         action="store_true",
         help="evaluate the same architecture at its random initialisation (a baseline)",
+    )
+    which = e.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, metavar="N", help="evaluate the checkpoint of training step N")
+    which.add_argument(
+        "--milestones", action="store_true", help="evaluate every milestone checkpoint (train.checkpoint_every)"
     )
     e.add_argument("--debug", action="store_true", help="show tracebacks")
     e.add_argument("--config", metavar="FILE.yaml", help="a recipe with an eval: section")
@@ -201,8 +224,8 @@ def _warning_line(message: Any, category: type[Warning], filename: str, lineno: 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import load_config
     from .errors import ConfigError
-    from .train import pretrain
-    from .train.rundir import is_run_dir, load_run_config
+    from .pretraining import pretrain
+    from .rundir import is_run_dir, load_run_config
 
     overrides = _overrides(args)
     if args.resume and args.out and is_run_dir(Path(args.out)) and not args.config and not overrides:
@@ -256,9 +279,16 @@ def _section_overrides(args: argparse.Namespace, section: str) -> dict[str, Any]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .eval import evaluate_run
+    from .eval import evaluate_milestones, evaluate_run
 
-    evaluate_run(args.run_dir, _section_overrides(args, "eval"), device=args.device, random_init=args.random_init)
+    overrides = _section_overrides(args, "eval")
+    if args.milestones:
+        rows = evaluate_milestones(args.run_dir, overrides, device=args.device, log=lambda _m: None)
+        print("| epoch | step | kNN top-1 | linear top-1 |\n|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['epoch']} | {r['step']} | {r['knn_top1']:.4f} | {r['linear_top1']:.4f} |")
+        return 0
+    evaluate_run(args.run_dir, overrides, device=args.device, random_init=args.random_init, checkpoint=args.step)
     return 0
 
 

@@ -16,11 +16,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
 from .errors import ConfigError
+
+#: Field metadata of keys that may change on ``--resume``: they change how a run
+#: executes (device, logging, checkpoint cadence), not what it computes.
+FREE = {"resume": "free"}
 
 
 @dataclass
@@ -55,23 +59,34 @@ class AugmentConfig:
     weak, none. The default preset is the method's own.
     """
 
+    #: A preset every unset value comes from: simclr, seed000, moco_v2, supervised, weak,
+    #: none (None = the method's own).
     preset: Union[str, None] = None
     #: 'resized' (RandomResizedCrop), 'pad' (translate by up to ``pad`` px) or 'none'.
-    crop: Union[str, None] = None
+    crop: Union[Literal["resized", "pad", "none"], None] = None
+    #: Area fraction range of the resized crop, e.g. 0.08,1.
     crop_scale: Union[list[float], None] = None
+    #: Aspect-ratio range of the resized crop, e.g. 0.75,1.333.
     crop_ratio: Union[list[float], None] = None
+    #: Largest translation in pixels of the 'pad' crop.
     pad: Union[int, None] = None
+    #: Probability of a horizontal flip.
     flip_p: Union[float, None] = None
     #: Colour jitter strength s: brightness, contrast, saturation 0.8 s and hue 0.2 s.
     jitter_strength: Union[float, None] = None
+    #: Probability of colour jitter.
     jitter_p: Union[float, None] = None
+    #: Probability of converting to grayscale.
     grayscale_p: Union[float, None] = None
+    #: Probability of a Gaussian blur.
     blur_p: Union[float, None] = None
     #: Odd kernel size (seed 000: image size // 10 = 3 for 32x32).
     blur_kernel: Union[int, None] = None
+    #: Range of the blur's sigma, e.g. 0.1,2.0.
     blur_sigma: Union[list[float], None] = None
-    #: Per-channel normalisation; None = the training split's own mean and std.
+    #: Per-channel normalisation mean; None = the training split's own.
     mean: Union[list[float], None] = None
+    #: Per-channel normalisation std; None = the training split's own.
     std: Union[list[float], None] = None
 
 
@@ -87,7 +102,7 @@ class ModelConfig:
     width: float = 1
     #: First layers: 'cifar' (3x3 stride-1 convolution, no max-pool: for 32x32 images)
     #: or 'imagenet' (torchvision's downsampling stem, as seeds 001, 003 and 004 ran it).
-    stem: str = "cifar"
+    stem: Literal["cifar", "imagenet"] = "cifar"
     #: Head layer sizes after the encoder's features: [64, 32] makes seed 000's
     #: 64-64-32 head on a 64-d encoder; the SimCLR paper uses [2048, 128].
     head_dims: list[int] = field(default_factory=lambda: [512, 128])
@@ -138,77 +153,90 @@ class OptimConfig:
     """Optimizer and learning-rate schedule."""
 
     #: 'lars', 'sgd', 'adam' or 'adamw'.
-    name: str = "lars"
+    name: Literal["lars", "sgd", "adam", "adamw"] = "lars"
     #: Learning rate for a batch of 256; scaled by ``lr_scaling``.
     lr: float = 1.0
     #: 'linear' (lr * batch / 256), 'sqrt' (lr * sqrt(batch / 256)) or 'none'.
-    lr_scaling: str = "linear"
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    #: Momentum of SGD and LARS (Adam's beta1 stays 0.9).
     momentum: float = 0.9
+    #: L2 weight decay (LARS and SGD skip BatchNorm and bias parameters).
     weight_decay: float = 1e-6
     #: LARS trust coefficient (eta).
     trust_coefficient: float = 0.001
     #: Linear warm-up, in epochs (fractions allowed), then the schedule.
     warmup_epochs: float = 1.0
     #: 'cosine' (decay to 0 after warm-up) or 'constant'.
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "constant"] = "cosine"
 
 
 @dataclass
 class TrainConfig:
     """The training loop."""
 
+    #: Passes over the training images.
     epochs: int = 100
     #: Images per step (SimCLR sees two views of each).
     batch_size: int = 256
+    #: Seeds the model, the data order and every augmentation (a function of seed and step).
     seed: int = 0
     #: 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.
-    device: str = "auto"
+    device: str = field(default="auto", metadata=FREE)
     #: 'auto' (bf16 autocast where the device computes bf16 natively: CUDA, and CPUs
     #: with AVX512-BF16 or AMX), 'bf16' or 'fp32'.
-    precision: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata=FREE)
+    #: Feed images in channels_last memory format (faster convolutions).
     channels_last: bool = True
     #: torch.compile the model (pays on GPUs; costs start-up time).
-    compile: bool = False
+    compile: bool = field(default=False, metadata=FREE)
     #: torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'.
-    compile_mode: str = "default"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = field(default="default", metadata=FREE)
     #: Under torchrun on GPUs: BatchNorm statistics over the whole global batch.
-    sync_bn: bool = False
-
+    sync_bn: bool = field(default=False, metadata=FREE)
     #: CPU threads for PyTorch (None = PyTorch's default).
-    num_threads: Union[int, None] = None
-    #: Save a checkpoint every N epochs (and always at the end).
-    checkpoint_every: int = 1
+    num_threads: Union[int, None] = field(default=None, metadata=FREE)
+    #: Keep the checkpoint of every N-th epoch for 'selfsup eval --milestones' (seed 000:
+    #: 40); 0 = none. A rolling checkpoint is written at the end of every epoch anyway.
+    checkpoint_every: int = field(default=0, metadata=FREE)
     #: Also save one when this many minutes passed since the last (0 = never).
-    checkpoint_minutes: float = 10.0
-    #: How many checkpoints to keep (older ones are deleted).
-    keep_checkpoints: int = 2
+    checkpoint_minutes: float = field(default=10.0, metadata=FREE)
+    #: How many rolling checkpoints to keep (older ones are deleted; milestones stay).
+    keep_checkpoints: int = field(default=2, metadata=FREE)
     #: Run the kNN monitor every N epochs (0 = never).
-    knn_every: int = 0
+    knn_every: int = field(default=0, metadata=FREE)
     #: Log (and read the loss back from the device) every N steps.
-    log_every: int = 10
-    progress: bool = True
+    log_every: int = field(default=10, metadata=FREE)
+    #: Show a progress bar.
+    progress: bool = field(default=True, metadata=FREE)
     #: Evaluate (kNN and linear probe) when pretraining ends.
-    eval_after: bool = True
+    eval_after: bool = field(default=True, metadata=FREE)
 
 
 @dataclass
 class EvalConfig:
     """Evaluation of a frozen encoder: weighted kNN and a linear probe on its features."""
 
+    #: Neighbours of the weighted kNN classifier (k=200 as in InstDisc and SimCLR code).
     knn_k: int = 200
+    #: Temperature of the kNN weights exp(similarity / t).
     knn_temperature: float = 0.1
     #: Linear probe optimizer on the cached features: 'adam' or 'sgd'.
-    linear_optimizer: str = "adam"
+    linear_optimizer: Literal["adam", "sgd"] = "adam"
+    #: Learning rate of the linear probe.
     linear_lr: float = 1e-3
+    #: Epochs of the linear probe over the cached features.
     linear_epochs: int = 30
+    #: Batch size of the linear probe.
     linear_batch_size: int = 256
+    #: Weight decay of the linear probe.
     linear_weight_decay: float = 0.0
     #: Images per forward pass when extracting features.
     batch_size: int = 256
     #: Use only a class-balanced subset of the training split as kNN bank / probe data.
     train_subset: Union[int, None] = None
-    #: Size of the kNN monitor's bank and query sets during training.
+    #: Size of the kNN monitor's bank (training images) during training ...
     monitor_train: int = 5000
+    #: ... and of its query set (test images).
     monitor_test: int = 1000
 
 
@@ -222,11 +250,15 @@ class FinetuneConfig:
     #: Validation images (class-balanced, from the rest of the training split) used
     #: to keep the epoch with the lowest validation loss.
     val_size: int = 500
+    #: Passes over the labelled images.
     epochs: int = 50
+    #: Labelled images per step.
     batch_size: int = 64
     #: 'sgd' (momentum 0.9, nesterov) or 'adam'; cosine decay over all steps.
-    optimizer: str = "sgd"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    #: Learning rate (no batch scaling).
     lr: float = 0.05
+    #: Weight decay of every parameter.
     weight_decay: float = 5e-4
     #: Train only the new linear head (linear evaluation with augmentation).
     freeze_encoder: bool = False
@@ -235,6 +267,7 @@ class FinetuneConfig:
 
     #: Augmentation preset of the labelled images.
     preset: str = "supervised"
+    #: Chooses the labelled and validation images, the head's initialisation and the order.
     seed: int = 0
 
 
@@ -300,9 +333,16 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         ConfigError: Naming ``where`` and the expected type.
     """
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            close = _suggest(str(value), [str(c) for c in allowed])
+            raise ConfigError(f"{where}: must be one of {', '.join(map(str, allowed))}, got {value!r}{close}")
+        return value
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+        literal = choices(tp) or ()
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and value not in literal):
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
@@ -478,6 +518,42 @@ def diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
     return {k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k]}
 
 
+def choices(tp: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal`` field type (also inside ``Union[..., None]``), else None."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is Literal:
+                return typing.get_args(arg)
+    return None
+
+
+def resume_free_keys() -> set[str]:
+    """Dotted keys marked on their field as free to change on ``--resume`` (see :data:`FREE`)."""
+    return {
+        f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("resume")
+    }
+
+
+def field_help(section: str) -> dict[str, str]:
+    """Each field's ``#:`` comment in this file, as one line: the flags' ``--help`` text."""
+    import inspect
+
+    out: dict[str, str] = {}
+    doc: list[str] = []
+    for line in inspect.getsource(SECTIONS[section]).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#:"):
+            doc.append(text[2:].strip())
+            continue
+        name = text.partition(":")[0]
+        if line.startswith("    ") and not line.startswith("     ") and name.isidentifier() and ":" in text:
+            out[name] = " ".join(doc)
+        doc = []
+    return out
+
+
 def validate(cfg: Config) -> None:
     """Range checks that need no data or registry; raises :class:`ConfigError`."""
 
@@ -487,23 +563,23 @@ def validate(cfg: Config) -> None:
             value = getattr(getattr(cfg, section), name)
             raise ConfigError(f"{key} {why}, got {value!r}")
 
+    for section in SECTIONS:
+        for key, tp in field_types(section).items():
+            allowed = choices(tp)
+            value = getattr(getattr(cfg, section), key)
+            if allowed is not None and value is not None and value not in allowed:
+                raise ConfigError(f"{section}.{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
     t, o, e, d, m = cfg.train, cfg.optim, cfg.eval, cfg.data, cfg.method
     need(t.batch_size > 0, "train.batch_size", "must be a positive integer")
     need(t.epochs > 0, "train.epochs", "must be a positive integer")
-    need(t.checkpoint_every > 0, "train.checkpoint_every", "must be a positive integer")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every", "must not be negative")
     need(t.checkpoint_minutes >= 0, "train.checkpoint_minutes", "must not be negative")
     need(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be a positive integer")
     need(t.knn_every >= 0, "train.knn_every", "must not be negative")
     need(t.log_every > 0, "train.log_every", "must be a positive integer")
     need(t.num_threads is None or t.num_threads > 0, "train.num_threads", "must be positive")
-    need(t.precision in ("auto", "bf16", "fp32"), "train.precision", "must be auto, bf16 or fp32")
-    need(t.compile_mode in ("default", "reduce-overhead", "max-autotune"), "train.compile_mode",
-         "must be default, reduce-overhead or max-autotune")
 
-    need(o.name in ("lars", "sgd", "adam", "adamw"), "optim.name", "must be lars, sgd, adam or adamw")
     need(o.lr > 0, "optim.lr", "must be positive")
-    need(o.lr_scaling in ("linear", "sqrt", "none"), "optim.lr_scaling", "must be linear, sqrt or none")
-    need(o.schedule in ("cosine", "constant"), "optim.schedule", "must be cosine or constant")
     need(o.warmup_epochs >= 0, "optim.warmup_epochs", "must not be negative")
     need(o.weight_decay >= 0, "optim.weight_decay", "must not be negative")
     need(0 <= o.momentum < 1, "optim.momentum", "must lie in [0, 1)")
@@ -524,7 +600,6 @@ def validate(cfg: Config) -> None:
     need(f.val_size > 0, "finetune.val_size", "must be a positive integer")
     need(f.epochs > 0, "finetune.epochs", "must be a positive integer")
     need(f.batch_size > 1, "finetune.batch_size", "must be at least 2")
-    need(f.optimizer in ("sgd", "adam"), "finetune.optimizer", "must be sgd or adam")
     need(f.lr > 0, "finetune.lr", "must be positive")
     need(f.weight_decay >= 0, "finetune.weight_decay", "must not be negative")
     need(d.subset is None or d.subset > 0, "data.subset", "must be a positive integer")
@@ -532,7 +607,6 @@ def validate(cfg: Config) -> None:
     need(0 < d.test_fraction < 1, "data.test_fraction", "must lie in (0, 1)")
     need(e.knn_k > 0, "eval.knn_k", "must be a positive integer")
     need(e.knn_temperature > 0, "eval.knn_temperature", "must be positive")
-    need(e.linear_optimizer in ("adam", "sgd"), "eval.linear_optimizer", "must be adam or sgd")
     need(e.linear_lr > 0, "eval.linear_lr", "must be positive")
     need(e.linear_epochs > 0, "eval.linear_epochs", "must be a positive integer")
     need(e.linear_batch_size > 0, "eval.linear_batch_size", "must be a positive integer")
@@ -540,6 +614,5 @@ def validate(cfg: Config) -> None:
     need(e.train_subset is None or e.train_subset > 0, "eval.train_subset", "must be positive")
     need(e.monitor_train > 0 and e.monitor_test > 0, "eval.monitor_train", "must be positive")
     need(cfg.model.width > 0, "model.width", "must be positive")
-    need(cfg.model.stem in ("cifar", "imagenet"), "model.stem", "must be cifar or imagenet")
     need(len(cfg.model.head_dims) >= 1, "model.head_dims", "needs at least one layer size")
     need(all(x > 0 for x in cfg.model.head_dims), "model.head_dims", "sizes must be positive")

@@ -64,7 +64,7 @@ def load_encoder(source: str | Path, device: torch.device) -> Encoder:
     Raises:
         ConfigError: If ``source`` is neither.
     """
-    from .train.rundir import is_run_dir
+    from .rundir import is_run_dir
 
     path = Path(source)
     if is_run_dir(path):

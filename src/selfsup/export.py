@@ -28,7 +28,7 @@ from .errors import ConfigError, RunDirError
 from .eval import load_run_model
 from .fileio import write_atomic
 from .models import backbone_spec, feature_dim
-from .train.rundir import locked
+from .rundir import locked
 
 FORMATS = ("safetensors", "onnx")
 

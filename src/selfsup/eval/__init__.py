@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import checkpoint_step, find_checkpoint, load_checkpoint, load_latest, milestone_paths
 from ..config import Config, EvalConfig, apply_section_overrides
 from ..data import DataSplits, class_balanced_indices, load_dataset
 from ..errors import RunDirError
 from ..methods import build_method
+from ..rundir import load_run_config, locked, update_metrics_json
 from ..runtime import resolve_device, set_threads
-from ..train.checkpoint import load_latest
-from ..train.rundir import load_run_config, locked, update_metrics_json
 from .features import extract_features, feature_options
 from .knn import knn_accuracy, knn_predict
 from .linear import ProbeResult, linear_probe
@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_classifiers",
     "evaluate_encoder",
     "evaluate_features",
+    "evaluate_milestones",
     "evaluate_run",
     "extract_features",
     "feature_options",
@@ -46,25 +47,29 @@ __all__ = [
 
 
 def load_run_model(
-    run_dir: str | Path, device: torch.device | str = "cpu", random_init: bool = False
+    run_dir: str | Path, device: torch.device | str = "cpu", random_init: bool = False, step: int | None = None
 ) -> tuple[Config, nn.Module, dict[str, Any]]:
-    """Rebuild a run's method from its config and newest checkpoint.
+    """Rebuild a run's method from its config and newest checkpoint (or the one of ``step``).
 
     Args:
         run_dir: A run directory.
         device: Where to put the model.
         random_init: Skip the checkpoint: the same architecture at its seeded initialisation.
+        step: Load the checkpoint of this training step instead of the newest.
 
     Returns:
         (config, model in eval mode, checkpoint state or ``{}``).
 
     Raises:
         RunDirError: If the run has no checkpoint (and ``random_init`` is false).
+        CheckpointError: If it has none of ``step``.
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     state: dict[str, Any] = {}
-    if not random_init:
+    if step is not None and not random_init:
+        state = load_checkpoint(find_checkpoint(run_dir, step))
+    elif not random_init:
         loaded = load_latest(run_dir)
         if loaded is None:
             raise RunDirError(f"{run_dir} has no checkpoint yet; train it first (selfsup pretrain --out {run_dir})")
@@ -215,6 +220,50 @@ def evaluate_classifiers(
 
 
 @locked("selfsup eval")
+def evaluate_milestones(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Evaluate every milestone checkpoint of a run (``train.checkpoint_every``) and the last one.
+
+    Accuracy against epochs from one run: seed 000's epochs table without a run per row.
+    The rows go into ``RUN_DIR/metrics.json`` under ``milestones`` (keyed by step).
+
+    Returns:
+        One dict per checkpoint, oldest first: epoch, step, kNN and linear top-1.
+
+    Raises:
+        RunDirError: If the run has no checkpoint.
+    """
+    run_dir = Path(run_dir)
+    cfg = apply_section_overrides(load_run_config(run_dir), overrides, "eval", "at evaluation time")
+    set_threads(cfg.train.num_threads)
+    dev = resolve_device(device or cfg.train.device)
+    steps = [checkpoint_step(p) for p in milestone_paths(run_dir)]
+    latest = load_latest(run_dir)
+    if latest is None:
+        raise RunDirError(f"{run_dir} has no checkpoint yet; train it first (selfsup pretrain --out {run_dir})")
+    if checkpoint_step(latest[1]) not in steps:
+        steps.append(checkpoint_step(latest[1]))
+    splits = _load_splits(cfg)
+    options = feature_options(cfg, dev)
+    rows = []
+    for step in steps:
+        _, model, state = load_run_model(run_dir, dev, step=step)
+        encoder = model.backbone
+        assert isinstance(encoder, nn.Module)
+        result = evaluate_encoder(encoder, splits, cfg.eval, options, cfg.train.seed)
+        rows.append({"epoch": state.get("epoch"), "step": step, "knn_top1": result["knn_top1"],
+                     "linear_top1": result["linear_top1"], "n_test": result["n_test"]})
+        log(f"epoch {state.get('epoch')} (step {step}): kNN top-1 {result['knn_top1']:.4f} | "
+            f"linear top-1 {result['linear_top1']:.4f}")
+    update_metrics_json(run_dir, {str(r["step"]): r for r in rows}, section="milestones")
+    return rows
+
+
+@locked("selfsup eval")
 def evaluate_run(
     run_dir: str | Path,
     overrides: dict[str, Any] | None = None,
@@ -223,6 +272,7 @@ def evaluate_run(
     model: nn.Module | None = None,
     step: int | None = None,
     log: Callable[[str], None] = print,
+    checkpoint: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's encoder and record the result in ``RUN_DIR/metrics.json``.
 
@@ -236,6 +286,8 @@ def evaluate_run(
         model: An already loaded method (skips loading the checkpoint).
         step: The training step ``model`` has reached (recorded with the results).
         log: Where the one-line result goes.
+        checkpoint: Evaluate the checkpoint of this step instead of the newest (its
+            results go under ``steps`` in metrics.json, the run's own stay).
 
     Returns:
         ``knn_top1`` and ``linear_top1`` (fractions, on the full test split) and details.
@@ -245,8 +297,8 @@ def evaluate_run(
     cfg = apply_section_overrides(cfg, overrides, "eval", "at evaluation time")
     set_threads(cfg.train.num_threads)
     dev = resolve_device(device or cfg.train.device)
-    if model is None or random_init:
-        _, model, state = load_run_model(run_dir, dev, random_init=random_init)
+    if model is None or random_init or checkpoint is not None:
+        _, model, state = load_run_model(run_dir, dev, random_init=random_init, step=checkpoint)
         step = state.get("step")
     splits = _load_splits(cfg)
     encoder = model.backbone  # type: ignore[union-attr]
@@ -268,5 +320,10 @@ def evaluate_run(
         f"{what}: kNN top-1 {result['knn_top1']:.4f} | linear top-1 {result['linear_top1']:.4f} "
         f"(test set: {result['n_test']} images, {result['eval_time_s']:.0f} s)"
     )
-    update_metrics_json(run_dir, {"random_init": result} if random_init else result)
+    if random_init:
+        update_metrics_json(run_dir, {"random_init": result})
+    elif checkpoint is not None:
+        update_metrics_json(run_dir, {str(checkpoint): result}, section="steps")
+    else:
+        update_metrics_json(run_dir, result)
     return result

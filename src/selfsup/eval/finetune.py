@@ -31,9 +31,9 @@ from ..methods.common import load_backbone_weights
 from ..methods.supervised import Supervised
 from ..models import build_backbone
 from ..optim import build_optimizer, lr_factor, set_lr
+from ..rundir import append_jsonl, load_run_config, locked, update_metrics_json
 from ..runtime import resolve_device, set_threads, step_seed, use_bf16
 from ..train.loop import train_step
-from ..train.rundir import append_jsonl, load_run_config, locked, update_metrics_json
 from .features import extract_features, feature_options
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RunDirError
-from ..train.rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
+from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
 from .results import COLUMNS, aggregate, mean_std, read_csv
 from .sweep import SPEC_FILE
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..train.rundir import METRICS_JSON, METRICS_JSONL, read_jsonl
+from ..rundir import METRICS_JSON, METRICS_JSONL, read_jsonl
 
 #: Metric columns of results.csv, in order.
 COLUMNS = [

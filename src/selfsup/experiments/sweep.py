@@ -40,7 +40,7 @@ import yaml
 
 from ..config import Config, apply_overrides, field_types, flatten, load_config, load_yaml, save_config
 from ..errors import ConfigError, RunDirError
-from ..train.rundir import CONFIG, write_atomic
+from ..rundir import CONFIG, write_atomic
 from .results import cell_done, collect, encoder_dir, markdown_table, write_csv
 
 SPEC_FILE = "sweep.yaml"
@@ -334,7 +334,7 @@ def run_cell(
     spec: SweepSpec, cell: Cell, cfg: Config, folder: Path, scale: str | None, log: Callable[[str], None]
 ) -> None:
     """Run (or continue, from its checkpoints) one cell: what every launcher calls."""
-    from ..train import pretrain
+    from ..pretraining import pretrain
 
     if spec.command == "finetune":
         _run_finetune_cell(spec, cell, cfg, folder, scale, log)
@@ -373,8 +373,8 @@ def _run_finetune_cell(
 ) -> None:
     """Pretrain (or continue) the seed's encoder, fine-tune it as the cell says, record the cell."""
     from ..eval.finetune import finetune
-    from ..train import pretrain
-    from ..train.rundir import update_metrics_json
+    from ..pretraining import pretrain
+    from ..rundir import update_metrics_json
 
     encoder = encoder_dir(folder, cell.seed)
     enc_cfg = _encoder_config(spec, cell.seed, scale)

@@ -26,7 +26,7 @@ def load_backbone_weights(backbone: nn.Module, source: str | Path) -> None:
         ConfigError: If ``source`` does not exist.
         CheckpointError: If it holds no encoder, or one of another architecture.
     """
-    from ..train.checkpoint import load_checkpoint, load_latest
+    from ..checkpoint import load_checkpoint, load_latest
 
     path = Path(source)
     if path.is_dir():

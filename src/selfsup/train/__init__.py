@@ -1,18 +1,9 @@
-"""Training: the loop, run directories and checkpoints."""
+"""Training: the loop, its step and state, the semi-supervised sampler.
 
-from .checkpoint import load_checkpoint, load_latest, save_checkpoint
-from .loop import Interrupted, RunResult, pretrain, resolve_config, train_step
-from .rundir import load_run_config, prepare_run_dir
+:func:`selfsup.pretrain` (in :mod:`selfsup.pretraining`) drives it; run directories and
+checkpoints are :mod:`selfsup.rundir` and :mod:`selfsup.checkpoint`.
+"""
 
-__all__ = [
-    "Interrupted",
-    "RunResult",
-    "load_checkpoint",
-    "load_latest",
-    "load_run_config",
-    "prepare_run_dir",
-    "pretrain",
-    "resolve_config",
-    "save_checkpoint",
-    "train_step",
-]
+from .loop import Interrupted, resolve_config, train_step
+
+__all__ = ["Interrupted", "resolve_config", "train_step"]

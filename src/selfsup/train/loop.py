@@ -18,8 +18,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,63 +27,19 @@ import torch
 from torch import nn
 
 from ..augment import BatchAugment, resolve_augment
-from ..config import Config, copy_config, diff, save_config
-from ..data import DataSplits, channel_stats, class_balanced_indices, load_data
-from ..distributed import all_reduce_mean, any_rank, broadcast_object, init_from_env, local_device, rank, world_size
-from ..errors import ConfigError, RunDirError, SelfsupError, TrainingDivergedError
-from ..eval.features import extract_features, feature_options
-from ..eval.knn import knn_accuracy
-from ..methods import build_method, method_class
-from ..optim import build_optimizer, lr_factor, scaled_lr, set_lr
-from ..runtime import autocast, resolve_device, set_threads, step_seed, use_bf16
-from .checkpoint import load_latest, save_checkpoint
-from .rundir import (
-    CHECKPOINTS,
-    CONFIG,
+from ..checkpoint import save_checkpoint
+from ..config import Config, copy_config
+from ..data import DataSplits, channel_stats, class_balanced_indices
+from ..distributed import all_reduce_mean, any_rank, rank, world_size
+from ..errors import ConfigError, TrainingDivergedError
+from ..methods import method_class
+from ..optim import lr_factor, scaled_lr, set_lr
+from ..rundir import (
     METRICS_JSONL,
     append_jsonl,
-    check_not_busy,
-    default_run_dir,
-    load_run_config,
-    prepare_run_dir,
-    read_jsonl,
-    run_lock,
-    truncate_jsonl,
 )
+from ..runtime import autocast, step_seed
 from .sampler import StepSampler
-
-#: Keys that may differ when resuming: they change how a run executes, not what it computes.
-RESUME_FREE_KEYS = (
-    "train.device",
-    "train.precision",
-    "train.compile",
-    "train.compile_mode",
-
-    "train.sync_bn",
-    "train.num_threads",
-    "train.progress",
-    "train.log_every",
-    "train.eval_after",
-    "train.knn_every",
-    "train.checkpoint_every",
-    "train.checkpoint_minutes",
-    "train.keep_checkpoints",
-)
-
-
-@dataclass
-class RunResult:
-    """What :func:`pretrain` returns.
-
-    Attributes:
-        run_dir: The run directory.
-        summary: Final training record (loss, wall time, views/s, peak memory, ...).
-        metrics: Evaluation results (``knn_top1``, ``linear_top1``) when evaluated.
-    """
-
-    run_dir: Path
-    summary: dict[str, Any]
-    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 class Interrupted(Exception):
@@ -103,18 +59,6 @@ def resolve_config(cfg: Config, splits: DataSplits) -> Config:
         mean, std = channel_stats(splits.train.images)
         out.augment = replace(out.augment, mean=out.augment.mean or mean, std=out.augment.std or std)
     return out
-
-
-def check_resume_config(saved: Config, new: Config, run_dir: Path) -> None:
-    """Refuse to resume with settings that would change what the run computes."""
-    changed = {k: v for k, v in diff(saved, new).items() if k not in RESUME_FREE_KEYS}
-    if changed:
-        key, (old, now) = next(iter(changed.items()))
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise RunDirError(
-            f"cannot resume {run_dir}: {key} was {old!r} and is now {now!r}{more}; "
-            f"resume with the saved settings (selfsup pretrain --out {run_dir} --resume) or start a new run"
-        )
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -144,32 +88,6 @@ def _stop_signals() -> Iterator[dict[str, int]]:
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
-
-
-class Monitor:
-    """kNN monitor on fixed, class-balanced subsets of the train and test splits."""
-
-    def __init__(self, cfg: Config, splits: DataSplits, device: torch.device) -> None:
-        n_bank = min(cfg.eval.monitor_train, len(splits.train))
-        n_query = min(cfg.eval.monitor_test, len(splits.test))
-        bank = class_balanced_indices(splits.train.labels, n_bank, seed=0)
-        query = class_balanced_indices(splits.test.labels, n_query, seed=0)
-        self.bank_images = splits.train.images[bank]
-        self.bank_labels = torch.from_numpy(splits.train.labels[bank])
-        self.query_images = splits.test.images[query]
-        self.query_labels = torch.from_numpy(splits.test.labels[query])
-        self.num_classes = len(splits.train.classes)
-        self.cfg = cfg
-        self.options = feature_options(cfg, device)
-
-    def __call__(self, encoder: nn.Module) -> float:
-        """Top-1 kNN accuracy (a fraction) of the encoder's features on the fixed subsets."""
-        e = self.cfg.eval
-        bank = extract_features(encoder, self.bank_images, **self.options)
-        query = extract_features(encoder, self.query_images, **self.options)
-        return knn_accuracy(
-            bank, self.bank_labels, query, self.query_labels, self.num_classes, e.knn_k, e.knn_temperature
-        )
 
 
 def train_step(
@@ -222,7 +140,7 @@ def train_step(
     return loss.detach()
 
 
-class _Steps(nn.Module):
+class Steps(nn.Module):
     """Makes ``training_step`` the forward pass, so DistributedDataParallel can wrap it."""
 
     def __init__(self, method: nn.Module) -> None:
@@ -230,6 +148,7 @@ class _Steps(nn.Module):
         self.method = method
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The wrapped method's ``training_step``."""
         return self.method.training_step(batch)  # type: ignore[operator,no-any-return]
 
 
@@ -277,7 +196,7 @@ def build_sampler(cfg: Config, splits: DataSplits) -> StepSampler:
     )
 
 
-class _Progress:
+class Progress:
     """Counters carried across steps and checkpoints."""
 
     def __init__(self, device: torch.device) -> None:
@@ -286,6 +205,7 @@ class _Progress:
         self.epoch_loss_sum = torch.zeros((), device=device)
 
     def state_dict(self) -> dict[str, Any]:
+        """The counters as a checkpoint holds them (tensors on the CPU)."""
         return {
             "step": self.step,
             "train_time_s": self.train_time,
@@ -295,205 +215,31 @@ class _Progress:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counters from a checkpoint."""
         self.step, self.train_time = int(state["step"]), float(state["train_time_s"])
         self.loss_count = int(state["loss_count"])
         self.loss_sum.copy_(state["loss_sum"])
         self.epoch_loss_sum.copy_(state["epoch_loss_sum"])
 
 
-def pretrain(
-    cfg: Config,
-    out: str | Path | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    log: Callable[[str], None] = print,
-) -> RunResult:
-    """Train ``cfg.method`` and (if ``cfg.train.eval_after``) evaluate the result.
-
-    Self-supervised and supervised methods train on the whole training split; with
-    ``cfg.semi.labels`` (what ``selfsup semi`` sets) only that many labelled images keep
-    their labels. Evaluation: kNN and linear probe of the encoder, plus the test accuracy
-    of the method's own classifier where it has one (semi-supervised runs report only
-    the latter: a probe would use every label).
-
-    Under ``torchrun`` each process trains on its share of every global batch
-    (``train.batch_size`` in all) with DistributedDataParallel; rank 0 alone writes the
-    run directory and evaluates.
-
-    Args:
-        cfg: The run's config (see :mod:`selfsup.config`).
-        out: Run directory (default ``runs/<method>-<backbone>-<time>``).
-        resume: Continue the run in ``out`` from its newest checkpoint.
-        overwrite: Replace the run in ``out``.
-        log: Where one-line status messages go.
-
-    Returns:
-        The run directory, a training summary and the evaluation metrics.
-
-    Raises:
-        SelfsupError: For bad config, data or run directory; :class:`Interrupted` after a
-            SIGINT/SIGTERM (with a checkpoint saved).
-    """
-    t = cfg.train
-    set_threads(t.num_threads)
-    distributed = init_from_env()
-    leader = rank() == 0
-    log = log if leader else (lambda _msg: None)
-    device = resolve_device(local_device(t.device))
-    run_dir = Path(out) if out is not None else default_run_dir(cfg.method.name, cfg.model.backbone)
-
-    # Everything that can fail on bad input happens before the run directory is touched.
-    if leader:
-        check_not_busy(run_dir)
-    method_class(cfg.method.name)
-    _check_distributed(cfg, device)
-    splits = load_data(cfg.data, seed=t.seed, progress=t.progress and leader)
-    cfg = resolve_config(cfg, splits)
-    sampler = build_sampler(cfg, splits)
-    torch.manual_seed(t.seed)
-    model = build_method(cfg, len(splits.train.classes))
-    # Rank 0 locks and prepares the run directory; every rank learns the outcome (or the error).
-    lock = ExitStack()
-    outcome: tuple[bool, str | None] = (False, None)
-    if leader:
-        try:
-            lock.enter_context(run_lock(run_dir, "selfsup pretrain"))
-            outcome = (_prepare(cfg, run_dir, resume, overwrite), None)
-        except SelfsupError as e:
-            lock.close()
-            if not distributed:
-                raise
-            outcome = (False, str(e))
-    existing, error = broadcast_object(outcome)
-    if error:
-        raise RunDirError(error)
-    with lock:
-        return _train_and_evaluate(cfg, model, splits, sampler, run_dir, existing, device, log)
-
-
-def _train_and_evaluate(
-    cfg: Config,
-    model: nn.Module,
-    splits: DataSplits,
-    sampler: StepSampler,
-    run_dir: Path,
-    existing: bool,
-    device: torch.device,
-    log: Callable[[str], None],
-) -> RunResult:
-    """The part of :func:`pretrain` after the run directory is ready (and locked by rank 0)."""
-    t = cfg.train
-    distributed, leader = world_size() > 1, rank() == 0
-    bf16 = use_bf16(t.precision, device)
-    model.to(device)
-    if t.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if distributed and t.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, cfg.optim, t.batch_size)
-    progress = _Progress(device)
-    if existing:
-        loaded = load_latest(run_dir)
-        if loaded is not None:
-            state, path = loaded
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            progress.load_state_dict(state)
-            torch.set_rng_state(state["rng_cpu"])
-            log(f"resuming {run_dir} from {path.name} (step {progress.step}/{t.epochs * sampler.steps_per_epoch})")
-        if leader:
-            truncate_jsonl(run_dir / METRICS_JSONL, progress.step)
-    if t.compile:
-        backbone = model.backbone
-        assert isinstance(backbone, nn.Module)
-        backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
-    step_fn = None
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step_fn = DistributedDataParallel(_Steps(model), device_ids=[device.index] if device.type == "cuda" else None)
-
-    _loop(cfg, model, optimizer, sampler, splits, progress, run_dir, device, bf16, step_fn)
-
-    n_views = int(model.n_views)  # type: ignore[arg-type]
-    images_per_step = len(sampler(0)[0])
-    summary = {
-        "step": progress.step,
-        "summary": True,
-        "final_loss": _final_loss(run_dir) if leader else float("nan"),
-        "train_time_s": progress.train_time,
-        "views_per_s": progress.step * images_per_step * n_views / max(progress.train_time, 1e-9),
-        "peak_memory_mb": peak_memory_mb(device),
-        "device": str(device),
-        "bf16": bf16,
-        "processes": world_size(),
-        "n_train": len(splits.train),
-        "epochs": t.epochs,
-    }
-    result = RunResult(run_dir=run_dir, summary=summary)
-    if not leader:
-        return result
-    append_jsonl(run_dir / METRICS_JSONL, summary)
-    log(
-        f"trained {t.epochs} epochs ({progress.step} steps) in {progress.train_time:.0f} s, "
-        f"{summary['views_per_s']:.0f} views/s, final loss {summary['final_loss']:.4f}"
-    )
-    if t.eval_after:
-        from ..eval import evaluate_classifiers, evaluate_run
-
-        if cfg.semi.labels is None:
-            result.metrics = evaluate_run(run_dir, model=model, step=progress.step, log=log)
-        else:
-            result.metrics = evaluate_classifiers(run_dir, model=model, step=progress.step, log=log)
-    return result
-
-
-def _check_distributed(cfg: Config, device: torch.device) -> None:
-    """Batch sizes that split evenly over the processes; SyncBatchNorm only on GPUs."""
-    w = world_size()
-    if cfg.train.sync_bn and device.type != "cuda":
-        raise ConfigError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only)")
-    if w == 1:
-        return
-    if cfg.train.batch_size % w:
-        raise ConfigError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {w} processes")
-    if cfg.semi.labels is not None and cfg.semi.labeled_batch_size % w:
-        raise ConfigError(
-            f"semi.labeled_batch_size {cfg.semi.labeled_batch_size} must be a multiple of the {w} processes"
-        )
-
-
-def _prepare(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Create or check the run directory (rank 0). True when there is a run to continue."""
-    existing = prepare_run_dir(run_dir, resume, overwrite)
-    if existing:
-        check_resume_config(load_run_config(run_dir), cfg, run_dir)
-        # Temporary files of a checkpoint write that a kill interrupted.
-        for stale in (run_dir / CHECKPOINTS).glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-    else:
-        save_config(cfg, run_dir / CONFIG)
-    return existing
-
-
-def _final_loss(run_dir: Path) -> float:
-    records = read_jsonl(run_dir / METRICS_JSONL)
-    return next((r["epoch_loss"] for r in reversed(records) if "epoch_loss" in r), float("nan"))
-
-
-def _loop(
+def run_loop(
     cfg: Config,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     sampler: StepSampler,
     splits: DataSplits,
-    progress: _Progress,
+    progress: Progress,
     run_dir: Path,
     device: torch.device,
     bf16: bool,
     step_fn: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None,
+    monitor: Callable[[nn.Module], float] | None = None,
 ) -> None:
-    """Train from ``progress.step`` to the end, logging and checkpointing on the way."""
+    """Train from ``progress.step`` to the end, logging and checkpointing on the way.
+
+    ``monitor`` (rank 0, every ``train.knn_every`` epochs) measures the encoder, e.g. the
+    kNN accuracy of :class:`selfsup.eval.monitor.Monitor`.
+    """
     from tqdm import tqdm
 
     t = cfg.train
@@ -505,7 +251,6 @@ def _loop(
     images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
     labels = torch.from_numpy(splits.train.labels).to(device)
     leader, part, parts = rank() == 0, rank(), world_size()
-    monitor = Monitor(cfg, splits, device) if t.knn_every and leader else None
     n_views = int(model.n_views)  # type: ignore[arg-type]
     metrics_path = run_dir / METRICS_JSONL
     p = progress
@@ -521,7 +266,7 @@ def _loop(
                 f"the last good checkpoint in {run_dir} is kept"
             )
 
-    def save() -> None:
+    def save(milestone: bool = False) -> None:
         if not leader:
             return
         state = {
@@ -535,7 +280,7 @@ def _loop(
             "method": cfg.method.name,
             **p.state_dict(),
         }
-        save_checkpoint(run_dir, state, p.step, t.keep_checkpoints)
+        save_checkpoint(run_dir, state, p.step, t.keep_checkpoints, milestone)
 
     board = _tensorboard(run_dir, p.step) if leader else None
 
@@ -641,12 +386,14 @@ def _loop(
                     interval_start = time.perf_counter()
                 # Stopping must be agreed by every rank; they compare notes when they log.
                 stopping = any_rank(bool(stop), device) if (parts > 1 and logging_step) else (parts == 1 and bool(stop))
-                due = end_of_epoch and ((p.step // spe) % t.checkpoint_every == 0 or p.step == total_steps)
+                # Every epoch ends with a rolling checkpoint; every checkpoint_every-th is kept.
+                due = end_of_epoch
+                milestone = due and t.checkpoint_every > 0 and (p.step // spe) % t.checkpoint_every == 0
                 overdue = t.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * t.checkpoint_minutes
                 if due or overdue or stopping:
                     if not end_of_epoch:
                         check_finite(float(p.loss_sum) + float(p.epoch_loss_sum))
-                    save()
+                    save(milestone)
                     last_ckpt = time.monotonic()
                     interval_start = time.perf_counter()
                 if stopping:

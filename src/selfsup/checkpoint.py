@@ -17,15 +17,16 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
-from ..fileio import write_atomic
+from .errors import CheckpointError
+from .fileio import write_atomic
 from .rundir import CHECKPOINTS
 
-_NAME = re.compile(r"^step-(\d+)\.pt$")
+_NAME = re.compile(r"^step-(\d+)(\.milestone)?\.pt$")
+MILESTONE = ".milestone.pt"
 
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """Checkpoints of a run, newest (highest step) first."""
+    """Checkpoints of a run (rolling and milestones), newest (highest step) first."""
     folder = run_dir / CHECKPOINTS
     if not folder.is_dir():
         return []
@@ -33,8 +34,38 @@ def checkpoint_paths(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any], step: int, keep: int) -> Path:
+def checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint file was written at (from its name)."""
+    m = _NAME.match(path.name)
+    if m is None:
+        raise CheckpointError(f"{path} is not named like a selfsup checkpoint (step-<N>.pt)")
+    return int(m.group(1))
+
+
+def milestone_paths(run_dir: Path) -> list[Path]:
+    """The milestone checkpoints (``train.checkpoint_every``), oldest first."""
+    return [p for p in reversed(checkpoint_paths(run_dir)) if p.name.endswith(MILESTONE)]
+
+
+def find_checkpoint(run_dir: Path, step: int) -> Path:
+    """The checkpoint of ``step``.
+
+    Raises:
+        CheckpointError: If the run has none for that step (naming the steps it has).
+    """
+    paths = checkpoint_paths(run_dir)
+    for p in paths:
+        if checkpoint_step(p) == step:
+            return p
+    have = ", ".join(str(checkpoint_step(p)) for p in reversed(paths)) or "none"
+    raise CheckpointError(f"{run_dir} has no checkpoint of step {step} (it has: {have})")
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any], step: int, keep: int, milestone: bool = False) -> Path:
     """Write ``state`` as ``checkpoints/step-<step>.pt`` and keep only the newest ``keep``.
+
+    A ``milestone`` is written as ``step-<step>.milestone.pt`` and never deleted; other
+    checkpoints older than the newest ``keep`` (milestones included) are.
 
     Raises:
         CheckpointError: If the write fails (e.g. a full disk); earlier checkpoints are
@@ -42,7 +73,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], step: int, keep: int) 
     """
     folder = run_dir / CHECKPOINTS
     folder.mkdir(exist_ok=True)
-    path = folder / f"step-{step:09d}.pt"
+    path = folder / f"step-{step:09d}{MILESTONE if milestone else '.pt'}"
     buf = io.BytesIO()
     torch.save(state, buf)
     try:
@@ -51,8 +82,9 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], step: int, keep: int) 
         previous = next((p.name for p in checkpoint_paths(run_dir) if p != path), None)
         kept = f"; the previous checkpoint {previous} is intact" if previous else ""
         raise CheckpointError(f"could not write checkpoint {path} ({e.strerror or e}){kept}") from None
-    for old in checkpoint_paths(run_dir)[keep:]:
-        old.unlink(missing_ok=True)
+    for old in checkpoint_paths(run_dir)[keep:]:  # milestones count among the newest, and stay
+        if not old.name.endswith(MILESTONE):
+            old.unlink(missing_ok=True)
     return path
 
 

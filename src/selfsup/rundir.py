@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ..config import Config, config_from_dict
-from ..errors import RunDirError
-from ..fileio import write_atomic
+from .config import Config, config_from_dict
+from .errors import RunDirError
+from .fileio import write_atomic
 
 CONFIG = "config.yaml"
 METRICS_JSONL = "metrics.jsonl"

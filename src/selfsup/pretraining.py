@@ -1,0 +1,257 @@
+"""Pretraining as one call: data, model, a locked run directory, the training loop, evaluation.
+
+:func:`pretrain` is what ``selfsup pretrain`` and ``selfsup semi`` run. It sits above
+both :mod:`selfsup.train` (the loop) and :mod:`selfsup.eval` (what measures the result),
+so neither of those imports the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import load_latest
+from .config import Config, diff, resume_free_keys, save_config
+from .data import DataSplits, load_data
+from .distributed import broadcast_object, init_from_env, local_device, rank, world_size
+from .errors import ConfigError, RunDirError, SelfsupError
+from .eval import evaluate_classifiers, evaluate_run
+from .eval.monitor import Monitor
+from .methods import build_method, method_class
+from .optim import build_optimizer
+from .rundir import (
+    CHECKPOINTS,
+    CONFIG,
+    METRICS_JSONL,
+    append_jsonl,
+    check_not_busy,
+    default_run_dir,
+    load_run_config,
+    prepare_run_dir,
+    read_jsonl,
+    run_lock,
+    truncate_jsonl,
+)
+from .runtime import resolve_device, set_threads, use_bf16
+from .train.loop import (
+    Progress,
+    Steps,
+    build_sampler,
+    peak_memory_mb,
+    resolve_config,
+    run_loop,
+)
+from .train.sampler import StepSampler
+
+
+@dataclass
+class RunResult:
+    """What :func:`pretrain` returns.
+
+    Attributes:
+        run_dir: The run directory.
+        summary: Final training record (loss, wall time, views/s, peak memory, ...).
+        metrics: Evaluation results (``knn_top1``, ``linear_top1``) when evaluated.
+    """
+
+    run_dir: Path
+    summary: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def check_resume_config(saved: Config, new: Config, run_dir: Path) -> None:
+    """Refuse to resume with settings that would change what the run computes."""
+    free = resume_free_keys()
+    changed = {k: v for k, v in diff(saved, new).items() if k not in free}
+    if changed:
+        key, (old, now) = next(iter(changed.items()))
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise RunDirError(
+            f"cannot resume {run_dir}: {key} was {old!r} and is now {now!r}{more}; "
+            f"resume with the saved settings (selfsup pretrain --out {run_dir} --resume) or start a new run"
+        )
+
+
+def pretrain(
+    cfg: Config,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train ``cfg.method`` and (if ``cfg.train.eval_after``) evaluate the result.
+
+    Self-supervised and supervised methods train on the whole training split; with
+    ``cfg.semi.labels`` (what ``selfsup semi`` sets) only that many labelled images keep
+    their labels. Evaluation: kNN and linear probe of the encoder, plus the test accuracy
+    of the method's own classifier where it has one (semi-supervised runs report only
+    the latter: a probe would use every label).
+
+    Under ``torchrun`` each process trains on its share of every global batch
+    (``train.batch_size`` in all) with DistributedDataParallel; rank 0 alone writes the
+    run directory and evaluates.
+
+    Args:
+        cfg: The run's config (see :mod:`selfsup.config`).
+        out: Run directory (default ``runs/<method>-<backbone>-<time>``).
+        resume: Continue the run in ``out`` from its newest checkpoint.
+        overwrite: Replace the run in ``out``.
+        log: Where one-line status messages go.
+
+    Returns:
+        The run directory, a training summary and the evaluation metrics.
+
+    Raises:
+        SelfsupError: For bad config, data or run directory; :class:`Interrupted` after a
+            SIGINT/SIGTERM (with a checkpoint saved).
+    """
+    t = cfg.train
+    set_threads(t.num_threads)
+    distributed = init_from_env()
+    leader = rank() == 0
+    log = log if leader else (lambda _msg: None)
+    device = resolve_device(local_device(t.device))
+    run_dir = Path(out) if out is not None else default_run_dir(cfg.method.name, cfg.model.backbone)
+
+    # Everything that can fail on bad input happens before the run directory is touched.
+    if leader:
+        check_not_busy(run_dir)
+    method_class(cfg.method.name)
+    _check_distributed(cfg, device)
+    splits = load_data(cfg.data, seed=t.seed, progress=t.progress and leader)
+    cfg = resolve_config(cfg, splits)
+    sampler = build_sampler(cfg, splits)
+    torch.manual_seed(t.seed)
+    model = build_method(cfg, len(splits.train.classes))
+    # Rank 0 locks and prepares the run directory; every rank learns the outcome (or the error).
+    lock = ExitStack()
+    outcome: tuple[bool, str | None] = (False, None)
+    if leader:
+        try:
+            lock.enter_context(run_lock(run_dir, "selfsup pretrain"))
+            outcome = (_prepare(cfg, run_dir, resume, overwrite), None)
+        except SelfsupError as e:
+            lock.close()
+            if not distributed:
+                raise
+            outcome = (False, str(e))
+    existing, error = broadcast_object(outcome)
+    if error:
+        raise RunDirError(error)
+    with lock:
+        return _train_and_evaluate(cfg, model, splits, sampler, run_dir, existing, device, log)
+
+
+def _train_and_evaluate(
+    cfg: Config,
+    model: nn.Module,
+    splits: DataSplits,
+    sampler: StepSampler,
+    run_dir: Path,
+    existing: bool,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> RunResult:
+    """The part of :func:`pretrain` after the run directory is ready (and locked by rank 0)."""
+    t = cfg.train
+    distributed, leader = world_size() > 1, rank() == 0
+    bf16 = use_bf16(t.precision, device)
+    model.to(device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if distributed and t.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg.optim, t.batch_size)
+    progress = Progress(device)
+    if existing:
+        loaded = load_latest(run_dir)
+        if loaded is not None:
+            state, path = loaded
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            progress.load_state_dict(state)
+            torch.set_rng_state(state["rng_cpu"])
+            log(f"resuming {run_dir} from {path.name} (step {progress.step}/{t.epochs * sampler.steps_per_epoch})")
+        if leader:
+            truncate_jsonl(run_dir / METRICS_JSONL, progress.step)
+    if t.compile:
+        backbone = model.backbone
+        assert isinstance(backbone, nn.Module)
+        backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
+    step_fn = None
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_fn = DistributedDataParallel(Steps(model), device_ids=[device.index] if device.type == "cuda" else None)
+
+    monitor = Monitor(cfg, splits, device) if t.knn_every and leader else None
+    run_loop(cfg, model, optimizer, sampler, splits, progress, run_dir, device, bf16, step_fn, monitor)
+
+    n_views = int(model.n_views)  # type: ignore[arg-type]
+    images_per_step = len(sampler(0)[0])
+    summary = {
+        "step": progress.step,
+        "summary": True,
+        "final_loss": _final_loss(run_dir) if leader else float("nan"),
+        "train_time_s": progress.train_time,
+        "views_per_s": progress.step * images_per_step * n_views / max(progress.train_time, 1e-9),
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": str(device),
+        "bf16": bf16,
+        "processes": world_size(),
+        "n_train": len(splits.train),
+        "epochs": t.epochs,
+    }
+    result = RunResult(run_dir=run_dir, summary=summary)
+    if not leader:
+        return result
+    append_jsonl(run_dir / METRICS_JSONL, summary)
+    log(
+        f"trained {t.epochs} epochs ({progress.step} steps) in {progress.train_time:.0f} s, "
+        f"{summary['views_per_s']:.0f} views/s, final loss {summary['final_loss']:.4f}"
+    )
+    if t.eval_after:
+        if cfg.semi.labels is None:
+            result.metrics = evaluate_run(run_dir, model=model, step=progress.step, log=log)
+        else:
+            result.metrics = evaluate_classifiers(run_dir, model=model, step=progress.step, log=log)
+    return result
+
+
+def _check_distributed(cfg: Config, device: torch.device) -> None:
+    """Batch sizes that split evenly over the processes; SyncBatchNorm only on GPUs."""
+    w = world_size()
+    if cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only)")
+    if w == 1:
+        return
+    if cfg.train.batch_size % w:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {w} processes")
+    if cfg.semi.labels is not None and cfg.semi.labeled_batch_size % w:
+        raise ConfigError(
+            f"semi.labeled_batch_size {cfg.semi.labeled_batch_size} must be a multiple of the {w} processes"
+        )
+
+
+def _prepare(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Create or check the run directory (rank 0). True when there is a run to continue."""
+    existing = prepare_run_dir(run_dir, resume, overwrite)
+    if existing:
+        check_resume_config(load_run_config(run_dir), cfg, run_dir)
+        # Temporary files of a checkpoint write that a kill interrupted.
+        for stale in (run_dir / CHECKPOINTS).glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    else:
+        save_config(cfg, run_dir / CONFIG)
+    return existing
+
+
+def _final_loss(run_dir: Path) -> float:
+    records = read_jsonl(run_dir / METRICS_JSONL)
+    return next((r["epoch_loss"] for r in reversed(records) if "epoch_loss" in r), float("nan"))
