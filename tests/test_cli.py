@@ -109,6 +109,7 @@ def test_pretrain_then_eval(shared_folder: Path, tmp_path: Path, capsys: pytest.
     assert code == 0
 
 
+@pytest.mark.slow
 def test_console_script_subprocess(tmp_path: Path) -> None:
     env = subprocess_env()
     r = subprocess.run(

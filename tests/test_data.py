@@ -67,6 +67,7 @@ def test_folder_of_split_tars_is_checksummed(image_folder: Path, tmp_path: Path)
         load_dataset(str(d))
 
 
+@pytest.mark.slow
 def test_bundled_cifar10() -> None:
     t0 = time.perf_counter()
     s = load_dataset("cifar10", progress=False)

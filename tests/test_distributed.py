@@ -56,6 +56,7 @@ def test_sharded_augmentation_equals_one_process() -> None:
         torch.testing.assert_close(mine, torch.cat([whole[pos], whole[6 + pos]]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "moco"])
 def test_two_processes_match_one_on_the_global_batch(method: str, tmp_path: Path) -> None:
     out = tmp_path / "dist.pt"
@@ -82,6 +83,7 @@ def test_sync_bn_on_cpu_is_a_clear_error(shared_folder: Path, tmp_path: Path) ->
         pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_torchrun_pretrain_and_resume(shared_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["-m", "selfsup", "pretrain", "--out", str(out), *cli_flags(shared_folder, **{"train.eval_after": True})]

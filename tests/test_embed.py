@@ -41,6 +41,7 @@ def odd_folder(root: Path) -> list[str]:
     return sorted(paths)
 
 
+@pytest.mark.slow
 def test_bundled_test_split_equals_the_features_evaluation_uses(encoder_run: Path, tmp_path: Path) -> None:
     out = embed(encoder_run, "cifar10", tmp_path / "emb", split="test", device="cpu", progress=False)
     got = np.load(out / "embeddings.npy")

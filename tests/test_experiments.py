@@ -102,6 +102,7 @@ def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> Non
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8, 10, 12]
 
 
+@pytest.mark.slow
 def test_killed_sweep_finishes_only_missing_cells(shared_folder: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, shared_folder)
     out = tmp_path / "sweep"

@@ -27,6 +27,7 @@ def _train(folder: Path, out: Path, backbone: str, stem: str = "cifar", **extra:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,stem", VARIANTS, ids=[f"{n}-{s}" for n, s in VARIANTS])
 def test_every_backbone_trains_exports_and_loads_back(
     name: str, stem: str, shared_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_overrides
+from conftest import REPO, tiny_overrides
 from selfsup import pretrain
 from selfsup.checkpoint import load_latest
 from selfsup.config import load_config
@@ -368,3 +368,26 @@ def test_finetune(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         same = all(torch.equal(state[k].cpu(), trained[k]) for k in trained)
         assert same == frozen
         assert not torch.equal(model.classifier.weight, torch.zeros_like(model.classifier.weight))
+
+
+def test_finetune_whose_validation_loss_is_always_nan_stops_with_one_line(
+    simclr_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from selfsup.cli import main
+
+    code = main(["finetune", str(simclr_run), "--finetune.labels", "15", "--finetune.val_size", "9",
+                 "--finetune.epochs", "2", "--finetune.batch_size", "8", "--finetune.lr", "1e30"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "fine-tuning with 15 labels diverged: the validation loss was nan in every epoch" in err[0]
+
+
+def test_sgd_is_plain_momentum_unless_nesterov_is_asked() -> None:
+    from selfsup.optim import build_optimizer
+
+    model = nn.Linear(3, 2)
+    plain = build_optimizer(model, load_config(None, {"optim.name": "sgd"}).optim, 256)
+    nesterov = build_optimizer(model, load_config(None, {"optim.name": "sgd", "optim.nesterov": True}).optim, 256)
+    assert not plain.defaults["nesterov"] and nesterov.defaults["nesterov"]
+    assert load_config(REPO / "configs" / "mean_teacher_4000.yaml").optim.nesterov
+    assert not load_config(REPO / "configs" / "moco_v2.yaml").optim.nesterov

@@ -40,6 +40,7 @@ def resume(out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_ten_kills_at_random_moments(shared_folder: Path, tmp_path: Path, reference_run: Path) -> None:
     rng = random.Random(1234)
     out = tmp_path / "run"
@@ -85,6 +86,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_write(shared_folder: Path, tmp_path: Path, reference_run: Path) -> None:
     out, marker = tmp_path / "run", tmp_path / "marker"
     cmd = cli_command(out, shared_folder, *EVERY_STEP)
@@ -107,6 +109,7 @@ def test_kill_during_a_checkpoint_write(shared_folder: Path, tmp_path: Path, ref
     assert not list(ckpt.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back(shared_folder: Path, tmp_path: Path, reference_run: Path) -> None:
     out = tmp_path / "run"
     subprocess.run(cli_command(out, shared_folder), check=True, env=subprocess_env(), capture_output=True)
@@ -122,6 +125,7 @@ def test_corrupt_newest_checkpoint_falls_back(shared_folder: Path, tmp_path: Pat
     assert_same_state(final_state(out), final_state(reference_run))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_save_and_exit_cleanly(sig: int, shared_folder: Path, tmp_path: Path, reference_run: Path) -> None:
     out = tmp_path / "run"

@@ -98,6 +98,7 @@ def test_nan_loss_stops_with_a_message(shared_folder: Path, tmp_path: Path) -> N
         pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after,ckpt_minutes", [(8, "0"), (3, "0"), (10, "1e-9")])
 def test_sigkill_then_resume_matches_uninterrupted(
     shared_folder: Path, tmp_path: Path, reference_run: Path, kill_after: int, ckpt_minutes: str

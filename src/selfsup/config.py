@@ -160,6 +160,8 @@ class OptimConfig:
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     #: Momentum of SGD and LARS (Adam's beta1 stays 0.9).
     momentum: float = 0.9
+    #: Nesterov momentum for SGD (Mean Teacher's paper uses it; MoCo's does not).
+    nesterov: bool = False
     #: L2 weight decay (LARS and SGD skip BatchNorm and bias parameters).
     weight_decay: float = 1e-6
     #: LARS trust coefficient (eta).

@@ -123,7 +123,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torc
     for g in groups:
         g.pop("lars")
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=lr)
     if cfg.name == "adamw":

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..augment import BatchAugment, resolve_augment
 from ..config import AugmentConfig, Config, OptimConfig, apply_section_overrides
 from ..data import DataSplits, class_balanced_indices, load_dataset
+from ..errors import TrainingDivergedError
 from ..methods.common import load_backbone_weights
 from ..methods.supervised import Supervised
 from ..models import build_backbone
@@ -107,7 +108,9 @@ def _finetune_one(
         backbone.requires_grad_(False)
     opt = build_optimizer(
         model,
-        OptimConfig(name=ft.optimizer, lr=ft.lr, lr_scaling="none", momentum=0.9, weight_decay=ft.weight_decay),
+        OptimConfig(
+            name=ft.optimizer, lr=ft.lr, lr_scaling="none", momentum=0.9, nesterov=True, weight_decay=ft.weight_decay
+        ),
         ft.batch_size,
     )
     assert cfg.augment.mean is not None and cfg.augment.std is not None
@@ -172,6 +175,11 @@ def _finetune_one(
                 "epoch": epoch + 1,
                 "state": copy.deepcopy(model.state_dict()),
             }
+    if "state" not in best:  # every validation loss was NaN (or infinite)
+        raise TrainingDivergedError(
+            f"fine-tuning with {n_labels} labels diverged: the validation loss was {val_loss} in every epoch; "
+            f"lower finetune.lr (now {ft.lr})"
+        )
     model.load_state_dict(best.pop("state"))
     logits = extract_features(model, splits.test.images, **feats)
     test_top1 = float((logits.argmax(1).cpu() == torch.from_numpy(splits.test.labels)).float().mean())
