@@ -96,10 +96,12 @@ def selfsup_model(ctx: Context, seed: int = 0) -> tuple[nn.Module, torch.optim.O
 
 
 def model_step(model: nn.Module, opt: torch.optim.Optimizer, views: torch.Tensor, ctx: Context) -> torch.Tensor:
+    from selfsup.methods import Batch
     from selfsup.runtime import autocast
 
+    labels = torch.zeros(len(views) // 2, dtype=torch.long, device=ctx.device)
     with autocast(ctx.device, ctx.bf16):
-        loss = model.training_step({"views": views})["loss"]  # type: ignore[operator]
+        loss = model.training_step(Batch(views, labels, torch.Generator()))["loss"]  # type: ignore[operator]
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -113,11 +115,11 @@ def bare(ctx: Context) -> Step:
 
 
 def selfsup_pipeline(ctx: Context) -> Step:
-    from selfsup.augment import BatchAugment
     from selfsup.train import train_step
+    from selfsup.train.loop import view_augment
 
     model, opt = selfsup_model(ctx)
-    aug = BatchAugment(ctx.cfg.augment)
+    aug = view_augment(ctx.cfg, model)
     images = torch.from_numpy(ctx.splits.train.images).to(ctx.device)
     labels = torch.from_numpy(ctx.splits.train.labels).to(ctx.device)
     count = {"i": 0}
@@ -128,7 +130,7 @@ def selfsup_pipeline(ctx: Context) -> Step:
         count["i"] += 1
         return train_step(
             model, opt, aug, images.index_select(0, idx), labels.index_select(0, idx), g, ctx.device, ctx.bf16
-        )
+        )["loss"]
 
     return step
 

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from selfsup.distributed import all_reduce_mean, init_from_env, rank, shutdown, world_size
-from selfsup.train.loop import Steps
+from selfsup.methods import Batch
+from selfsup.train.step import Steps
 
 GLOBAL_BATCH = 8
 
@@ -58,7 +59,8 @@ def main(method: str, out: str) -> None:
     model = build(method)
     views = local_views(global_views(), rank(), world_size())
     ddp = DistributedDataParallel(Steps(model))
-    loss = ddp({"views": views, "generator": torch.Generator().manual_seed(2)})["loss"]
+    labels = torch.zeros(len(views) // 2, dtype=torch.long)
+    loss = ddp(Batch(views, labels, torch.Generator().manual_seed(2)))["loss"]
     loss.backward()
     mean_loss = all_reduce_mean(loss.detach())
     if rank() == 0:

@@ -298,3 +298,42 @@ def test_augmentation_never_reads_values_back_from_the_device(preset: str) -> No
     assert views.device.type == "meta" and views.shape == (12, 3, 32, 32)
     with pytest.raises(RuntimeError):  # the check has teeth: a read-back does fail here
         bool(views.sum() > 0)
+
+
+def test_solarize_matches_torchvision_and_its_rate() -> None:
+    from selfsup.augment import solarize
+
+    x = images()
+    applied = torch.tensor([True, False, True, True, False, True])
+    out = solarize(x, applied)
+    for i in range(len(x)):
+        expected = TF.solarize(x[i], 0.5) if applied[i] else x[i]
+        torch.testing.assert_close(out[i], expected, atol=0, rtol=0)
+    cfg = replace(resolved(), solarize_p=0.2)
+    p = sample_params(cfg, N, 32, 32, torch.Generator().manual_seed(4))
+    assert abs(p.solarize.float().mean() - 0.2) < 4 * (0.16 / N) ** 0.5
+    # A preset without solarize draws exactly what it drew before solarize existed.
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    sample_params(resolved(), 8, 32, 32, g1)
+    sample_params(replace(resolved(), solarize_p=0.0), 8, 32, 32, g2)
+    assert torch.equal(g1.get_state(), g2.get_state()) and not p.solarize.all()
+
+
+def test_views_with_their_own_augmentation() -> None:
+    from selfsup.augment import ViewAugment, view_configs
+
+    base = resolve_augment(AugmentConfig(preset="simclr", mean=[0.5] * 3, std=[0.25] * 3), "simclr")
+    # BYOL's asymmetry: always blur the first view, solarize only the second.
+    views = view_configs(base, [{"blur_p": 1.0, "solarize_p": 0.0}, {"blur_p": 0.1, "solarize_p": 0.2}], 2)
+    assert [v.blur_p for v in views] == [1.0, 0.1] and [v.solarize_p for v in views] == [0.0, 0.2]
+    imgs = torch.randint(0, 256, (500, 8, 8, 3), dtype=torch.uint8)
+    out = ViewAugment(views)(imgs, torch.Generator().manual_seed(0))
+    assert out.shape == (1000, 3, 8, 8)
+    # Shared specs draw in one call, exactly like BatchAugment with n_views.
+    same = ViewAugment([base, base])(imgs, torch.Generator().manual_seed(1))
+    ref = BatchAugment(base)(imgs, torch.Generator().manual_seed(1), n_views=2)
+    assert torch.equal(same, ref)
+    with pytest.raises(ConfigError, match="needs 2 per-view augmentations, not 1"):
+        view_configs(base, [{"blur_p": 1.0}], 2)
+    with pytest.raises(ConfigError, match="solarize_p"):
+        view_configs(base, [{"solarize_p": 2.0}, {}], 2)

@@ -17,6 +17,7 @@ from selfsup.checkpoint import load_latest
 from selfsup.config import AugmentConfig, load_config
 from selfsup.errors import ConfigError
 from selfsup.losses import nt_xent
+from selfsup.methods import Batch
 from selfsup.rundir import read_jsonl
 from selfsup.train.loop import local_positions
 
@@ -64,9 +65,9 @@ def test_two_processes_match_one_on_the_global_batch(method: str, tmp_path: Path
     assert r.returncode == 0, r.stderr[-3000:]
     got = torch.load(out, weights_only=True)
     model = build(method)
-    loss = model.training_step(
-        {"views": local_views(global_views(), 0, 1), "generator": torch.Generator().manual_seed(2)}
-    )["loss"]
+    views = local_views(global_views(), 0, 1)
+    labels = torch.zeros(len(views) // 2, dtype=torch.long)
+    loss = model.training_step(Batch(views, labels, torch.Generator().manual_seed(2)))["loss"]
     loss.backward()
     assert abs(float(got["loss"]) - loss.item()) < 1e-5
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}

@@ -36,7 +36,7 @@ _GRAY = (0.2989, 0.587, 0.114)
 #: Colour-jitter op ids, in the order of their factors in ``AugmentParams.jitter``.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
-_COMMON = dict(crop_ratio=[3 / 4, 4 / 3], pad=0, flip_p=0.5, blur_kernel=3, blur_sigma=[0.1, 2.0])
+_COMMON = dict(crop_ratio=[3 / 4, 4 / 3], pad=0, flip_p=0.5, blur_kernel=3, blur_sigma=[0.1, 2.0], solarize_p=0.0)
 _NO_COLOUR = dict(jitter_strength=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
 
 #: Named recipes: every AugmentConfig field but preset, mean and std. Values a config
@@ -97,6 +97,7 @@ class AugmentSpec:
     blur_p: float
     blur_kernel: int
     blur_sigma: tuple[float, float]
+    solarize_p: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
@@ -153,7 +154,7 @@ def _check(c: AugmentConfig) -> None:
             raise bad(key, "must be two positive numbers [low, high] with low <= high")
     if cfg.crop_scale[1] > 1:
         raise bad("crop_scale", "the largest crop area is 1.0 (the whole image)")
-    for key in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
+    for key in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
         if not 0 <= getattr(cfg, key) <= 1:
             raise bad(key, "a probability must lie in [0, 1]")
     if cfg.jitter_strength < 0 or cfg.pad < 0:
@@ -182,6 +183,7 @@ class AugmentParams:
         jitter_order: (B, 4) permutation of op ids per sample (torchvision's random order).
         gray: (B,) bool.
         blur_sigma: (B,) sigma, 0 where no blur is applied.
+        solarize: (B,) bool: intensities at or above 0.5 are inverted (BYOL's solarize).
     """
 
     theta: torch.Tensor
@@ -193,6 +195,7 @@ class AugmentParams:
     jitter_order: torch.Tensor
     gray: torch.Tensor
     blur_sigma: torch.Tensor
+    solarize: torch.Tensor
 
     def select(self, rows: torch.Tensor) -> AugmentParams:
         """The parameters of the given samples (a CPU index tensor)."""
@@ -299,6 +302,8 @@ def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.
     blurred = torch.rand(n, generator=gen) < cfg.blur_p
     sigma = _uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n, gen)
     sigma = torch.where(blurred, sigma, torch.zeros_like(sigma))
+    # Drawn last, and only when used, so that presets without it draw what they always drew.
+    solarize = torch.rand(n, generator=gen) < cfg.solarize_p if cfg.solarize_p > 0 else torch.zeros(n, dtype=torch.bool)
     return AugmentParams(
         theta=theta.float(),
         crop_area=area.float(),
@@ -309,6 +314,7 @@ def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.
         jitter_order=order,
         gray=gray,
         blur_sigma=sigma.float(),
+        solarize=solarize,
     )
 
 
@@ -425,6 +431,15 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return y.view(b, ch, hgt, wid)
 
 
+def solarize(x: torch.Tensor, applied: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Invert intensities at or above ``threshold`` in the samples where ``applied`` (B,) is set.
+
+    torchvision's ``solarize`` on float images, per sample (BYOL: threshold 0.5).
+    """
+    flip = applied.view(-1, 1, 1, 1) & (x >= threshold)
+    return torch.where(flip, 1.0 - x, x)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1] (a channels_last view)."""
     return images.permute(0, 3, 1, 2).float().div_(255)
@@ -460,9 +475,57 @@ def apply_params(images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec) 
         x = torch.where(g, grayscale(x).expand_as(x), x)
     if bool((params.blur_sigma > 0).any()):
         x = gaussian_blur(x, params.blur_sigma, cfg.blur_kernel)
+    if bool(params.solarize.any()):
+        x = solarize(x, params.solarize.to(x.device, non_blocking=True))
     mean = torch.tensor(cfg.mean, device=x.device)
     std = torch.tensor(cfg.std, device=x.device)
     return normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
+
+
+def view_configs(cfg: AugmentConfig, per_view: Sequence[dict[str, Any]], n_views: int) -> list[AugmentConfig]:
+    """One resolved augmentation per view: ``cfg`` with each view's own changes on top.
+
+    Args:
+        cfg: The resolved augmentation (preset and ``augment.*`` keys applied).
+        per_view: A method's changes per view (e.g. BYOL's blur 1.0 / 0.1 and solarize
+            0.0 / 0.2), one mapping of AugmentConfig fields per view; empty: all alike.
+        n_views: Views per image.
+
+    Raises:
+        ConfigError: If ``per_view`` does not have one entry per view, or a value is bad.
+    """
+    if not per_view:
+        return [cfg] * n_views
+    if len(per_view) != n_views:
+        raise ConfigError(f"a method with {n_views} views needs {n_views} per-view augmentations, not {len(per_view)}")
+    out = [replace(cfg, **changes) for changes in per_view]
+    for view in out:
+        _check(view)
+    return out
+
+
+class ViewAugment:
+    """Augments a batch once per view, each view with its own spec; views stacked on dim 0.
+
+    Views that share one spec (the usual case) are drawn in a single call, exactly as
+    :class:`BatchAugment` with ``n_views`` does.
+    """
+
+    def __init__(self, specs: Sequence[AugmentConfig | AugmentSpec]) -> None:
+        self.augments = [BatchAugment(s) for s in specs]
+        self.shared = all(a.cfg == self.augments[0].cfg for a in self.augments)
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        gen: torch.Generator,
+        positions: torch.Tensor | None = None,
+        total: int | None = None,
+    ) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (V * B, 3, H, W) normalised: view v of image i at row v * B + i."""
+        if self.shared:
+            return self.augments[0](images, gen, len(self.augments), positions, total)
+        return torch.cat([a(images, gen, 1, positions, total) for a in self.augments])
 
 
 class BatchAugment:

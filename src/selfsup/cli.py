@@ -235,8 +235,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.command == "semi":
         if cfg.semi.labels is None:
             raise ConfigError("selfsup semi needs --labels N (semi.labels), the number of labelled images")
-        if cfg.method.name not in ("pi", "mean-teacher", "supervised"):
-            raise ConfigError(f"selfsup semi trains pi, mean-teacher or supervised, not {cfg.method.name!r} (--method)")
+        from .methods import semi_supervised_methods
+
+        allowed = semi_supervised_methods()
+        if cfg.method.name not in allowed:
+            raise ConfigError(f"selfsup semi trains {', '.join(allowed)}, not {cfg.method.name!r} (--method)")
     result = pretrain(cfg, out=args.out, resume=args.resume, overwrite=args.overwrite)
     from .distributed import rank
 

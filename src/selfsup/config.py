@@ -84,6 +84,8 @@ class AugmentConfig:
     blur_kernel: Union[int, None] = None
     #: Range of the blur's sigma, e.g. 0.1,2.0.
     blur_sigma: Union[list[float], None] = None
+    #: Probability of solarizing (inverting intensities at or above 0.5; BYOL).
+    solarize_p: Union[float, None] = None
     #: Per-channel normalisation mean; None = the training split's own.
     mean: Union[list[float], None] = None
     #: Per-channel normalisation std; None = the training split's own.

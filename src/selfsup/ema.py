@@ -1,8 +1,13 @@
-"""Exponential moving averages of a model: MoCo's key encoder and Mean Teacher's teacher."""
+"""Exponential moving averages of a model and their decay schedules, in one place.
+
+MoCo's key encoder (constant momentum), Mean Teacher's teacher (:func:`two_phase_decay`)
+and BYOL's target (:func:`cosine_decay`) all move with :func:`ema_update`.
+"""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -14,6 +19,26 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     for p in target.parameters():
         p.requires_grad_(False)
     return target
+
+
+def two_phase_decay(step: int, epoch: float, rampup_epochs: float, during: float, after: float) -> float:
+    """Mean Teacher's decay: ``during`` the consistency ramp-up, ``after`` it.
+
+    Capped by ``1 - 1 / (step + 1)`` so that early on the teacher is the true average of
+    the steps so far (as the authors' code does).
+    """
+    decay = during if epoch < rampup_epochs else after
+    return min(decay, 1.0 - 1.0 / (step + 1))
+
+
+def cosine_decay(base: float, progress: float) -> float:
+    """BYOL's target decay: ``1 - (1 - base) (cos(pi progress) + 1) / 2``, from ``base`` to 1.
+
+    Args:
+        base: The decay at the start (BYOL: 0.996; 0.99 for short CIFAR runs).
+        progress: Position in the whole run, in [0, 1].
+    """
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
 @torch.no_grad()

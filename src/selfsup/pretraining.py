@@ -18,12 +18,12 @@ from torch import nn
 
 from .checkpoint import load_latest
 from .config import Config, diff, resume_free_keys, save_config
-from .data import DataSplits, load_data
+from .data import DataSplits, load_data, with_subset
 from .distributed import broadcast_object, init_from_env, local_device, rank, world_size
 from .errors import ConfigError, RunDirError, SelfsupError
 from .eval import evaluate_classifiers, evaluate_run
 from .eval.monitor import Monitor
-from .methods import build_method, method_class
+from .methods import Method, build_method, method_class
 from .optim import build_optimizer
 from .rundir import (
     CHECKPOINTS,
@@ -39,15 +39,10 @@ from .rundir import (
     truncate_jsonl,
 )
 from .runtime import resolve_device, set_threads, use_bf16
-from .train.loop import (
-    Progress,
-    Steps,
-    build_sampler,
-    peak_memory_mb,
-    resolve_config,
-    run_loop,
-)
+from .train.loop import build_sampler, peak_memory_mb, resolve_config, run_loop
 from .train.sampler import StepSampler
+from .train.state import TrainState
+from .train.step import Steps
 
 
 @dataclass
@@ -124,7 +119,8 @@ def pretrain(
         check_not_busy(run_dir)
     method_class(cfg.method.name)
     _check_distributed(cfg, device)
-    splits = load_data(cfg.data, seed=t.seed, progress=t.progress and leader)
+    whole = load_data(cfg.data, progress=t.progress and leader, subset=False)
+    splits = with_subset(whole, cfg.data.subset, t.seed)
     cfg = resolve_config(cfg, splits)
     sampler = build_sampler(cfg, splits)
     torch.manual_seed(t.seed)
@@ -145,21 +141,25 @@ def pretrain(
     if error:
         raise RunDirError(error)
     with lock:
-        return _train_and_evaluate(cfg, model, splits, sampler, run_dir, existing, device, log)
+        return _train_and_evaluate(cfg, model, (splits, whole), sampler, run_dir, existing, device, log)
 
 
 def _train_and_evaluate(
     cfg: Config,
-    model: nn.Module,
-    splits: DataSplits,
+    model: Method,
+    data: tuple[DataSplits, DataSplits],
     sampler: StepSampler,
     run_dir: Path,
     existing: bool,
     device: torch.device,
     log: Callable[[str], None],
 ) -> RunResult:
-    """The part of :func:`pretrain` after the run directory is ready (and locked by rank 0)."""
-    t = cfg.train
+    """The part of :func:`pretrain` after the run directory is ready (and locked by rank 0).
+
+    ``data`` is (the training data, the whole dataset): evaluation gets the latter
+    as it is, not loaded again.
+    """
+    t, (splits, whole) = cfg.train, data
     distributed, leader = world_size() > 1, rank() == 0
     bf16 = use_bf16(t.precision, device)
     model.to(device)
@@ -168,60 +168,86 @@ def _train_and_evaluate(
     if distributed and t.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optim, t.batch_size)
-    progress = Progress(device)
+    state = TrainState(device)
     if existing:
-        loaded = load_latest(run_dir)
-        if loaded is not None:
-            state, path = loaded
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            progress.load_state_dict(state)
-            torch.set_rng_state(state["rng_cpu"])
-            log(f"resuming {run_dir} from {path.name} (step {progress.step}/{t.epochs * sampler.steps_per_epoch})")
-        if leader:
-            truncate_jsonl(run_dir / METRICS_JSONL, progress.step)
+        _resume(run_dir, state, model, optimizer, t.epochs * sampler.steps_per_epoch, leader, log)
     if t.compile:
-        backbone = model.backbone
-        assert isinstance(backbone, nn.Module)
-        backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
+        model.backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
     step_fn = None
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         step_fn = DistributedDataParallel(Steps(model), device_ids=[device.index] if device.type == "cuda" else None)
-
-    monitor = Monitor(cfg, splits, device) if t.knn_every and leader else None
-    run_loop(cfg, model, optimizer, sampler, splits, progress, run_dir, device, bf16, step_fn, monitor)
-
-    n_views = int(model.n_views)  # type: ignore[arg-type]
-    images_per_step = len(sampler(0)[0])
-    summary = {
-        "step": progress.step,
-        "summary": True,
-        "final_loss": _final_loss(run_dir) if leader else float("nan"),
-        "train_time_s": progress.train_time,
-        "views_per_s": progress.step * images_per_step * n_views / max(progress.train_time, 1e-9),
-        "peak_memory_mb": peak_memory_mb(device),
-        "device": str(device),
-        "bf16": bf16,
-        "processes": world_size(),
-        "n_train": len(splits.train),
-        "epochs": t.epochs,
-    }
+    images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
+    labels = torch.from_numpy(splits.train.labels).to(device)
+    monitor = Monitor(cfg, splits, device, train_images=images) if t.knn_every and leader else None
+    extra = {"classes": list(splits.train.classes), "method": cfg.method.name}
+    final_loss = run_loop(
+        cfg, model, optimizer, sampler, (images, labels), state, run_dir, bf16, extra, step_fn, monitor
+    )
+    summary = _summary(cfg, state, sampler, model, device, bf16, len(splits.train), final_loss, run_dir)
     result = RunResult(run_dir=run_dir, summary=summary)
     if not leader:
         return result
     append_jsonl(run_dir / METRICS_JSONL, summary)
     log(
-        f"trained {t.epochs} epochs ({progress.step} steps) in {progress.train_time:.0f} s, "
+        f"trained {t.epochs} epochs ({state.step} steps) in {state.train_time:.0f} s, "
         f"{summary['views_per_s']:.0f} views/s, final loss {summary['final_loss']:.4f}"
     )
     if t.eval_after:
-        if cfg.semi.labels is None:
-            result.metrics = evaluate_run(run_dir, model=model, step=progress.step, log=log)
-        else:
-            result.metrics = evaluate_classifiers(run_dir, model=model, step=progress.step, log=log)
+        evaluate = evaluate_run if cfg.semi.labels is None else evaluate_classifiers
+        result.metrics = evaluate(run_dir, model=model, step=state.step, log=log, data=whole)
     return result
+
+
+def _resume(
+    run_dir: Path,
+    state: TrainState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    total: int,
+    leader: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Load the newest checkpoint into ``state``, ``model`` and ``optimizer``; drop later records."""
+    loaded = load_latest(run_dir)
+    if loaded is not None:
+        checkpoint, path = loaded
+        state.restore(checkpoint, model, optimizer)
+        log(f"resuming {run_dir} from {path.name} (step {state.step}/{total})")
+    if leader:
+        truncate_jsonl(run_dir / METRICS_JSONL, state.step)
+
+
+def _summary(
+    cfg: Config,
+    state: TrainState,
+    sampler: StepSampler,
+    model: Method,
+    device: torch.device,
+    bf16: bool,
+    n_train: int,
+    final_loss: float | None,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """The run's last record in metrics.jsonl."""
+    if final_loss is None and rank() == 0:  # resumed after the last epoch: as it was recorded
+        final_loss = next((r["epoch_loss"] for r in reversed(read_jsonl(run_dir / METRICS_JSONL))
+                           if "epoch_loss" in r), None)  # fmt: skip
+    images_per_step = len(sampler(0)[0])
+    return {
+        "step": state.step,
+        "summary": True,
+        "final_loss": final_loss if final_loss is not None else float("nan"),
+        "train_time_s": state.train_time,
+        "views_per_s": state.step * images_per_step * model.n_views / max(state.train_time, 1e-9),
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": str(device),
+        "bf16": bf16,
+        "processes": world_size(),
+        "n_train": n_train,
+        "epochs": cfg.train.epochs,
+    }
 
 
 def _check_distributed(cfg: Config, device: torch.device) -> None:
@@ -250,8 +276,3 @@ def _prepare(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> bool:
     else:
         save_config(cfg, run_dir / CONFIG)
     return existing
-
-
-def _final_loss(run_dir: Path) -> float:
-    records = read_jsonl(run_dir / METRICS_JSONL)
-    return next((r["epoch_loss"] for r in reversed(records) if "epoch_loss" in r), float("nan"))

@@ -52,6 +52,7 @@ __all__ = [
     "data_root",
     "load_data",
     "load_dataset",
+    "with_subset",
 ]
 
 #: Bump when decoding changes, so old caches are not reused.
@@ -331,12 +332,24 @@ def load_dataset(
     )
 
 
-def load_data(cfg: DataConfig, seed: int = 0, progress: bool = True) -> DataSplits:
-    """:func:`load_dataset` from a :class:`DataConfig`, with its class-balanced train subset."""
+def load_data(cfg: DataConfig, seed: int = 0, progress: bool = True, subset: bool = True) -> DataSplits:
+    """The dataset a :class:`DataConfig` names: the one helper every command loads data with.
+
+    Args:
+        cfg: The data section.
+        seed: Chooses the class-balanced training subset (``cfg.subset``).
+        progress: Show a progress bar while decoding large sources.
+        subset: Apply ``cfg.subset`` (False: the whole training split, as evaluation uses).
+    """
     splits = load_dataset(
         cfg.name, cfg.image_size, cfg.root, cfg.download, cfg.skip_invalid, cfg.test_fraction, progress
     )
-    if cfg.subset is not None and cfg.subset < len(splits.train):
-        idx = class_balanced_indices(splits.train.labels, cfg.subset, seed)
-        splits.train = splits.train.select(idx)
-    return splits
+    return with_subset(splits, cfg.subset, seed) if subset else splits
+
+
+def with_subset(splits: DataSplits, n: int | None, seed: int) -> DataSplits:
+    """``splits`` with a class-balanced training subset of ``n`` images (all when None)."""
+    if n is None or n >= len(splits.train):
+        return splits
+    idx = class_balanced_indices(splits.train.labels, n, seed)
+    return DataSplits(train=splits.train.select(idx), test=splits.test, source=splits.source, digest=splits.digest)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..checkpoint import checkpoint_step, find_checkpoint, load_checkpoint, load_latest, milestone_paths
 from ..config import Config, EvalConfig, apply_section_overrides
-from ..data import DataSplits, class_balanced_indices, load_dataset
+from ..data import DataSplits, load_data, with_subset
 from ..errors import RunDirError
 from ..methods import build_method
 from ..rundir import load_run_config, locked, update_metrics_json
@@ -159,7 +159,7 @@ def classifier_accuracies(model: nn.Module, splits: DataSplits, options: dict[st
         options: Keyword arguments of :func:`extract_features` (see :func:`feature_options`).
     """
     get = getattr(model, "classifiers", None)
-    if get is None:
+    if get is None:  # any module can be evaluated; methods have classifiers()
         return {}
     labels = torch.from_numpy(splits.test.labels)
     out = {}
@@ -169,16 +169,10 @@ def classifier_accuracies(model: nn.Module, splits: DataSplits, options: dict[st
     return out
 
 
-def _load_splits(cfg: Config) -> DataSplits:
-    """The run's data without its pretraining subset; the eval subset if one is set."""
-    d = cfg.data
-    splits = load_dataset(
-        d.name, d.image_size, d.root, d.download, d.skip_invalid, d.test_fraction, progress=cfg.train.progress
-    )
-    n = cfg.eval.train_subset
-    if n is not None and n < len(splits.train):
-        splits.train = splits.train.select(class_balanced_indices(splits.train.labels, n, 0))
-    return splits
+def _load_splits(cfg: Config, data: DataSplits | None = None) -> DataSplits:
+    """The run's whole data (``data`` when the caller holds it) with the eval subset, if any."""
+    splits = data if data is not None else load_data(cfg.data, progress=cfg.train.progress, subset=False)
+    return with_subset(splits, cfg.eval.train_subset, 0)
 
 
 @locked("selfsup eval")
@@ -188,6 +182,7 @@ def evaluate_classifiers(
     step: int | None = None,
     device: str | None = None,
     log: Callable[[str], None] = print,
+    data: DataSplits | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of a run's own classifier(s) (supervised, Pi-model, Mean Teacher).
 
@@ -203,9 +198,9 @@ def evaluate_classifiers(
     if model is None:
         _, model, state = load_run_model(run_dir, dev)
         step = state.get("step")
-    if not hasattr(model, "classifiers"):
+    if not model.classifiers():  # type: ignore[operator]
         raise RunDirError(f"method {cfg.method.name!r} of {run_dir} has no classifier; use 'selfsup eval'")
-    splits = _load_splits(cfg)
+    splits = _load_splits(cfg, data)
     t0 = time.perf_counter()
     result: dict[str, Any] = dict(classifier_accuracies(model, splits, feature_options(cfg, dev)))
     result.update(n_test=len(splits.test), eval_time_s=time.perf_counter() - t0)
@@ -273,6 +268,7 @@ def evaluate_run(
     step: int | None = None,
     log: Callable[[str], None] = print,
     checkpoint: int | None = None,
+    data: DataSplits | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's encoder and record the result in ``RUN_DIR/metrics.json``.
 
@@ -288,6 +284,7 @@ def evaluate_run(
         log: Where the one-line result goes.
         checkpoint: Evaluate the checkpoint of this step instead of the newest (its
             results go under ``steps`` in metrics.json, the run's own stay).
+        data: The run's dataset, whole (pretraining hands over what it loaded).
 
     Returns:
         ``knn_top1`` and ``linear_top1`` (fractions, on the full test split) and details.
@@ -300,7 +297,7 @@ def evaluate_run(
     if model is None or random_init or checkpoint is not None:
         _, model, state = load_run_model(run_dir, dev, random_init=random_init, step=checkpoint)
         step = state.get("step")
-    splits = _load_splits(cfg)
+    splits = _load_splits(cfg, data)
     encoder = model.backbone  # type: ignore[union-attr]
     assert isinstance(encoder, nn.Module)
     options = feature_options(cfg, dev)

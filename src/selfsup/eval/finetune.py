@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..augment import BatchAugment, resolve_augment
+from ..augment import ViewAugment, resolve_augment
 from ..config import AugmentConfig, Config, OptimConfig, apply_section_overrides
 from ..data import DataSplits, class_balanced_indices, load_dataset
 from ..errors import TrainingDivergedError
@@ -34,7 +34,7 @@ from ..models import build_backbone
 from ..optim import build_optimizer, lr_factor, set_lr
 from ..rundir import append_jsonl, load_run_config, locked, update_metrics_json
 from ..runtime import resolve_device, set_threads, step_seed, use_bf16
-from ..train.loop import train_step
+from ..train.step import train_step
 from .features import extract_features, feature_options
 
 
@@ -117,7 +117,7 @@ def _finetune_one(
     aug_cfg = replace(
         resolve_augment(AugmentConfig(preset=ft.preset), ft.preset), mean=cfg.augment.mean, std=cfg.augment.std
     )
-    augment = BatchAugment(aug_cfg)
+    augment = ViewAugment([aug_cfg])
     images = torch.from_numpy(splits.train.images).to(dev)
     labels = torch.from_numpy(splits.train.labels).to(dev)
     val_labels = torch.from_numpy(splits.train.labels[val]).to(dev)
@@ -162,6 +162,7 @@ def _finetune_one(
                 bf16,
                 step=step,
                 epoch=epoch + b / n_batches,
+                progress=step / total,
             )
             step += 1
         logits = extract_features(model, splits.train.images[val], **feats)

@@ -14,14 +14,28 @@ from .knn import knn_accuracy
 class Monitor:
     """kNN monitor on fixed, class-balanced subsets of the train and test splits."""
 
-    def __init__(self, cfg: Config, splits: DataSplits, device: torch.device) -> None:
+    def __init__(
+        self, cfg: Config, splits: DataSplits, device: torch.device, train_images: torch.Tensor | None = None
+    ) -> None:
+        """Pick the subsets once.
+
+        Args:
+            cfg: The run's config (eval.monitor_* sizes, kNN settings, feature options).
+            splits: The training data (the bank) and the test split (the queries).
+            device: Where to encode.
+            train_images: ``splits.train.images`` already on ``device`` (training keeps
+                them there): the bank is taken from it rather than uploaded again.
+        """
         n_bank = min(cfg.eval.monitor_train, len(splits.train))
         n_query = min(cfg.eval.monitor_test, len(splits.test))
         bank = class_balanced_indices(splits.train.labels, n_bank, seed=0)
         query = class_balanced_indices(splits.test.labels, n_query, seed=0)
-        self.bank_images = splits.train.images[bank]
+        if train_images is not None:
+            self.bank_images = train_images.index_select(0, torch.from_numpy(bank).to(train_images.device))
+        else:
+            self.bank_images = torch.from_numpy(splits.train.images[bank]).to(device)
         self.bank_labels = torch.from_numpy(splits.train.labels[bank])
-        self.query_images = splits.test.images[query]
+        self.query_images = torch.from_numpy(splits.test.images[query]).to(device)  # uploaded once
         self.query_labels = torch.from_numpy(splits.test.labels[query])
         self.num_classes = len(splits.train.classes)
         self.cfg = cfg

@@ -95,9 +95,8 @@ def preview(
     """
     if n < 1 or views < 1:
         raise ConfigError(f"--n and --views must be at least 1, got {n} and {views}")
-    cfg = augment or resolve_augment(AugmentConfig(preset=preset), preset or "simclr")
-    if augment is not None and augment.crop is None:
-        cfg = resolve_augment(augment, augment.preset or "simclr")
+    base = augment if augment is not None else AugmentConfig(preset=preset)
+    cfg = resolve_augment(base, base.preset or "simclr")  # fills only what is unset
     splits = load_dataset(data, progress=False)
     train = splits.train
     idx = class_balanced_indices(train.labels, min(n, len(train)), seed)

@@ -1,30 +1,18 @@
-"""Training methods, in a plain dict registry.
+"""Training methods: one file each, and this registry (one line per method).
 
-A method is an ``nn.Module`` with
-
-* ``from_config(cfg, num_classes)``: builds itself (backbone, heads) from a Config;
-* ``training_step(batch) -> dict`` with a scalar ``"loss"``; ``batch["views"]`` holds
-  ``n_views`` augmented views of B images stacked on dim 0, ``batch["labels"]`` their
-  labels (B,), and ``batch["generator"]`` a CPU generator seeded for this step;
-* ``backbone``: the encoder that evaluation and export use;
-* class attributes ``n_views``, ``default_augment`` (a preset name), ``uses_labels``
-  and, for methods that need few labels and many unlabelled images,
-  ``semi_supervised = True``;
-* optionally ``classifiers() -> {metric name: module images -> logits}`` for methods
-  that learn a classifier, and ``after_optimizer_step()``, called after each optimizer
-  step.
-
-``batch`` also holds ``step`` (int) and ``epoch`` (float progress, for ramp-ups).
-
-It never builds optimizers or data loaders.
+Every method is a :class:`Method` (see :mod:`selfsup.methods.base`): ``from_config``,
+``training_step(batch: Batch) -> {"loss": ..., other scalars}``, optionally
+``after_optimizer_step(batch)`` and ``classifiers()``, and class attributes that tell
+the loop how many views to augment (each with its own changes, ``view_augment``),
+which preset to use, and whether labels are read. Register a new method with
+:func:`register_method` (tests parametrised over :data:`METHODS` pick it up).
 """
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..config import Config
 from ..errors import ConfigError
+from .base import Batch, Method
 from .mean_teacher import MeanTeacher
 from .moco import MoCo
 from .pi_model import PiModel
@@ -32,25 +20,52 @@ from .simclr import SimCLR
 from .supervised import Supervised
 
 #: name -> method class
-METHODS: dict[str, type[nn.Module]] = {
-    "simclr": SimCLR,
-    "moco": MoCo,
-    "supervised": Supervised,
-    "pi": PiModel,
-    "mean-teacher": MeanTeacher,
-}
+METHODS: dict[str, type[Method]] = {}
 
 
-def method_class(name: str) -> type[nn.Module]:
+def register_method(name: str, cls: type[Method]) -> type[Method]:
+    """Add a method to :data:`METHODS` under ``name`` (its ``method.name``)."""
+    if name in METHODS and METHODS[name] is not cls:
+        raise ValueError(f"method {name!r} is already registered")
+    METHODS[name] = cls
+    return cls
+
+
+register_method("simclr", SimCLR)
+register_method("moco", MoCo)
+register_method("supervised", Supervised)
+register_method("pi", PiModel)
+register_method("mean-teacher", MeanTeacher)
+
+
+def method_class(name: str) -> type[Method]:
     """The registered class for ``name``; :class:`ConfigError` if unknown."""
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r} (method.name); known: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
-def build_method(cfg: Config, num_classes: int) -> nn.Module:
+def build_method(cfg: Config, num_classes: int) -> Method:
     """Instantiate ``cfg.method.name`` from the config."""
-    return method_class(cfg.method.name).from_config(cfg, num_classes)  # type: ignore[attr-defined]
+    return method_class(cfg.method.name).from_config(cfg, num_classes)
 
 
-__all__ = ["METHODS", "MeanTeacher", "MoCo", "PiModel", "SimCLR", "Supervised", "build_method", "method_class"]
+def semi_supervised_methods() -> list[str]:
+    """The methods ``selfsup semi`` trains: those that read labels (few-label methods and the baseline)."""
+    return sorted(n for n, c in METHODS.items() if c.uses_labels)
+
+
+__all__ = [
+    "METHODS",
+    "Batch",
+    "MeanTeacher",
+    "Method",
+    "MoCo",
+    "PiModel",
+    "SimCLR",
+    "Supervised",
+    "build_method",
+    "method_class",
+    "register_method",
+    "semi_supervised_methods",
+]

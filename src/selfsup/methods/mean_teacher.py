@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..ema import ema_update, frozen_copy
+from ..ema import ema_update, frozen_copy, two_phase_decay
+from .base import Batch
 from .common import build_encoder
 from .pi_model import PiModel
 
@@ -43,7 +44,6 @@ class MeanTeacher(PiModel):
         self.teacher_backbone = frozen_copy(self.backbone)
         self.teacher_classifier = frozen_copy(self.classifier)
         self.ema_decay, self.ema_decay_rampup = ema_decay, ema_decay_rampup
-        self._progress = (0, 0.0)  # (step, epoch) of the last training step
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> MeanTeacher:
@@ -65,15 +65,10 @@ class MeanTeacher(PiModel):
         """The consistency target: the teacher's logits."""
         return self.teacher_classifier(self.teacher_backbone(x))
 
-    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """As :meth:`PiModel.training_step`; remembers the progress for the EMA update."""
-        self._progress = (int(batch["step"]), float(batch["epoch"]))
-        return super().training_step(batch)
-
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, batch: Batch) -> None:
         """Move the teacher towards the student."""
-        step, epoch = self._progress
-        decay = self.ema_decay_rampup if epoch < self.rampup_epochs else self.ema_decay
-        decay = min(decay, 1.0 - 1.0 / (step + 1))
+        decay = two_phase_decay(
+            batch.step, batch.epoch, self.rampup_epochs, self.ema_decay_rampup, self.ema_decay
+        )
         ema_update(self.teacher_backbone, self.backbone, decay)
         ema_update(self.teacher_classifier, self.classifier, decay)

@@ -13,10 +13,11 @@ from ..errors import ConfigError
 from ..losses import info_nce
 from ..models import ProjectionHead, feature_dim
 from ..models.norm import convert_split_bn
+from .base import Batch, Method
 from .common import build_encoder
 
 
-class MoCo(nn.Module):
+class MoCo(Method):
     """Query encoder + MLP head trained by InfoNCE against a momentum key encoder.
 
     Per step: the key encoder becomes an EMA of the query encoder (``momentum``), keys of
@@ -41,9 +42,7 @@ class MoCo(nn.Module):
         bn_splits: BatchNorm sub-batches (1 turns shuffle-BN off).
     """
 
-    n_views = 2
     default_augment = "moco_v2"
-    uses_labels = False
 
     def __init__(
         self,
@@ -86,8 +85,6 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def _keys(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Normalised keys (B, D) of ``x`` through the shuffled, split-BN key encoder."""
-        ema_update(self.key_backbone, self.backbone, self.momentum)
-        ema_update(self.key_head, self.head, self.momentum)
         perm = torch.randperm(len(x), generator=gen).to(x.device)
         k = self.key_head(self.key_backbone(x.index_select(0, perm)))  # keys in shuffled order
         k = torch.empty_like(k).index_copy_(0, perm, k)  # back to the input order
@@ -101,7 +98,7 @@ class MoCo(nn.Module):
         self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % k)
 
-    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """InfoNCE of queries (first views) against keys (second views) and the queue.
 
         Args:
@@ -111,10 +108,19 @@ class MoCo(nn.Module):
         Returns:
             ``{"loss": scalar}``.
         """
-        x_q, x_k = batch["views"].chunk(2)
+        x_q, x_k = batch.view(0), batch.view(1)
         q = self.head(self.backbone(x_q))  # (B, D)
-        k = self._keys(x_k, batch["generator"])  # (B, D), no gradient
+        k = self._keys(x_k, batch.generator)  # (B, D), no gradient
         # The queue changes below; the loss's backward needs its current values.
         loss = info_nce(q, k, self.queue.clone(), self.temperature)
         self._enqueue(gather(k))  # under torchrun: every rank's keys, in rank order
         return {"loss": loss}
+
+    def after_optimizer_step(self, batch: Batch) -> None:
+        """The key encoder becomes an EMA of the query encoder (constant momentum).
+
+        Done here rather than before the next keys: the query encoder does not change in
+        between, so the keys are the paper's, and the update is where every EMA is.
+        """
+        ema_update(self.key_backbone, self.backbone, self.momentum)
+        ema_update(self.key_head, self.head, self.momentum)

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..config import Config
 from ..losses import softmax_mse
+from .base import Batch, Method
 from .common import build_encoder, linear_classifier
 from .supervised import masked_cross_entropy
 
@@ -21,7 +22,7 @@ def sigmoid_rampup(epoch: float, length: float) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
-class PiModel(nn.Module):
+class PiModel(Method):
     """Cross-entropy on labelled images plus a ramped-up consistency cost on all images.
 
     Each image is augmented twice (weak augmentation: flip and translation); the loss is
@@ -66,7 +67,7 @@ class PiModel(nn.Module):
         """The consistency target: a second stochastic pass of the same network."""
         return self(x)
 
-    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One step.
 
         Args:
@@ -76,10 +77,10 @@ class PiModel(nn.Module):
         Returns:
             ``loss``, and its parts ``ce`` and ``consistency`` (detached).
         """
-        x1, x2 = batch["views"].chunk(2)
+        x1, x2 = batch.view(0), batch.view(1)
         logits = self(x1)
         target = self.target_logits(x2)
-        ce = masked_cross_entropy(logits, batch["labels"])
+        ce = masked_cross_entropy(logits, batch.labels)
         consistency = softmax_mse(logits, target)
-        weight = self.consistency_weight * sigmoid_rampup(batch["epoch"], self.rampup_epochs)
+        weight = self.consistency_weight * sigmoid_rampup(batch.epoch, self.rampup_epochs)
         return {"loss": ce + weight * consistency, "ce": ce.detach(), "consistency": consistency.detach()}

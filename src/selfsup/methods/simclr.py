@@ -9,10 +9,11 @@ from ..config import Config
 from ..distributed import gather_with_grad, rank
 from ..losses import nt_xent
 from ..models import ProjectionHead, feature_dim
+from .base import Batch, Method
 from .common import build_encoder
 
 
-class SimCLR(nn.Module):
+class SimCLR(Method):
     """Encoder + MLP projection head trained to match two views of each image.
 
     Args:
@@ -20,13 +21,6 @@ class SimCLR(nn.Module):
         head: Projection head from ``feature_dim`` to the embedding size.
         temperature: NT-Xent temperature.
     """
-
-    #: Views the training loop augments per image.
-    n_views = 2
-    #: Augmentation preset used when the config names none.
-    default_augment = "simclr"
-    #: Whether training needs labels.
-    uses_labels = False
 
     def __init__(self, backbone: nn.Module, head: nn.Module, temperature: float) -> None:
         super().__init__()
@@ -45,7 +39,7 @@ class SimCLR(nn.Module):
         """(B, 3, H, W) -> encoder features (B, feature_dim)."""
         return self.backbone(x)
 
-    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One loss evaluation.
 
         Args:
@@ -57,7 +51,7 @@ class SimCLR(nn.Module):
         """
         # Both views in one forward pass; BatchNorm sees all 2B samples, as in the paper's
         # single-device setting.
-        z = self.head(self.backbone(batch["views"]))  # (2B, D)
+        z = self.head(self.backbone(batch.views))  # (2B, D)
         z1, z2 = z.chunk(2)
         # Under torchrun: negatives from every rank's views, gradients through the gather.
         z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)

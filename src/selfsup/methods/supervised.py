@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from .base import Batch, Method
 from .common import build_encoder, linear_classifier
 
 
@@ -21,7 +22,7 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return (per_sample * known).sum() / known.sum().clamp(min=1)
 
 
-class Supervised(nn.Module):
+class Supervised(Method):
     """Encoder + linear classifier trained with cross-entropy on labelled images.
 
     Args:
@@ -51,6 +52,6 @@ class Supervised(nn.Module):
         """Modules mapping images to logits, by the metric name of their test accuracy."""
         return {"test_top1": nn.Sequential(self.backbone, self.classifier)}
 
-    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Cross-entropy of ``views`` (B, 3, H, W) against ``labels`` (B,), -1 = unlabelled."""
-        return {"loss": masked_cross_entropy(self(batch["views"]), batch["labels"])}
+        return {"loss": masked_cross_entropy(self(batch.views), batch.labels)}

@@ -4,6 +4,7 @@
 checkpoints are :mod:`selfsup.rundir` and :mod:`selfsup.checkpoint`.
 """
 
-from .loop import Interrupted, resolve_config, train_step
+from .loop import Interrupted, resolve_config
+from .step import train_step
 
 __all__ = ["Interrupted", "resolve_config", "train_step"]

@@ -1,13 +1,16 @@
-"""The training loop: data on the device, batch augmentation, checkpoints, resume.
+"""The training loop: data on the device, per-view batch augmentation, checkpoints, resume.
 
 One loop serves every method: self-supervised pretraining (all images, labels unused),
 supervised training, and semi-supervised training with ``semi.labels`` (a labelled
-stream beside the unlabelled one, see :mod:`selfsup.train.sampler`).
+stream beside the unlabelled one, see :mod:`selfsup.train.sampler`). A step is
+:func:`selfsup.train.step.train_step`; what a checkpoint holds is a
+:class:`~selfsup.train.state.TrainState`; where numbers go is a
+:class:`~selfsup.train.recorder.Recorder`; which images a step takes is :func:`next_batch`.
 
 Every random draw of a step (the batch, the augmentations, MoCo's shuffle) is a function
 of ``(train.seed, step)``; together with checkpoints that hold the model (with its EMA
-copies and queues), the optimizer and the loss accumulators, a run killed at any moment
-and resumed reaches the same weights as one that never stopped.
+copies and queues), the optimizer and the counters, a run killed at any moment and
+resumed reaches the same weights as one that never stopped.
 """
 
 from __future__ import annotations
@@ -19,27 +22,26 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..augment import BatchAugment, resolve_augment
+from ..augment import ViewAugment, resolve_augment, view_configs
 from ..checkpoint import save_checkpoint
 from ..config import Config, copy_config
 from ..data import DataSplits, channel_stats, class_balanced_indices
 from ..distributed import all_reduce_mean, any_rank, rank, world_size
 from ..errors import ConfigError, TrainingDivergedError
-from ..methods import method_class
+from ..methods import Method, method_class
 from ..optim import lr_factor, scaled_lr, set_lr
-from ..rundir import (
-    METRICS_JSONL,
-    append_jsonl,
-)
-from ..runtime import autocast, step_seed
+from ..runtime import step_seed
+from .recorder import Recorder
 from .sampler import StepSampler
+from .state import TrainState
+from .step import StepFn, train_step
 
 
 class Interrupted(Exception):
@@ -54,11 +56,16 @@ def resolve_config(cfg: Config, splits: DataSplits) -> Config:
     """Fill what depends on the method and the data: augmentation preset values, mean/std."""
     spec = method_class(cfg.method.name)
     out = copy_config(cfg)
-    out.augment = resolve_augment(cfg.augment, spec.default_augment)  # type: ignore[attr-defined]
+    out.augment = resolve_augment(cfg.augment, spec.default_augment)
     if out.augment.mean is None or out.augment.std is None:
         mean, std = channel_stats(splits.train.images)
         out.augment = replace(out.augment, mean=out.augment.mean or mean, std=out.augment.std or std)
     return out
+
+
+def view_augment(cfg: Config, method: Method) -> ViewAugment:
+    """The method's views: the run's augmentation with each view's own changes."""
+    return ViewAugment(view_configs(cfg.augment, type(method).view_augment, method.n_views))
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -90,68 +97,6 @@ def _stop_signals() -> Iterator[dict[str, int]]:
             signal.signal(sig, h)
 
 
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    augment: BatchAugment,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    gen: torch.Generator,
-    device: torch.device,
-    bf16: bool,
-    step: int = 0,
-    epoch: float = 0.0,
-    step_fn: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None,
-    positions: torch.Tensor | None = None,
-    total: int | None = None,
-) -> torch.Tensor:
-    """Augment one batch, run the method's step, update: the body of every training loop.
-
-    Args:
-        model: A method (see :mod:`selfsup.methods`).
-        optimizer: Its optimizer, learning rate already set for this step.
-        augment: The batch augmentation.
-        images: uint8 (B, H, W, 3) on ``device``.
-        labels: (B,) on ``device``; -1 marks an unlabelled image.
-        gen: CPU generator for this step's randomness.
-        device: The training device.
-        bf16: Use bf16 autocast.
-        step: Global step index (for methods with schedules of their own).
-        epoch: Training progress in epochs (for ramp-ups).
-        step_fn: What computes the losses (default ``model.training_step``; under
-            torchrun the DistributedDataParallel wrapper, which syncs gradients).
-        positions: Under torchrun, where these images sit in the global batch ...
-        total: ... of this many images (so augmentation draws as one process would).
-
-    Returns:
-        The loss, detached, still on the device (reading it would synchronise).
-    """
-    views = augment(images, gen, n_views=int(model.n_views), positions=positions, total=total)  # type: ignore[arg-type]
-    batch = {"views": views, "labels": labels, "generator": gen, "step": step, "epoch": epoch}
-    with autocast(device, bf16):
-        result = (step_fn or model.training_step)(batch)  # type: ignore[operator]
-    loss = result["loss"]
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    after_step = getattr(model, "after_optimizer_step", None)
-    if after_step is not None:
-        after_step()
-    return loss.detach()
-
-
-class Steps(nn.Module):
-    """Makes ``training_step`` the forward pass, so DistributedDataParallel can wrap it."""
-
-    def __init__(self, method: nn.Module) -> None:
-        super().__init__()
-        self.method = method
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The wrapped method's ``training_step``."""
-        return self.method.training_step(batch)  # type: ignore[operator,no-any-return]
-
-
 def local_positions(total: int, n_labeled: int, part: int, parts: int) -> torch.Tensor:
     """Positions of rank ``part``'s share of a global batch of ``total`` images.
 
@@ -174,7 +119,7 @@ def build_sampler(cfg: Config, splits: DataSplits) -> StepSampler:
     spec = method_class(cfg.method.name)
     t, s = cfg.train, cfg.semi
     n_train = len(splits.train)
-    if getattr(spec, "semi_supervised", False) and s.labels is None:
+    if spec.semi_supervised and s.labels is None:
         raise ConfigError(
             f"method {cfg.method.name!r} learns from few labels: run "
             f"'selfsup semi --method {cfg.method.name} --labels N' (semi.labels)"
@@ -183,7 +128,7 @@ def build_sampler(cfg: Config, splits: DataSplits) -> StepSampler:
         raise ConfigError(f"train.batch_size {t.batch_size} is larger than the {n_train} training images")
     if s.labels is None:
         return StepSampler(n_train, t.batch_size, t.seed)
-    if not getattr(spec, "uses_labels", False):
+    if not spec.uses_labels:
         raise ConfigError(f"semi.labels is set but method {cfg.method.name!r} does not use labels")
     labeled = class_balanced_indices(splits.train.labels, s.labels, t.seed)
     return StepSampler(
@@ -192,225 +137,203 @@ def build_sampler(cfg: Config, splits: DataSplits) -> StepSampler:
         t.seed,
         labeled,
         s.labeled_batch_size,
-        use_main=bool(getattr(spec, "semi_supervised", False)),
+        use_main=spec.semi_supervised,
     )
 
 
-class Progress:
-    """Counters carried across steps and checkpoints."""
+@dataclass
+class StepImages:
+    """This process's images of one step, on the device, and where they sit in the global batch."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.step, self.train_time, self.loss_count = 0, 0.0, 0
-        self.loss_sum = torch.zeros((), device=device)
-        self.epoch_loss_sum = torch.zeros((), device=device)
+    images: torch.Tensor
+    labels: torch.Tensor
+    positions: torch.Tensor | None
+    total: int
 
-    def state_dict(self) -> dict[str, Any]:
-        """The counters as a checkpoint holds them (tensors on the CPU)."""
-        return {
-            "step": self.step,
-            "train_time_s": self.train_time,
-            "loss_count": self.loss_count,
-            "loss_sum": self.loss_sum.cpu(),
-            "epoch_loss_sum": self.epoch_loss_sum.cpu(),
-        }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the counters from a checkpoint."""
-        self.step, self.train_time = int(state["step"]), float(state["train_time_s"])
-        self.loss_count = int(state["loss_count"])
-        self.loss_sum.copy_(state["loss_sum"])
-        self.epoch_loss_sum.copy_(state["epoch_loss_sum"])
+def next_batch(sampler: StepSampler, step: int, images: torch.Tensor, labels: torch.Tensor) -> StepImages:
+    """The images of ``step`` (this rank's share under torchrun); unlabelled ones get label -1."""
+    idx_cpu, n_labeled = sampler(step)
+    total, positions, parts = len(idx_cpu), None, world_size()
+    if parts > 1:  # this rank's share of the global batch
+        positions = local_positions(total, n_labeled, rank(), parts)
+        idx_cpu, n_labeled = idx_cpu[positions], n_labeled // parts
+    idx = idx_cpu.to(images.device, non_blocking=True)
+    batch_labels = labels.index_select(0, idx)
+    if n_labeled < len(idx):
+        batch_labels[n_labeled:] = -1  # unlabelled stream: labels hidden
+    return StepImages(images.index_select(0, idx), batch_labels, positions, total)
+
+
+class _Loop:
+    """The parts of one training run the loop needs, and what it does between steps."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: Method,
+        optimizer: torch.optim.Optimizer,
+        sampler: StepSampler,
+        state: TrainState,
+        run_dir: Path,
+        extra: dict[str, Any],
+        step_fn: StepFn | None,
+        monitor: Callable[[nn.Module], float] | None,
+    ) -> None:
+        t = cfg.train
+        self.cfg, self.model, self.optimizer, self.sampler, self.state = cfg, model, optimizer, sampler, state
+        self.run_dir, self.extra, self.step_fn, self.monitor = run_dir, extra, step_fn, monitor
+        self.spe = sampler.steps_per_epoch
+        self.total = t.epochs * self.spe
+        self.warmup = int(round(cfg.optim.warmup_epochs * self.spe))
+        self.peak_lr = scaled_lr(cfg.optim, t.batch_size)
+        self.augment = view_augment(cfg, model)
+        self.leader = rank() == 0
+        self.recorder = Recorder(
+            run_dir, state.step, self.total, f"{cfg.method.name} {cfg.model.backbone}", self.leader, t.progress
+        )
+        self.last_checkpoint = time.monotonic()
+        self.interval_start, self.interval_views = time.perf_counter(), 0
+        self.final_loss: float | None = None
+
+    def overdue(self) -> bool:
+        """Whether ``train.checkpoint_minutes`` have passed since the last checkpoint."""
+        minutes = self.cfg.train.checkpoint_minutes
+        return minutes > 0 and time.monotonic() - self.last_checkpoint > 60 * minutes
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step`` (warm-up, then the schedule)."""
+        return self.peak_lr * lr_factor(step, self.total, self.warmup, self.cfg.optim.schedule)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device, bf16: bool) -> None:
+        """One training step, its scalars accumulated on the device."""
+        s = self.state
+        batch = next_batch(self.sampler, s.step, images, labels)
+        gen = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, s.step))
+        set_lr(self.optimizer, self.lr_at(s.step))
+        scalars = train_step(
+            self.model, self.optimizer, self.augment, batch.images, batch.labels, gen, device, bf16,
+            step=s.step, epoch=s.step / self.spe, progress=s.step / self.total, step_fn=self.step_fn,
+            positions=batch.positions, total=batch.total,
+        )  # fmt: skip
+        s.add(scalars)
+        s.step += 1
+        self.interval_views += batch.total * self.model.n_views
+
+    def check_finite(self, value: float) -> None:
+        """Stop the run, naming the step and the likely cause, on a NaN or infinite loss."""
+        if not math.isfinite(value):
+            s = self.state
+            raise TrainingDivergedError(
+                f"loss became {value} by step {s.step} (epoch {(s.step - 1) // self.spe + 1}, learning rate "
+                f"{self.lr_at(s.step - 1):.4g}); the learning rate (optim.lr={self.cfg.optim.lr}) is likely too "
+                f"high; the last good checkpoint in {self.run_dir} is kept"
+            )
+
+    def log_interval(self) -> None:
+        """Means of every scalar since the last log (one read-back from the device)."""
+        s = self.state
+        names = list(s.interval)
+        means = (all_reduce_mean(torch.stack([s.interval[n] for n in names])) / max(s.count, 1)).tolist()
+        values = dict(zip(names, means))
+        self.check_finite(values["loss"])
+        vps = self.interval_views / max(time.perf_counter() - self.interval_start, 1e-9)
+        lr = self.optimizer.param_groups[0]["lr"]
+        entry = {"step": s.step, "epoch": s.step / self.spe, "loss": values.pop("loss"), "lr": lr, "views_per_s": vps}
+        self.recorder.record({**entry, **values, "train_time_s": s.train_time})
+        self.recorder.show(loss=f"{entry['loss']:.3f}", views_s=f"{vps:.0f}")
+        s.interval, s.count = {}, 0
+        self.interval_start, self.interval_views = time.perf_counter(), 0
+
+    def log_epoch(self) -> None:
+        """The epoch's mean of every scalar, and the kNN monitor when it is due."""
+        s, epoch = self.state, self.state.step // self.spe
+        names = list(s.epoch)
+        means = dict(zip(names, (all_reduce_mean(torch.stack([s.epoch[n] for n in names])) / self.spe).tolist()))
+        self.check_finite(means["loss"])
+        self.final_loss = means["loss"]
+        entry: dict[str, Any] = {"step": s.step, "epoch": epoch, "epoch_loss": means.pop("loss")}
+        entry.update({f"epoch_{n}": v for n, v in means.items()})
+        entry["train_time_s"] = s.train_time
+        if self.monitor is not None and (epoch % self.cfg.train.knn_every == 0 or s.step == self.total):
+            entry["knn_top1"] = self.monitor(self.model.backbone)
+            self.recorder.write(f"epoch {epoch}: loss {entry['epoch_loss']:.4f}, kNN top-1 {entry['knn_top1']:.4f}")
+        self.recorder.record(entry)
+        s.epoch = {}
+        self.interval_start = time.perf_counter()
+
+    def save(self, milestone: bool) -> None:
+        """A checkpoint (rank 0); a non-finite loss since the last log stops the run first."""
+        s = self.state
+        if s.interval:
+            self.check_finite(float(s.interval["loss"]) + float(s.epoch.get("loss", torch.zeros(()))))
+        if self.leader:
+            state = s.checkpoint(self.model, self.optimizer, epoch=s.step // self.spe, total_steps=self.total,
+                                 **self.extra)  # fmt: skip
+            save_checkpoint(self.run_dir, state, s.step, self.cfg.train.keep_checkpoints, milestone)
+        self.last_checkpoint = time.monotonic()
+        self.interval_start = time.perf_counter()
 
 
 def run_loop(
     cfg: Config,
-    model: nn.Module,
+    model: Method,
     optimizer: torch.optim.Optimizer,
     sampler: StepSampler,
-    splits: DataSplits,
-    progress: Progress,
+    data: tuple[torch.Tensor, torch.Tensor],
+    state: TrainState,
     run_dir: Path,
-    device: torch.device,
     bf16: bool,
-    step_fn: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None,
+    extra: dict[str, Any],
+    step_fn: StepFn | None = None,
     monitor: Callable[[nn.Module], float] | None = None,
-) -> None:
-    """Train from ``progress.step`` to the end, logging and checkpointing on the way.
+) -> float | None:
+    """Train from ``state.step`` to the end, logging and checkpointing on the way.
 
-    ``monitor`` (rank 0, every ``train.knn_every`` epochs) measures the encoder, e.g. the
-    kNN accuracy of :class:`selfsup.eval.monitor.Monitor`.
+    Args:
+        cfg: The resolved config.
+        model: The method, on the device.
+        optimizer: Its optimizer.
+        sampler: Which images each step takes.
+        data: uint8 images (N, H, W, 3) and labels (N,), resident on the device.
+        state: The counters (restored from a checkpoint when resuming).
+        run_dir: Where checkpoints and metrics go (rank 0).
+        bf16: bf16 autocast.
+        extra: More entries for every checkpoint (classes, method name).
+        step_fn: Computes the losses (DistributedDataParallel under torchrun).
+        monitor: Measures the encoder every ``train.knn_every`` epochs (rank 0).
+
+    Returns:
+        The last epoch's mean loss (None if no epoch ended here).
     """
-    from tqdm import tqdm
-
-    t = cfg.train
-    spe = sampler.steps_per_epoch
-    total_steps = t.epochs * spe
-    warmup_steps = int(round(cfg.optim.warmup_epochs * spe))
-    peak_lr = scaled_lr(cfg.optim, t.batch_size)
-    augment = BatchAugment(cfg.augment)
-    images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
-    labels = torch.from_numpy(splits.train.labels).to(device)
-    leader, part, parts = rank() == 0, rank(), world_size()
-    n_views = int(model.n_views)  # type: ignore[arg-type]
-    metrics_path = run_dir / METRICS_JSONL
-    p = progress
-
-    def lr_at(step: int) -> float:
-        return peak_lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule)
-
-    def check_finite(value: float) -> None:
-        if not math.isfinite(value):
-            raise TrainingDivergedError(
-                f"loss became {value} by step {p.step} (epoch {(p.step - 1) // spe + 1}, learning rate "
-                f"{lr_at(p.step - 1):.4g}); the learning rate (optim.lr={cfg.optim.lr}) is likely too high; "
-                f"the last good checkpoint in {run_dir} is kept"
-            )
-
-    def save(milestone: bool = False) -> None:
-        if not leader:
-            return
-        state = {
-            "format": 1,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "epoch": p.step // spe,
-            "total_steps": total_steps,
-            "classes": list(splits.train.classes),
-            "method": cfg.method.name,
-            **p.state_dict(),
-        }
-        save_checkpoint(run_dir, state, p.step, t.keep_checkpoints, milestone)
-
-    board = _tensorboard(run_dir, p.step) if leader else None
-
-    def record(entry: dict[str, Any]) -> None:
-        if leader:
-            append_jsonl(metrics_path, entry)
-        if board is not None:
-            epoch_entry = "epoch_loss" in entry
-            x = entry["epoch"] if epoch_entry else entry["step"]
-            for key, value in entry.items():
-                if key not in ("step", "epoch", "train_time_s") and isinstance(value, (int, float)):
-                    board.add_scalar(f"{'epoch' if epoch_entry else 'train'}/{key}", value, x)
-
-    bar = tqdm(
-        total=total_steps,
-        initial=p.step,
-        disable=not (t.progress and leader),
-        unit="step",
-        dynamic_ncols=True,
-        desc=f"{cfg.method.name} {cfg.model.backbone}",
-        leave=True,
-    )
-    last_ckpt = time.monotonic()
-    interval_start, interval_views = time.perf_counter(), 0
+    t, (images, labels) = cfg.train, data
+    loop = _Loop(cfg, model, optimizer, sampler, state, run_dir, extra, step_fn, monitor)
+    multi = world_size() > 1
     model.train()
     try:
         with _stop_signals() as stop:
-            while p.step < total_steps:
+            while state.step < loop.total:
                 t0 = time.perf_counter()
-                idx_cpu, n_labeled = sampler(p.step)
-                total, positions = len(idx_cpu), None
-                if parts > 1:  # this rank's share of the global batch
-                    positions = local_positions(total, n_labeled, part, parts)
-                    idx_cpu, n_labeled = idx_cpu[positions], n_labeled // parts
-                idx = idx_cpu.to(device, non_blocking=True)
-                batch_labels = labels.index_select(0, idx)
-                if n_labeled < len(idx):
-                    batch_labels[n_labeled:] = -1  # unlabelled stream: labels hidden
-                gen = torch.Generator().manual_seed(step_seed(t.seed, p.step))
-                set_lr(optimizer, lr_at(p.step))
-                loss = train_step(
-                    model,
-                    optimizer,
-                    augment,
-                    images.index_select(0, idx),
-                    batch_labels,
-                    gen,
-                    device,
-                    bf16,
-                    step=p.step,
-                    epoch=p.step / spe,
-                    step_fn=step_fn,
-                    positions=positions,
-                    total=total,
-                )
-                # Accumulate on the device; reading the loss every step would sync.
-                p.loss_sum += loss.float()
-                p.epoch_loss_sum += loss.float()
-                p.loss_count += 1
-                p.step += 1
-                interval_views += total * n_views
-                end_of_epoch = p.step % spe == 0
-                logging_step = p.step % t.log_every == 0 or end_of_epoch
-                if logging_step and device.type == "cuda":
+                loop.step(images, labels, images.device, bf16)
+                end_of_epoch = state.step % loop.spe == 0
+                logging = state.step % t.log_every == 0 or end_of_epoch
+                if logging and images.device.type == "cuda":
                     # Steps are queued, not done, when the host returns: the timed region
                     # of a logging step ends when the device has finished every queued step.
-                    torch.cuda.synchronize(device)
-                p.train_time += time.perf_counter() - t0
-                bar.update(1)
-                if logging_step:
-                    mean_loss = float(all_reduce_mean(p.loss_sum)) / max(p.loss_count, 1)
-                    check_finite(mean_loss)
-                    vps = interval_views / max(time.perf_counter() - interval_start, 1e-9)
-                    record(
-                        {
-                            "step": p.step,
-                            "epoch": p.step / spe,
-                            "loss": mean_loss,
-                            "lr": optimizer.param_groups[0]["lr"],
-                            "views_per_s": vps,
-                            "train_time_s": p.train_time,
-                        }
-                    )
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", views_s=f"{vps:.0f}", refresh=False)
-                    p.loss_sum.zero_()
-                    p.loss_count = 0
-                    interval_start, interval_views = time.perf_counter(), 0
+                    torch.cuda.synchronize(images.device)
+                state.train_time += time.perf_counter() - t0
+                loop.recorder.advance()
+                if logging:
+                    loop.log_interval()
                 if end_of_epoch:
-                    epoch = p.step // spe
-                    epoch_loss = float(all_reduce_mean(p.epoch_loss_sum)) / spe
-                    check_finite(epoch_loss)
-                    entry: dict[str, Any] = {
-                        "step": p.step,
-                        "epoch": epoch,
-                        "epoch_loss": epoch_loss,
-                        "train_time_s": p.train_time,
-                    }
-                    if monitor is not None and (epoch % t.knn_every == 0 or p.step == total_steps):
-                        entry["knn_top1"] = monitor(model.backbone)  # type: ignore[arg-type]
-                        bar.write(f"epoch {epoch}: loss {epoch_loss:.4f}, kNN top-1 {entry['knn_top1']:.4f}")
-                    record(entry)
-                    p.epoch_loss_sum.zero_()
-                    interval_start = time.perf_counter()
+                    loop.log_epoch()
                 # Stopping must be agreed by every rank; they compare notes when they log.
-                stopping = any_rank(bool(stop), device) if (parts > 1 and logging_step) else (parts == 1 and bool(stop))
-                # Every epoch ends with a rolling checkpoint; every checkpoint_every-th is kept.
-                due = end_of_epoch
-                milestone = due and t.checkpoint_every > 0 and (p.step // spe) % t.checkpoint_every == 0
-                overdue = t.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * t.checkpoint_minutes
-                if due or overdue or stopping:
-                    if not end_of_epoch:
-                        check_finite(float(p.loss_sum) + float(p.epoch_loss_sum))
-                    save(milestone)
-                    last_ckpt = time.monotonic()
-                    interval_start = time.perf_counter()
+                stopping = any_rank(bool(stop), images.device) if (multi and logging) else (not multi and bool(stop))
+                if end_of_epoch or loop.overdue() or stopping:  # every epoch ends with a rolling checkpoint
+                    epoch = state.step // loop.spe
+                    loop.save(end_of_epoch and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0)
                 if stopping:
-                    raise Interrupted(p.step, run_dir)
+                    raise Interrupted(state.step, run_dir)
     finally:
-        bar.close()
-        if board is not None:
-            board.close()
-
-
-def _tensorboard(run_dir: Path, step: int) -> Any:
-    """A TensorBoard writer for ``run_dir/tensorboard`` (None if tensorboard is missing).
-
-    ``purge_step`` hides events a killed run logged after the checkpoint it resumes from.
-    """
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step or None)
+        loop.recorder.close()
+    return loop.final_loss

@@ -1,0 +1,82 @@
+"""The method protocol: what the training loop hands a method, and what it gets back.
+
+A method is a :class:`Method` (an ``nn.Module``) in one file of this package plus one
+line in the registry (:data:`selfsup.methods.METHODS`). The loop augments each image
+once per view (``n_views``, each view with the method's own changes to the
+augmentation, ``view_augment``), calls :meth:`Method.training_step` with a
+:class:`Batch`, steps the optimizer, then calls :meth:`Method.after_optimizer_step`
+(where EMA targets move). A method never builds optimizers or data loaders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..config import Config
+
+
+@dataclass
+class Batch:
+    """One training step's input.
+
+    Attributes:
+        views: (V * B, 3, H, W) normalised views, view ``v`` of image ``i`` at row
+            ``v * B + i`` (so ``views.chunk(V)`` gives one tensor per view).
+        labels: (B,) class indices; -1 marks an unlabelled image.
+        generator: A CPU generator seeded for this step (randomness beyond augmentation).
+        step: Global step index, from 0.
+        progress: ``step / total_steps``, in [0, 1): the position in the whole run, which
+            schedules (EMA momentum, temperatures) follow.
+        epoch: ``step / steps_per_epoch``: ramp-ups counted in epochs.
+    """
+
+    views: torch.Tensor
+    labels: torch.Tensor
+    generator: torch.Generator
+    step: int = 0
+    progress: float = 0.0
+    epoch: float = 0.0
+
+    def view(self, index: int) -> torch.Tensor:
+        """(B, 3, H, W): view ``index`` of every image."""
+        b = len(self.labels)
+        return self.views[index * b : (index + 1) * b]
+
+
+class Method(nn.Module):
+    """Base class of the methods: their class attributes and the two calls of the loop."""
+
+    #: Views the loop augments per image.
+    n_views: ClassVar[int] = 2
+    #: Augmentation preset when the config names none.
+    default_augment: ClassVar[str] = "simclr"
+    #: Changes to the augmentation per view (AugmentConfig fields), one mapping per view;
+    #: empty: every view alike (e.g. BYOL: blur 1.0 / 0.1, solarize 0.0 / 0.2).
+    view_augment: ClassVar[tuple[dict[str, Any], ...]] = ()
+    #: Whether training reads labels (supervised, semi-supervised methods).
+    uses_labels: ClassVar[bool] = False
+    #: Whether it learns from few labels and many unlabelled images (``selfsup semi``).
+    semi_supervised: ClassVar[bool] = False
+
+    #: The encoder that evaluation and export use.
+    backbone: nn.Module
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int) -> Method:
+        """Build the method (encoder, heads) from a config."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The loss (``"loss"``, a scalar) and any scalars worth logging (detached)."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, batch: Batch) -> None:
+        """Called after every optimizer step with the step's batch (EMA targets move here)."""
+
+    def classifiers(self) -> dict[str, nn.Module]:
+        """Modules mapping images to logits, by the metric name of their test accuracy."""
+        return {}
