@@ -99,3 +99,28 @@ def test_the_graph_sees_the_layers() -> None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle or [])
+
+
+MAX_LINES = 60
+
+
+def long_functions() -> list[str]:
+    """Functions whose body (docstring aside) exceeds MAX_LINES without a ``# long:`` comment saying why."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            first = node.body[0]
+            has_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            start = (first.end_lineno or first.lineno) + 1 if has_doc else first.lineno
+            body = lines[start - 1 : node.end_lineno]
+            if len(body) > MAX_LINES and not any("# long:" in line for line in body):
+                found.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({len(body)} lines)")
+    return found
+
+
+def test_functions_are_short_or_say_why() -> None:
+    assert long_functions() == []

@@ -104,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         _add_config_flags(p, list(SECTIONS), SHORT_FLAGS)
+    _add_eval_parsers(sub)
+    _add_sweep_parsers(sub)
+    _add_embed_parser(sub)
+    _add_augment_parser(sub)
+    return parser
 
+
+def _add_eval_parsers(sub: Any) -> None:
+    """``selfsup eval`` and ``selfsup finetune``."""
     e = sub.add_parser(
         "eval",
         help="kNN and linear-probe accuracy of a run's encoder",
@@ -139,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--config", metavar="FILE.yaml", help="a recipe with a finetune: section")
     _add_config_flags(f, ["finetune"], {"labels": "finetune.labels", "epochs": "finetune.epochs"})
 
+
+def _add_sweep_parsers(sub: Any) -> None:
+    """``selfsup sweep``, ``selfsup report`` and ``selfsup export``."""
     s = sub.add_parser(
         "sweep",
         help="run a grid of configs x seeds (resumable), write results.csv and a table",
@@ -180,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="safetensors (+ a torchvision state dict) or onnx (dynamic batch axis); default safetensors",
     )
     x.add_argument("--debug", action="store_true", help="show tracebacks")
-    _add_embed_parser(sub)
+
+
+def _add_augment_parser(sub: Any) -> None:
+    """``selfsup augment``: the augmentation preview."""
     a = sub.add_parser(
         "augment",
         help="draw real images and their augmented views into a PNG",
@@ -194,7 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="chooses the images and the augmentations")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     _add_config_flags(a, ["augment"], {"preset": "augment.preset"})
-    return parser
 
 
 def _add_embed_parser(sub: Any) -> None:

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..augment import ViewAugment, resolve_augment
 from ..config import AugmentConfig, Config, OptimConfig, apply_section_overrides
-from ..data import DataSplits, class_balanced_indices, load_dataset
+from ..data import DataSplits, class_balanced_indices, load_data
 from ..errors import TrainingDivergedError
 from ..methods.common import load_backbone_weights
 from ..methods.supervised import Supervised
@@ -68,10 +69,7 @@ def finetune(
     set_threads(cfg.train.num_threads)
     dev = resolve_device(device or cfg.train.device)
 
-    d = cfg.data
-    splits = load_dataset(
-        d.name, d.image_size, d.root, d.download, d.skip_invalid, d.test_fraction, progress=cfg.train.progress
-    )
+    splits = load_data(cfg.data, progress=cfg.train.progress, subset=False)
     results = {}
     for n_labels in cfg.finetune.labels:
         result = _finetune_one(cfg, splits, n_labels, run_dir, random_init, dev, log)
@@ -79,6 +77,43 @@ def finetune(
         update_metrics_json(run_dir, {str(n_labels): result}, section=section)
         results[str(n_labels)] = result
     return results
+
+
+def _split_labels(cfg: Config, splits: DataSplits, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled training images and the validation images (disjoint, class-balanced)."""
+    ft = cfg.finetune
+    labeled = class_balanced_indices(splits.train.labels, n_labels, ft.seed)
+    rest = np.setdiff1d(np.arange(len(splits.train)), labeled)
+    val = rest[class_balanced_indices(splits.train.labels[rest], min(ft.val_size, len(rest)), ft.seed + 1)]
+    return labeled, val
+
+
+def _build(
+    cfg: Config, num_classes: int, run_dir: Path, random_init: bool, dev: torch.device
+) -> tuple[Supervised, torch.optim.Optimizer]:
+    """The encoder (pretrained or random) with a new linear head, and its optimizer."""
+    ft = cfg.finetune
+    torch.manual_seed(ft.seed)
+    backbone = build_backbone(cfg.model.backbone, cfg.model.width, cfg.model.stem)
+    if not random_init:
+        load_backbone_weights(backbone, run_dir)
+    model = Supervised(backbone, num_classes).to(dev)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if ft.freeze_encoder:
+        backbone.requires_grad_(False)
+    optim = OptimConfig(
+        name=ft.optimizer, lr=ft.lr, lr_scaling="none", momentum=0.9, nesterov=True, weight_decay=ft.weight_decay
+    )
+    return model, build_optimizer(model, optim, ft.batch_size)
+
+
+def _augment(cfg: Config) -> ViewAugment:
+    """The labelled images' augmentation (``finetune.preset``), normalised like the run's."""
+    preset = cfg.finetune.preset
+    assert cfg.augment.mean is not None and cfg.augment.std is not None
+    spec = replace(resolve_augment(AugmentConfig(preset=preset), preset), mean=cfg.augment.mean, std=cfg.augment.std)
+    return ViewAugment([spec])
 
 
 def _finetune_one(
@@ -90,38 +125,15 @@ def _finetune_one(
     dev: torch.device,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    ft = cfg.finetune
-    bf16 = use_bf16(cfg.train.precision, dev)
-    n_train = len(splits.train)
-    labeled = class_balanced_indices(splits.train.labels, n_labels, ft.seed)
-    rest = np.setdiff1d(np.arange(n_train), labeled)
-    val = rest[class_balanced_indices(splits.train.labels[rest], min(ft.val_size, len(rest)), ft.seed + 1)]
+    """Fine-tune with ``n_labels`` labels, keep the epoch of lowest validation loss, test it."""
+    from tqdm import tqdm
 
-    torch.manual_seed(ft.seed)
-    backbone = build_backbone(cfg.model.backbone, cfg.model.width, cfg.model.stem)
-    if not random_init:
-        load_backbone_weights(backbone, run_dir)
-    model = Supervised(backbone, len(splits.train.classes)).to(dev)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if ft.freeze_encoder:
-        backbone.requires_grad_(False)
-    opt = build_optimizer(
-        model,
-        OptimConfig(
-            name=ft.optimizer, lr=ft.lr, lr_scaling="none", momentum=0.9, nesterov=True, weight_decay=ft.weight_decay
-        ),
-        ft.batch_size,
-    )
-    assert cfg.augment.mean is not None and cfg.augment.std is not None
-    aug_cfg = replace(
-        resolve_augment(AugmentConfig(preset=ft.preset), ft.preset), mean=cfg.augment.mean, std=cfg.augment.std
-    )
-    augment = ViewAugment([aug_cfg])
-    images = torch.from_numpy(splits.train.images).to(dev)
-    labels = torch.from_numpy(splits.train.labels).to(dev)
+    ft = cfg.finetune
+    labeled, val = _split_labels(cfg, splits, n_labels)
+    model, opt = _build(cfg, len(splits.train.classes), run_dir, random_init, dev)
+    augment, bf16, feats = _augment(cfg), use_bf16(cfg.train.precision, dev), feature_options(cfg, dev)
+    images, labels = torch.from_numpy(splits.train.images).to(dev), torch.from_numpy(splits.train.labels).to(dev)
     val_labels = torch.from_numpy(splits.train.labels[val]).to(dev)
-    feats = feature_options(cfg, dev)
     # Batches of one would break BatchNorm: a last batch of a single image is dropped.
     n_batches = len(labeled) // ft.batch_size + (len(labeled) % ft.batch_size > 1)
     total = ft.epochs * n_batches
@@ -129,59 +141,51 @@ def _finetune_one(
     log_path = run_dir / "finetune" / f"labels-{name}.jsonl"
     log_path.parent.mkdir(exist_ok=True)
     log_path.unlink(missing_ok=True)
-
-    from tqdm import tqdm
-
     best: dict[str, Any] = {"val_loss": float("inf")}
     t0 = time.perf_counter()
-    step = 0
-    for epoch in tqdm(
-        range(ft.epochs),
-        desc=f"fine-tune {n_labels} labels",
-        disable=not cfg.train.progress,
-        unit="epoch",
-        leave=False,
-    ):
+    bar = tqdm(range(ft.epochs), desc=f"fine-tune {n_labels} labels", disable=not cfg.train.progress, leave=False)
+    for epoch in bar:
         model.train()
         if ft.freeze_encoder:
-            backbone.eval()  # a frozen encoder keeps its BatchNorm statistics
+            model.backbone.eval()  # a frozen encoder keeps its BatchNorm statistics
         g = torch.Generator().manual_seed(step_seed(ft.seed, epoch, stream=3))
         order = torch.as_tensor(labeled)[torch.randperm(len(labeled), generator=g)]
         for b in range(n_batches):
+            step = epoch * n_batches + b
             idx = order[b * ft.batch_size : (b + 1) * ft.batch_size].to(dev)
             set_lr(opt, ft.lr * lr_factor(step, total, 0))
             gen = torch.Generator().manual_seed(step_seed(ft.seed, step, stream=4))
-            train_step(
-                model,
-                opt,
-                augment,
-                images.index_select(0, idx),
-                labels.index_select(0, idx),
-                gen,
-                dev,
-                bf16,
-                step=step,
-                epoch=epoch + b / n_batches,
-                progress=step / total,
-            )
-            step += 1
+            train_step(model, opt, augment, images.index_select(0, idx), labels.index_select(0, idx), gen, dev,
+                       bf16, step=step, epoch=epoch + b / n_batches, progress=step / total)  # fmt: skip
         logits = extract_features(model, splits.train.images[val], **feats)
         val_loss = float(F.cross_entropy(logits, val_labels))
         val_top1 = float((logits.argmax(1) == val_labels).float().mean())
         append_jsonl(log_path, {"epoch": epoch + 1, "val_loss": val_loss, "val_top1": val_top1})
         if val_loss < best["val_loss"]:
-            best = {
-                "val_loss": val_loss,
-                "val_top1": val_top1,
-                "epoch": epoch + 1,
-                "state": copy.deepcopy(model.state_dict()),
-            }
+            state = copy.deepcopy(model.state_dict())
+            best = {"val_loss": val_loss, "val_top1": val_top1, "epoch": epoch + 1, "state": state}
     if "state" not in best:  # every validation loss was NaN (or infinite)
         raise TrainingDivergedError(
             f"fine-tuning with {n_labels} labels diverged: the validation loss was {val_loss} in every epoch; "
             f"lower finetune.lr (now {ft.lr})"
         )
     model.load_state_dict(best.pop("state"))
+    return _test(model, splits, feats, best, n_labels, random_init, cfg, time.perf_counter() - t0, log)
+
+
+def _test(
+    model: nn.Module,
+    splits: DataSplits,
+    feats: dict[str, Any],
+    best: dict[str, Any],
+    n_labels: int,
+    random_init: bool,
+    cfg: Config,
+    seconds: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Test accuracy of the chosen epoch, with what led to it."""
+    ft = cfg.finetune
     logits = extract_features(model, splits.test.images, **feats)
     test_top1 = float((logits.argmax(1).cpu() == torch.from_numpy(splits.test.labels)).float().mean())
     result = {
@@ -191,11 +195,11 @@ def _finetune_one(
         "val_loss": best["val_loss"],
         "val_top1": best["val_top1"],
         "epochs": ft.epochs,
-        "val_size": len(val),
+        "val_size": min(ft.val_size, len(splits.train) - n_labels),
         "n_test": len(splits.test),
         "init": "random" if random_init else "pretrained",
         "freeze_encoder": ft.freeze_encoder,
-        "time_s": time.perf_counter() - t0,
+        "time_s": seconds,
     }
     log(
         f"fine-tuned ({result['init']} encoder, {n_labels} labels): test top-1 {test_top1:.4f} "

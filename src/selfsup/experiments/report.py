@@ -115,7 +115,7 @@ def _features(run_dir: Path, samples: int) -> dict[str, Any] | None:
     """Test and train-bank features of a run's encoder, with images and labels."""
     import torch
 
-    from ..data import class_balanced_indices, load_dataset
+    from ..data import class_balanced_indices, load_data
     from ..eval import extract_features, feature_options, load_run_model
     from ..runtime import resolve_device
 
@@ -125,7 +125,7 @@ def _features(run_dir: Path, samples: int) -> dict[str, Any] | None:
     dev = resolve_device(cfg.train.device)
     model.to(dev)
     d = cfg.data
-    splits = load_dataset(d.name, d.image_size, d.root, d.download, d.skip_invalid, d.test_fraction, progress=False)
+    splits = load_data(d, progress=False, subset=False)
     test_idx = class_balanced_indices(splits.test.labels, min(samples, len(splits.test)), 0)
     bank_idx = class_balanced_indices(splits.train.labels, min(10000, len(splits.train)), 0)
     kw = feature_options(cfg, dev)

@@ -128,6 +128,40 @@ def _label(value: Any) -> str:
     return text.replace("/", "_").replace(" ", "")
 
 
+def _parse_axes(grid: Any, path: Path) -> list[Axis]:
+    """The grid's axes: a config key with values, or a named axis of labelled settings."""
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{path}: grid must map at least one axis to a list of values")
+    axes = []
+    for name, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid axis '{name}' needs a non-empty list of values")
+        parsed = []
+        for v in values:
+            if isinstance(v, dict):
+                sets = {k: x for k, x in v.items() if k != "label"}
+                for key in sets:
+                    _check_key(key, f"{path}: grid axis '{name}'")
+                parsed.append((_label(v.get("label", "-".join(_label(x) for x in sets.values()))), sets))
+            else:
+                _check_key(name, f"{path}: grid")
+                parsed.append((_label(v), {name: v}))
+        axes.append(Axis(name, parsed))
+    return axes
+
+
+def _check_scale(scale: dict[str, Any], axis_names: list[str], path: Path) -> None:
+    """Every key of every scale profile is a config key, or a grid axis it shrinks."""
+    for profile, values in scale.items():
+        for key, value in (values or {}).items():
+            if key == "grid":  # a profile may shrink axis values too (e.g. the epochs axis)
+                for name in value or {}:
+                    if name not in axis_names:
+                        raise ConfigError(f"{path}: scale '{profile}' changes grid axis '{name}', which the grid lacks")
+            else:
+                _check_key(key, f"{path}: scale '{profile}'")
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Parse and check a sweep spec.
 
@@ -155,34 +189,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     overrides = dict(raw.get("overrides") or {})
     for key in overrides:
         _check_key(key, f"{path}: overrides")
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict) or not grid:
-        raise ConfigError(f"{path}: grid must map at least one axis to a list of values")
-    axes = []
-    for name, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path}: grid axis '{name}' needs a non-empty list of values")
-        parsed = []
-        for v in values:
-            if isinstance(v, dict):
-                sets = {k: x for k, x in v.items() if k != "label"}
-                for key in sets:
-                    _check_key(key, f"{path}: grid axis '{name}'")
-                parsed.append((_label(v.get("label", "-".join(_label(x) for x in sets.values()))), sets))
-            else:
-                _check_key(name, f"{path}: grid")
-                parsed.append((_label(v), {name: v}))
-        axes.append(Axis(name, parsed))
+    axes = _parse_axes(raw.get("grid"), path)
     scale = raw.get("scale") or {}
-    axis_names = [a.name for a in axes]
-    for profile, values in scale.items():
-        for key, value in (values or {}).items():
-            if key == "grid":  # a profile may shrink axis values too (e.g. the epochs axis)
-                for name in value or {}:
-                    if name not in axis_names:
-                        raise ConfigError(f"{path}: scale '{profile}' changes grid axis '{name}', which the grid lacks")
-            else:
-                _check_key(key, f"{path}: scale '{profile}'")
+    _check_scale(scale, [a.name for a in axes], path)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
         raise ConfigError(f"{path}: seeds must be a list of integers")
