@@ -8,7 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.losses import info_nce, nt_xent, softmax_mse
+from selfsup.losses import (
+    barlow_twins,
+    dino,
+    embedding_std,
+    fixmatch_unlabeled,
+    info_nce,
+    negative_cosine,
+    normalized_mse,
+    nt_xent,
+    softmax_mse,
+    vicreg,
+    vicreg_terms,
+)
 
 
 def nt_xent_reference(z1: np.ndarray, z2: np.ndarray, tau: float) -> float:
@@ -88,3 +100,167 @@ def test_softmax_mse_reference() -> None:
     expected = ((pa - pb) ** 2).mean()
     assert float(softmax_mse(torch.tensor(a), torch.tensor(b))) == pytest.approx(expected, abs=1e-7)
     assert float(softmax_mse(torch.tensor(a), torch.tensor(a))) == 0.0
+
+
+# ---- BYOL, SimSiam, Barlow Twins, VICReg, DINO, FixMatch: NumPy references from the papers ----
+
+SIZES = [(4, 3), (8, 16), (32, 64)]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n,d", SIZES)
+def test_normalized_mse_and_negative_cosine_match_their_pseudocode(n: int, d: int) -> None:
+    rng = np.random.default_rng(n + d)
+    p, z = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    cos = (_unit(p) * _unit(z)).sum(1)
+    # BYOL (its Algorithm 1): 2 - 2 <p/|p|, z/|z|>, mean over the batch.
+    assert abs(float(normalized_mse(_t(p), _t(z))) - float(np.mean(2 - 2 * cos))) < 1e-5
+    # SimSiam (its Algorithm 1): D(p, z) = -(normalize(p) * normalize(z)).sum(dim=1).mean().
+    assert abs(float(negative_cosine(_t(p), _t(z))) - float(-np.mean(cos))) < 1e-5
+
+
+def test_byol_and_simsiam_closed_forms() -> None:
+    z = torch.randn(6, 5, dtype=torch.float64)
+    assert float(normalized_mse(z, 3 * z)) == pytest.approx(0.0, abs=1e-6)  # identical directions
+    assert float(normalized_mse(z, -z)) == pytest.approx(4.0, abs=1e-6)
+    assert float(negative_cosine(z, 2 * z)) == pytest.approx(-1.0, abs=1e-6)
+    e = torch.eye(4, dtype=torch.float64)
+    assert float(negative_cosine(e, e.roll(1, 0))) == pytest.approx(0.0, abs=1e-12)  # orthogonal
+    assert float(normalized_mse(e, e.roll(1, 0))) == pytest.approx(2.0, abs=1e-12)
+    # SimSiam's stop-gradient: nothing flows into z.
+    p, t = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    negative_cosine(p, t).backward()
+    assert t.grad is None and p.grad is not None
+
+
+def barlow_reference(z1: np.ndarray, z2: np.ndarray, lambd: float) -> float:
+    """Barlow Twins' Algorithm 1 (normalised along the batch with the population std, as its code's BatchNorm)."""
+    n = len(z1)
+    z1n = (z1 - z1.mean(0)) / z1.std(0)
+    z2n = (z2 - z2.mean(0)) / z2.std(0)
+    c = z1n.T @ z2n / n
+    d = c.shape[0]
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            loss += (1 - c[i, j]) ** 2 if i == j else lambd * c[i, j] ** 2
+    return loss
+
+
+@pytest.mark.parametrize("n,d", SIZES)
+@pytest.mark.parametrize("lambd", [5e-3, 0.1])
+def test_barlow_twins_matches_algorithm_1(n: int, d: int, lambd: float) -> None:
+    rng = np.random.default_rng(n * d)
+    z1, z2 = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    assert abs(float(barlow_twins(_t(z1), _t(z2), lambd)) - barlow_reference(z1, z2, lambd)) < 1e-5
+
+
+def test_barlow_twins_closed_form() -> None:
+    # Identical views whose dimensions are uncorrelated over the batch (orthogonal columns):
+    # the cross-correlation is the identity, the loss 0.
+    h = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=float)
+    z = h[:, 1:]  # three zero-mean, mutually orthogonal columns
+    assert float(barlow_twins(_t(z), _t(z), 0.5)) == pytest.approx(0.0, abs=1e-10)
+    # Anti-correlated views: each diagonal term is (1 - (-1))^2 = 4.
+    assert float(barlow_twins(_t(z), _t(-z), 0.5)) == pytest.approx(4.0 * 3, abs=1e-10)
+
+
+def vicreg_reference(z1: np.ndarray, z2: np.ndarray) -> tuple[float, float, float]:
+    """VICReg's terms as the authors' code computes them (variance averaged over the two branches)."""
+    n, d = z1.shape
+    inv = float(np.mean((z1 - z2) ** 2))
+    var = sum(float(np.mean(np.maximum(0, 1 - np.sqrt(z.var(0, ddof=1) + 1e-4)))) for z in (z1, z2)) / 2
+    cov = 0.0
+    for z in (z1, z2):
+        c = (z - z.mean(0)).T @ (z - z.mean(0)) / (n - 1)
+        cov += float(sum(c[i, j] ** 2 for i in range(d) for j in range(d) if i != j)) / d
+    return inv, var, cov
+
+
+@pytest.mark.parametrize("n,d", SIZES)
+def test_vicreg_matches_the_reference(n: int, d: int) -> None:
+    rng = np.random.default_rng(7 * n + d)
+    z1, z2 = 0.5 * rng.normal(size=(n, d)), 0.5 * rng.normal(size=(n, d))
+    got = [float(x) for x in vicreg_terms(_t(z1), _t(z2))]
+    want = vicreg_reference(z1, z2)
+    assert all(abs(g - w) < 1e-5 for g, w in zip(got, want)), (got, want)
+    total = float(vicreg(_t(z1), _t(z2), 25.0, 25.0, 1.0))
+    assert abs(total - (25 * want[0] + 25 * want[1] + want[2])) < 1e-4
+
+
+def test_vicreg_closed_forms() -> None:
+    h = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=float)
+    z = 2 * h[:, 1:]  # orthogonal columns, each of variance 16/3 > 1
+    inv, var, cov = (float(x) for x in vicreg_terms(_t(z), _t(z)))
+    assert inv == 0.0 and var == 0.0 and cov == pytest.approx(0.0, abs=1e-12)
+    collapsed = np.ones((5, 3))  # every embedding the same: the variance hinge is 1 - sqrt(1e-4)
+    assert float(vicreg_terms(_t(collapsed), _t(collapsed))[1]) == pytest.approx(1 - 0.01, abs=1e-6)
+
+
+def dino_reference(student: list[np.ndarray], teacher: list[np.ndarray], center: np.ndarray, ts: float,
+                   tt: float) -> float:
+    """DINO's Algorithm 1 (H(t, s) over every pair of a teacher crop and a different student crop)."""
+    def softmax(x: np.ndarray) -> np.ndarray:
+        e = np.exp(x - x.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    total, pairs = 0.0, 0
+    for i, t in enumerate(teacher):
+        q = softmax((t - center) / tt)
+        for j, s in enumerate(student):
+            if i == j:
+                continue
+            total += float(np.mean(-(q * np.log(softmax(s / ts))).sum(1)))
+            pairs += 1
+    return total / pairs
+
+
+@pytest.mark.parametrize("n,k", [(3, 4), (8, 16), (16, 64)])
+@pytest.mark.parametrize("local", [0, 2])
+def test_dino_matches_algorithm_1(n: int, k: int, local: int) -> None:
+    rng = np.random.default_rng(n + k + local)
+    student = [rng.normal(size=(n, k)) for _ in range(2 + local)]
+    teacher = [rng.normal(size=(n, k)) for _ in range(2)]
+    center = rng.normal(size=k) * 0.1
+    got = dino([_t(s) for s in student], [_t(t) for t in teacher], _t(center), 0.1, 0.04)
+    assert abs(float(got) - dino_reference(student, teacher, center, 0.1, 0.04)) < 1e-5
+
+
+def test_dino_closed_form() -> None:
+    # A uniform teacher (all outputs equal) against a uniform student: cross-entropy log K.
+    k = 8
+    flat = [torch.zeros(4, k, dtype=torch.float64) for _ in range(2)]
+    assert float(dino(flat, flat, torch.zeros(k, dtype=torch.float64), 0.1, 0.04)) == pytest.approx(math.log(k))
+
+
+def test_fixmatch_unlabeled_loss_and_mask() -> None:
+    weak = torch.tensor([[10.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.0, 0.0, 9.0]])
+    strong = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 1.0, 0.0]])
+    loss, mask, pseudo = fixmatch_unlabeled(weak, strong, 0.95)
+    assert mask.tolist() == [True, False, True] and pseudo.tolist() == [0, 0, 2]
+    ce = [-math.log(math.exp(2) / (math.exp(2) + 2)), -math.log(1 / (math.exp(1) + 2))]
+    assert float(loss) == pytest.approx((ce[0] + ce[1]) / 3, abs=1e-6)  # masked images count as 0
+    assert float(fixmatch_unlabeled(weak, strong, 1.01)[0]) == 0.0
+
+
+def test_embedding_std_is_the_collapse_signal() -> None:
+    assert float(embedding_std(torch.ones(16, 8))) == pytest.approx(0.0, abs=1e-7)
+    spread = torch.randn(20000, 32)
+    assert float(embedding_std(spread)) == pytest.approx(1 / math.sqrt(32), rel=0.05)
+
+
+def test_contrastive_top1_signals() -> None:
+    from selfsup.losses import info_nce_top1, simclr_top1
+
+    z = torch.eye(6)[:, :6]
+    assert float(simclr_top1(z[:3], z[:3] * 2)) == 1.0  # each view's twin is its nearest
+    assert float(simclr_top1(z[:3], z[[1, 2, 0]])) == 0.0  # every twin is another image
+    q = torch.eye(4)
+    assert float(info_nce_top1(q, q, -q)) == 1.0 and float(info_nce_top1(q, -q, q)) == 0.0

@@ -125,10 +125,31 @@ class MethodConfig:
     temperature: float = 0.2
     #: MoCo: number of negative keys in the queue.
     queue_size: int = 4096
-    #: MoCo: momentum of the key encoder (an EMA of the query encoder).
+    #: EMA decay of the key / target / teacher encoder: MoCo's constant momentum, and the
+    #: start of the cosine schedule towards 1 of BYOL and DINO (papers: 0.996; CIFAR: 0.99).
     momentum: float = 0.99
     #: MoCo: BatchNorm sub-batches that stand in for GPUs in shuffle-BN (1 = plain BN).
     bn_splits: int = 8
+    #: BYOL, SimSiam: hidden size of the predictor MLP (BYOL: 4096; SimSiam: 512).
+    predictor_hidden: int = 512
+    #: Barlow Twins: weight of the off-diagonal (redundancy) term (the paper: 5e-3).
+    lambd: float = 0.005
+    #: VICReg: weights of invariance, variance and covariance (the paper: 25, 25, 1).
+    vicreg_weights: list[float] = field(default_factory=lambda: [25.0, 25.0, 1.0])
+    #: DINO: outputs of the head's last layer (the paper: 65536; CIFAR setups: 4096).
+    out_dim: int = 4096
+    #: DINO: student temperature.
+    student_temp: float = 0.1
+    #: DINO: teacher temperature after the warm-up ...
+    teacher_temp: float = 0.07
+    #: ... at the start of it ...
+    teacher_temp_start: float = 0.04
+    #: ... and its length in epochs (0 = none).
+    teacher_temp_warmup: float = 30.0
+    #: DINO: EMA decay of the teacher's output centre.
+    center_momentum: float = 0.9
+    #: DINO: small crops (area 5-40 %, same resolution) seen by the student only, beside the two global crops.
+    local_crops: int = 0
 
 
 @dataclass
@@ -592,6 +613,14 @@ def validate(cfg: Config) -> None:
     need(m.queue_size > 0, "method.queue_size", "must be a positive integer")
     need(0 <= m.momentum < 1, "method.momentum", "must lie in [0, 1)")
     need(m.bn_splits > 0, "method.bn_splits", "must be a positive integer")
+    need(m.predictor_hidden > 0 and m.out_dim > 0, "method.predictor_hidden", "and out_dim must be positive")
+    need(m.lambd >= 0, "method.lambd", "must not be negative")
+    need(len(m.vicreg_weights) == 3 and min(m.vicreg_weights) >= 0, "method.vicreg_weights",
+         "needs three weights, none negative")  # fmt: skip
+    need(min(m.student_temp, m.teacher_temp, m.teacher_temp_start) > 0, "method.teacher_temp",
+         "and the other DINO temperatures must be positive")  # fmt: skip
+    need(0 <= m.center_momentum < 1, "method.center_momentum", "must lie in [0, 1)")
+    need(m.local_crops >= 0 and m.teacher_temp_warmup >= 0, "method.local_crops", "must not be negative")
     s, f = cfg.semi, cfg.finetune
     need(s.labels is None or s.labels > 0, "semi.labels", "must be a positive integer")
     need(s.labeled_batch_size > 0, "semi.labeled_batch_size", "must be a positive integer")

@@ -88,3 +88,195 @@ def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> t
         classes (Mean Teacher's ``softmax_mse_loss`` divided by the batch size).
     """
     return F.mse_loss(F.softmax(student_logits.float(), dim=1), F.softmax(teacher_logits.float(), dim=1))
+
+
+def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss (Grill et al. 2020): ``2 - 2 cos(p, z)``, the MSE of the unit vectors.
+
+    Args:
+        p: (N, D) online predictions.
+        z: (N, D) target projections; the caller detaches them (the target gets no gradient).
+
+    Returns:
+        Scalar mean over the N pairs, in [0, 4].
+    """
+    p, z = F.normalize(p.float(), dim=1), F.normalize(z.float(), dim=1)
+    return (2 - 2 * (p * z).sum(1)).mean()
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's ``D(p, z) = -cos(p, stopgrad(z))`` (Chen & He 2021), averaged over N.
+
+    Args:
+        p: (N, D) predictions.
+        z: (N, D) projections of the other view; no gradient flows into them (stop-gradient here).
+
+    Returns:
+        Scalar in [-1, 1]; -1 when every prediction points where its target does.
+    """
+    return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
+
+
+def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al. 2021): the cross-correlation of the views towards identity.
+
+    Each embedding dimension is standardised over the batch (mean 0, population standard
+    deviation 1, as the authors' code does with an affine-free BatchNorm, so that perfectly
+    correlated views give ``c_ii = 1``; the paper's pseudocode divides by the unbiased std,
+    which scales the diagonal by (N - 1) / N); ``c = z1n.T @ z2n / N``; the loss is
+    ``sum_i (1 - c_ii)^2 + lambd * sum_{i != j} c_ij^2``.
+
+    Args:
+        z1: (N, D) embeddings of the first views (N >= 2).
+        z2: (N, D) of the second views.
+        lambd: Weight of the off-diagonal (redundancy) term.
+
+    Returns:
+        Scalar loss.
+    """
+    n = z1.shape[0]
+    z1n = (z1.float() - z1.float().mean(0)) / z1.float().std(0, unbiased=False)
+    z2n = (z2.float() - z2.float().mean(0)) / z2.float().std(0, unbiased=False)
+    c = z1n.T @ z2n / n
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+def vicreg_terms(
+    z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VICReg's three terms (Bardes et al. 2022): invariance, variance and covariance.
+
+    * invariance: mean squared distance of the two views' embeddings;
+    * variance: per branch, the mean over dimensions of ``max(0, 1 - sqrt(var + eps))``
+      (hinge on the standard deviation), averaged over the two branches;
+    * covariance: per branch, the sum of the squared off-diagonal covariances divided by
+      D, summed over the two branches.
+
+    Args:
+        z1: (N, D) embeddings of the first views (N >= 2).
+        z2: (N, D) of the second views.
+        eps: Added to the variance before the square root.
+
+    Returns:
+        (invariance, variance, covariance), scalars.
+    """
+    z1, z2 = z1.float(), z2.float()
+    n, d = z1.shape
+    invariance = F.mse_loss(z1, z2)
+    variance, covariance = z1.new_zeros(()), z1.new_zeros(())
+    for z in (z1, z2):
+        std = torch.sqrt(z.var(0) + eps)
+        variance = variance + F.relu(1 - std).mean() / 2
+        zc = z - z.mean(0)
+        cov = zc.T @ zc / (n - 1)
+        covariance = covariance + (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+    return invariance, variance, covariance
+
+
+def vicreg(
+    z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0
+) -> torch.Tensor:
+    """VICReg's loss: ``sim_weight * invariance + var_weight * variance + cov_weight * covariance``.
+
+    The paper's weights are 25, 25 and 1 (see :func:`vicreg_terms` for the terms).
+    """
+    inv, var, cov = vicreg_terms(z1, z2)
+    return sim_weight * inv + var_weight * var + cov_weight * cov
+
+
+def dino(
+    student: list[torch.Tensor],
+    teacher: list[torch.Tensor],
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+) -> torch.Tensor:
+    """DINO's cross-entropy between a centred, sharpened teacher and the student (Caron et al. 2021).
+
+    The teacher's outputs of the global crops become ``softmax((t - center) / teacher_temp)``
+    (no gradient); each is the target of the student's ``log_softmax(s / student_temp)`` on
+    every other crop (global and local), and the loss is the mean over those pairs of the
+    batch-mean cross-entropy.
+
+    Args:
+        student: Student outputs per crop, each (N, K): the global crops first.
+        teacher: Teacher outputs per global crop, each (N, K).
+        center: (K,) running mean of the teacher's outputs.
+        student_temp: Student temperature (0.1).
+        teacher_temp: Teacher temperature (0.04 to 0.07).
+
+    Returns:
+        Scalar loss.
+    """
+    targets = [F.softmax((t.float() - center) / teacher_temp, dim=1).detach() for t in teacher]
+    logs = [F.log_softmax(s.float() / student_temp, dim=1) for s in student]
+    total, pairs = student[0].new_zeros((), dtype=torch.float32), 0
+    for i, q in enumerate(targets):
+        for j, log_p in enumerate(logs):
+            if i == j:  # a crop is not its own target
+                continue
+            total = total + (-(q * log_p).sum(1)).mean()
+            pairs += 1
+    return total / pairs
+
+
+def fixmatch_unlabeled(
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FixMatch's unlabelled loss (Sohn et al. 2020): pseudo-labels from weak views, CE on strong ones.
+
+    The pseudo-label of an image is the argmax of the softmax of its weakly augmented
+    view (no gradient); images whose largest probability reaches ``threshold`` keep it,
+    and the loss is the cross-entropy of the strong view against it, averaged over all
+    unlabelled images (masked ones count as 0).
+
+    Args:
+        weak_logits: (M, C) logits of the weak views.
+        strong_logits: (M, C) logits of the strong views of the same images.
+        threshold: Confidence needed for a pseudo-label (0.95).
+
+    Returns:
+        (loss, mask (M,) bool, pseudo-labels (M,)).
+    """
+    probs = F.softmax(weak_logits.detach().float(), dim=1)
+    confidence, pseudo = probs.max(1)
+    mask = confidence >= threshold
+    per_image = F.cross_entropy(strong_logits.float(), pseudo, reduction="none")
+    return (per_image * mask).mean(), mask, pseudo
+
+
+def embedding_std(z: torch.Tensor) -> torch.Tensor:
+    """Mean over dimensions of the per-dimension std of the L2-normalised embeddings (N, D).
+
+    The collapse signal: a representation that collapsed to a point gives 0; well-spread
+    unit vectors give about ``1 / sqrt(D)`` (the BYOL and SimSiam papers' monitor).
+    """
+    return F.normalize(z.detach().float(), dim=1).std(0).mean()
+
+
+@torch.no_grad()
+def info_nce_top1(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+    """MoCo's contrastive top-1: the fraction of queries nearer (cosine) to their key than to every queued key.
+
+    Args:
+        q: (N, D) queries.
+        k: (N, D) their keys.
+        queue: (K, D) the negatives.
+    """
+    q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+    pos = (q * k).sum(1)
+    neg = q @ F.normalize(queue.float(), dim=1).T
+    return (pos > neg.max(1).values).float().mean()
+
+
+@torch.no_grad()
+def simclr_top1(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """SimCLR's contrastive top-1: for each of the 2N views, is the other view of its image the nearest?"""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = len(z1)
+    sims = z @ z.T
+    sims.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return (sims.argmax(1) == target).float().mean()

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 from ..config import Config
 from ..errors import ConfigError
+from .barlow_twins import BarlowTwins
 from .base import Batch, Method
+from .byol import BYOL
+from .dino import DINO
 from .mean_teacher import MeanTeacher
 from .moco import MoCo
 from .pi_model import PiModel
 from .simclr import SimCLR
+from .simsiam import SimSiam
 from .supervised import Supervised
+from .vicreg import VICReg
 
 #: name -> method class
 METHODS: dict[str, type[Method]] = {}
@@ -36,6 +41,11 @@ register_method("moco", MoCo)
 register_method("supervised", Supervised)
 register_method("pi", PiModel)
 register_method("mean-teacher", MeanTeacher)
+register_method("byol", BYOL)
+register_method("simsiam", SimSiam)
+register_method("barlow-twins", BarlowTwins)
+register_method("vicreg", VICReg)
+register_method("dino", DINO)
 
 
 def method_class(name: str) -> type[Method]:
@@ -56,8 +66,13 @@ def semi_supervised_methods() -> list[str]:
 
 
 __all__ = [
+    "BYOL",
+    "DINO",
     "METHODS",
+    "BarlowTwins",
     "Batch",
+    "SimSiam",
+    "VICReg",
     "MeanTeacher",
     "Method",
     "MoCo",

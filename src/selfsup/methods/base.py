@@ -50,13 +50,13 @@ class Batch:
 class Method(nn.Module):
     """Base class of the methods: their class attributes and the two calls of the loop."""
 
-    #: Views the loop augments per image.
-    n_views: ClassVar[int] = 2
+    #: Views the loop augments per image (an instance may set its own, e.g. DINO's crops).
+    n_views: int = 2
     #: Augmentation preset when the config names none.
     default_augment: ClassVar[str] = "simclr"
     #: Changes to the augmentation per view (AugmentConfig fields), one mapping per view;
     #: empty: every view alike (e.g. BYOL: blur 1.0 / 0.1, solarize 0.0 / 0.2).
-    view_augment: ClassVar[tuple[dict[str, Any], ...]] = ()
+    view_augment: tuple[dict[str, Any], ...] = ()
     #: Whether training reads labels (supervised, semi-supervised methods).
     uses_labels: ClassVar[bool] = False
     #: Whether it learns from few labels and many unlabelled images (``selfsup semi``).

@@ -10,7 +10,7 @@ from ..config import Config
 from ..distributed import gather
 from ..ema import ema_update, frozen_copy
 from ..errors import ConfigError
-from ..losses import info_nce
+from ..losses import embedding_std, info_nce, info_nce_top1
 from ..models import ProjectionHead, feature_dim
 from ..models.norm import convert_split_bn
 from .base import Batch, Method
@@ -112,9 +112,11 @@ class MoCo(Method):
         q = self.head(self.backbone(x_q))  # (B, D)
         k = self._keys(x_k, batch.generator)  # (B, D), no gradient
         # The queue changes below; the loss's backward needs its current values.
-        loss = info_nce(q, k, self.queue.clone(), self.temperature)
+        queue = self.queue.clone()
+        loss = info_nce(q, k, queue, self.temperature)
+        top1 = info_nce_top1(q, k, queue)  # health: is each query's key nearer than the whole queue?
         self._enqueue(gather(k))  # under torchrun: every rank's keys, in rank order
-        return {"loss": loss}
+        return {"loss": loss, "contrastive_top1": top1, "embedding_std": embedding_std(q)}
 
     def after_optimizer_step(self, batch: Batch) -> None:
         """The key encoder becomes an EMA of the query encoder (constant momentum).

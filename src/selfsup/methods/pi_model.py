@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..losses import softmax_mse
+from ..losses import embedding_std, softmax_mse
 from .base import Batch, Method
 from .common import build_encoder, linear_classifier
 from .supervised import masked_cross_entropy
@@ -78,9 +78,15 @@ class PiModel(Method):
             ``loss``, and its parts ``ce`` and ``consistency`` (detached).
         """
         x1, x2 = batch.view(0), batch.view(1)
-        logits = self(x1)
+        features = self.backbone(x1)
+        logits = self.classifier(features)
         target = self.target_logits(x2)
         ce = masked_cross_entropy(logits, batch.labels)
         consistency = softmax_mse(logits, target)
         weight = self.consistency_weight * sigmoid_rampup(batch.epoch, self.rampup_epochs)
-        return {"loss": ce + weight * consistency, "ce": ce.detach(), "consistency": consistency.detach()}
+        return {
+            "loss": ce + weight * consistency,
+            "ce": ce.detach(),
+            "consistency": consistency.detach(),
+            "embedding_std": embedding_std(features),
+        }

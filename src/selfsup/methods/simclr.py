@@ -7,7 +7,7 @@ from torch import nn
 
 from ..config import Config
 from ..distributed import gather_with_grad, rank
-from ..losses import nt_xent
+from ..losses import embedding_std, nt_xent, simclr_top1
 from ..models import ProjectionHead, feature_dim
 from .base import Batch, Method
 from .common import build_encoder
@@ -55,4 +55,5 @@ class SimCLR(Method):
         z1, z2 = z.chunk(2)
         # Under torchrun: negatives from every rank's views, gradients through the gather.
         z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)
-        return {"loss": nt_xent(z1, z2, self.temperature, z1_all, z2_all, offset=rank() * len(z1))}
+        loss = nt_xent(z1, z2, self.temperature, z1_all, z2_all, offset=rank() * len(z1))
+        return {"loss": loss, "contrastive_top1": simclr_top1(z1, z2), "embedding_std": embedding_std(z1)}

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from ..losses import embedding_std
 from .base import Batch, Method
 from .common import build_encoder, linear_classifier
 
@@ -54,4 +55,6 @@ class Supervised(Method):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Cross-entropy of ``views`` (B, 3, H, W) against ``labels`` (B,), -1 = unlabelled."""
-        return {"loss": masked_cross_entropy(self(batch.views), batch.labels)}
+        features = self.backbone(batch.views)
+        loss = masked_cross_entropy(self.classifier(features), batch.labels)
+        return {"loss": loss, "embedding_std": embedding_std(features)}

@@ -65,7 +65,7 @@ def resolve_config(cfg: Config, splits: DataSplits) -> Config:
 
 def view_augment(cfg: Config, method: Method) -> ViewAugment:
     """The method's views: the run's augmentation with each view's own changes."""
-    return ViewAugment(view_configs(cfg.augment, type(method).view_augment, method.n_views))
+    return ViewAugment(view_configs(cfg.augment, method.view_augment, method.n_views))
 
 
 def peak_memory_mb(device: torch.device) -> float:

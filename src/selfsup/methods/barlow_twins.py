@@ -1,0 +1,38 @@
+"""Barlow Twins (Zbontar et al. 2021): the cross-correlation of two views' embeddings towards identity."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..losses import barlow_twins, embedding_std
+from ..models import ProjectionHead, feature_dim
+from .base import Batch, Method
+from .common import build_encoder
+
+
+class BarlowTwins(Method):
+    """Encoder + projector; invariance on the diagonal, redundancy reduction off it.
+
+    Args:
+        backbone: Encoder.
+        projector: Projection MLP (the paper: three layers of 8192 with BatchNorm).
+        lambd: Weight of the off-diagonal term (the paper: 5e-3).
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, lambd: float) -> None:
+        super().__init__()
+        self.backbone, self.projector, self.lambd = backbone, projector, lambd
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int) -> BarlowTwins:
+        """Projector ``[features, *model.head_dims]`` with BatchNorm; ``method.lambd``."""
+        backbone = build_encoder(cfg)
+        projector = ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=True)
+        return cls(backbone, projector, cfg.method.lambd)
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Barlow Twins' loss of the two views' embeddings."""
+        z1, z2 = self.projector(self.backbone(batch.views)).chunk(2)
+        return {"loss": barlow_twins(z1, z2, self.lambd), "embedding_std": embedding_std(z1)}

@@ -1,0 +1,48 @@
+"""SimSiam (Chen & He 2021): a predictor and a stop-gradient, and no negatives or momentum encoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..losses import embedding_std, negative_cosine
+from ..models import ProjectionHead, feature_dim
+from .base import Batch, Method
+from .common import build_encoder
+
+
+class SimSiam(Method):
+    """Encoder + projector (BatchNorm on every layer, its output too) + predictor.
+
+    The loss is ``D(p1, z2) / 2 + D(p2, z1) / 2`` with ``D(p, z) = -cos(p, stopgrad(z))``;
+    the stop-gradient is what keeps the representation from collapsing (its std is logged).
+
+    Args:
+        backbone: Encoder.
+        projector: Projection MLP, ending in BatchNorm.
+        predictor: Bottleneck MLP from projections to predictions.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.projector, self.predictor = backbone, projector, predictor
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int) -> SimSiam:
+        """Projector ``[features, *model.head_dims]`` + BatchNorm; predictor hidden ``method.predictor_hidden``."""
+        backbone = build_encoder(cfg)
+        dims = [feature_dim(backbone), *cfg.model.head_dims]
+        out = dims[-1]
+        # The paper's projector: BN after every fc, the output fc included (no ReLU there).
+        projector = nn.Sequential(ProjectionHead(dims, batch_norm=True), nn.BatchNorm1d(out))
+        predictor = ProjectionHead([out, cfg.method.predictor_hidden, out], batch_norm=True)
+        return cls(backbone, projector, predictor)
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Symmetric negative cosine of predictions against the other view's projections."""
+        z = self.projector(self.backbone(batch.views))  # (2B, D)
+        p1, p2 = self.predictor(z).chunk(2)
+        z1, z2 = z.chunk(2)
+        loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
+        return {"loss": loss, "embedding_std": embedding_std(z1)}
