@@ -89,6 +89,7 @@ def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> Non
         "report/loss.png",
         "report/lr.png",
         "report/augmentation.png",
+        "report/signals.png",  # SimCLR's contrastive top-1 and embedding std
         "report/embedding.png",
         "report/neighbours.png",
     } <= set(images_exist(run_report))

@@ -86,6 +86,10 @@ class AugmentConfig:
     blur_sigma: Union[list[float], None] = None
     #: Probability of solarizing (inverting intensities at or above 0.5; BYOL).
     solarize_p: Union[float, None] = None
+    #: RandAugment operations per image, FixMatch's list and ranges (0 = none; FixMatch: 2).
+    randaugment_n: Union[int, None] = None
+    #: Largest Cutout square, as a fraction of the image side (0 = none; FixMatch: 0.5).
+    cutout: Union[float, None] = None
     #: Per-channel normalisation mean; None = the training split's own.
     mean: Union[list[float], None] = None
     #: Per-channel normalisation std; None = the training split's own.
@@ -165,10 +169,14 @@ class SemiConfig:
     consistency_weight: float = 100.0
     #: Epochs of the sigmoid ramp-up exp(-5 (1 - t)^2) of the consistency weight.
     rampup_epochs: float = 5.0
-    #: Mean Teacher: EMA decay of the teacher after the ramp-up ...
+    #: Mean Teacher: EMA decay of the teacher after the ramp-up; FixMatch: of the evaluated weights ...
     ema_decay: float = 0.999
     #: ... and during it.
     ema_decay_rampup: float = 0.99
+    #: FixMatch: confidence a pseudo-label needs.
+    threshold: float = 0.95
+    #: FixMatch: weight lambda_u of the unlabelled loss.
+    unlabeled_weight: float = 1.0
 
 
 @dataclass
@@ -582,6 +590,7 @@ def field_help(section: str) -> dict[str, str]:
 def validate(cfg: Config) -> None:
     """Range checks that need no data or registry; raises :class:`ConfigError`."""
 
+    # long: one line per range check, in section order; split up they would be harder to scan.
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
             section, name = key.split(".")

@@ -223,7 +223,7 @@ def dino(
 
 
 def fixmatch_unlabeled(
-    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float, reduce: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """FixMatch's unlabelled loss (Sohn et al. 2020): pseudo-labels from weak views, CE on strong ones.
 
@@ -236,6 +236,7 @@ def fixmatch_unlabeled(
         weak_logits: (M, C) logits of the weak views.
         strong_logits: (M, C) logits of the strong views of the same images.
         threshold: Confidence needed for a pseudo-label (0.95).
+        reduce: Return the mean loss; False: the per-image cross-entropies (M,), unmasked.
 
     Returns:
         (loss, mask (M,) bool, pseudo-labels (M,)).
@@ -244,7 +245,7 @@ def fixmatch_unlabeled(
     confidence, pseudo = probs.max(1)
     mask = confidence >= threshold
     per_image = F.cross_entropy(strong_logits.float(), pseudo, reduction="none")
-    return (per_image * mask).mean(), mask, pseudo
+    return ((per_image * mask).mean() if reduce else per_image), mask, pseudo
 
 
 def embedding_std(z: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,28 @@ def _curves(records: list[dict[str, Any]], folder: Path, prefix: str = "") -> li
         ax.plot([r["epoch"] for r in knn], [100 * r["knn_top1"] for r in knn], "o-", color="C3")
         ax.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor (subsets)")
         names.append(_save(fig, folder, f"{prefix}knn.png"))
-    return names
+    signals = _signals(steps, folder, prefix)
+    return names + ([signals] if signals else [])
+
+
+#: Interval-record keys that are not a method's own scalars.
+_BOOKKEEPING = {"step", "epoch", "loss", "lr", "views_per_s", "train_time_s"}
+
+
+def _signals(steps: list[dict[str, Any]], folder: Path, prefix: str) -> str | None:
+    """Every other scalar a method logged (health signals: embedding std, contrastive top-1, parts of the loss)."""
+    keys = sorted({k for r in steps for k, v in r.items() if k not in _BOOKKEEPING and isinstance(v, (int, float))})
+    if not keys:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6.4, 2.2 * len(keys)), squeeze=False, sharex=True)
+    for ax, key in zip(axes[:, 0], keys):
+        rows = [r for r in steps if key in r]
+        ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], lw=1)
+        ax.set_ylabel(key.replace("_", " "), fontsize=8)
+    axes[-1, 0].set_xlabel("epoch")
+    axes[0, 0].set_title("What the method logged (embedding std near 0 means collapse)")
+    return _save(fig, folder, f"{prefix}signals.png")
 
 
 def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[list[Any]]:

@@ -16,6 +16,7 @@ from .barlow_twins import BarlowTwins
 from .base import Batch, Method
 from .byol import BYOL
 from .dino import DINO
+from .fixmatch import FixMatch
 from .mean_teacher import MeanTeacher
 from .moco import MoCo
 from .pi_model import PiModel
@@ -46,6 +47,7 @@ register_method("simsiam", SimSiam)
 register_method("barlow-twins", BarlowTwins)
 register_method("vicreg", VICReg)
 register_method("dino", DINO)
+register_method("fixmatch", FixMatch)
 
 
 def method_class(name: str) -> type[Method]:
@@ -68,6 +70,7 @@ def semi_supervised_methods() -> list[str]:
 __all__ = [
     "BYOL",
     "DINO",
+    "FixMatch",
     "METHODS",
     "BarlowTwins",
     "Batch",

@@ -32,6 +32,8 @@ class Batch:
         progress: ``step / total_steps``, in [0, 1): the position in the whole run, which
             schedules (EMA momentum, temperatures) follow.
         epoch: ``step / steps_per_epoch``: ramp-ups counted in epochs.
+        truth: (B,) the true labels, unlabelled images included, for health signals only
+            (e.g. FixMatch's pseudo-label accuracy); None where the loop does not give them.
     """
 
     views: torch.Tensor
@@ -40,6 +42,7 @@ class Batch:
     step: int = 0
     progress: float = 0.0
     epoch: float = 0.0
+    truth: torch.Tensor | None = None
 
     def view(self, index: int) -> torch.Tensor:
         """(B, 3, H, W): view ``index`` of every image."""

@@ -149,6 +149,7 @@ class StepImages:
     labels: torch.Tensor
     positions: torch.Tensor | None
     total: int
+    truth: torch.Tensor
 
 
 def next_batch(sampler: StepSampler, step: int, images: torch.Tensor, labels: torch.Tensor) -> StepImages:
@@ -159,10 +160,11 @@ def next_batch(sampler: StepSampler, step: int, images: torch.Tensor, labels: to
         positions = local_positions(total, n_labeled, rank(), parts)
         idx_cpu, n_labeled = idx_cpu[positions], n_labeled // parts
     idx = idx_cpu.to(images.device, non_blocking=True)
-    batch_labels = labels.index_select(0, idx)
+    truth = labels.index_select(0, idx)
+    batch_labels = truth.clone()
     if n_labeled < len(idx):
         batch_labels[n_labeled:] = -1  # unlabelled stream: labels hidden
-    return StepImages(images.index_select(0, idx), batch_labels, positions, total)
+    return StepImages(images.index_select(0, idx), batch_labels, positions, total, truth)
 
 
 class _Loop:
@@ -214,7 +216,7 @@ class _Loop:
         scalars = train_step(
             self.model, self.optimizer, self.augment, batch.images, batch.labels, gen, device, bf16,
             step=s.step, epoch=s.step / self.spe, progress=s.step / self.total, step_fn=self.step_fn,
-            positions=batch.positions, total=batch.total,
+            positions=batch.positions, total=batch.total, truth=batch.truth,
         )  # fmt: skip
         s.add(scalars)
         s.step += 1

@@ -29,6 +29,7 @@ def train_step(
     step_fn: StepFn | None = None,
     positions: torch.Tensor | None = None,
     total: int | None = None,
+    truth: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Augment one batch (each view its own way), run the method's step, update, move EMAs.
 
@@ -48,13 +49,14 @@ def train_step(
             torchrun the DistributedDataParallel wrapper, which syncs gradients).
         positions: Under torchrun, where these images sit in the global batch ...
         total: ... of this many images (so augmentation draws as one process would).
+        truth: The true labels of these images, for health signals only.
 
     Returns:
         Every scalar the method returned (``loss`` first), detached and still on the
         device: reading them would synchronise.
     """
     views = augment(images, gen, positions=positions, total=total)
-    batch = Batch(views, labels, gen, step, progress, epoch)
+    batch = Batch(views, labels, gen, step, progress, epoch, truth)
     with autocast(device, bf16):
         result = (step_fn or model.training_step)(batch)
     loss = result["loss"]

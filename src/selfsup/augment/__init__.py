@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import AugmentConfig
-from .errors import ConfigError
+from ..config import AugmentConfig
+from ..errors import ConfigError
 
 # Luma weights of torchvision's rgb_to_grayscale (ITU-R 601-2).
 _GRAY = (0.2989, 0.587, 0.114)
@@ -36,7 +36,10 @@ _GRAY = (0.2989, 0.587, 0.114)
 #: Colour-jitter op ids, in the order of their factors in ``AugmentParams.jitter``.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
-_COMMON = dict(crop_ratio=[3 / 4, 4 / 3], pad=0, flip_p=0.5, blur_kernel=3, blur_sigma=[0.1, 2.0], solarize_p=0.0)
+_COMMON = dict(
+    crop_ratio=[3 / 4, 4 / 3], pad=0, flip_p=0.5, blur_kernel=3, blur_sigma=[0.1, 2.0], solarize_p=0.0,
+    randaugment_n=0, cutout=0.0,
+)
 _NO_COLOUR = dict(jitter_strength=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
 
 #: Named recipes: every AugmentConfig field but preset, mean and std. Values a config
@@ -98,6 +101,8 @@ class AugmentSpec:
     blur_kernel: int
     blur_sigma: tuple[float, float]
     solarize_p: float
+    randaugment_n: int
+    cutout: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
@@ -157,6 +162,9 @@ def _check(c: AugmentConfig) -> None:
     for key in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
         if not 0 <= getattr(cfg, key) <= 1:
             raise bad(key, "a probability must lie in [0, 1]")
+    if cfg.randaugment_n < 0 or not 0 <= cfg.cutout <= 1:
+        key = "randaugment_n" if cfg.randaugment_n < 0 else "cutout"
+        raise bad(key, "must not be negative (and cutout at most 1)")
     if cfg.jitter_strength < 0 or cfg.pad < 0:
         raise bad("jitter_strength" if cfg.jitter_strength < 0 else "pad", "must not be negative")
     if cfg.blur_kernel < 1 or cfg.blur_kernel % 2 == 0:
@@ -184,6 +192,7 @@ class AugmentParams:
         gray: (B,) bool.
         blur_sigma: (B,) sigma, 0 where no blur is applied.
         solarize: (B,) bool: intensities at or above 0.5 are inverted (BYOL's solarize).
+        randaugment: RandAugment's operations, magnitudes and Cutout squares, or None.
     """
 
     theta: torch.Tensor
@@ -196,10 +205,15 @@ class AugmentParams:
     gray: torch.Tensor
     blur_sigma: torch.Tensor
     solarize: torch.Tensor
+    randaugment: Any = None
 
     def select(self, rows: torch.Tensor) -> AugmentParams:
         """The parameters of the given samples (a CPU index tensor)."""
-        return AugmentParams(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        picked: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            picked[f.name] = value[rows] if isinstance(value, torch.Tensor) else value and value.select(rows)
+        return AugmentParams(**picked)
 
 
 def _uniform(lo: float, hi: float, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -304,6 +318,11 @@ def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.
     sigma = torch.where(blurred, sigma, torch.zeros_like(sigma))
     # Drawn last, and only when used, so that presets without it draw what they always drew.
     solarize = torch.rand(n, generator=gen) < cfg.solarize_p if cfg.solarize_p > 0 else torch.zeros(n, dtype=torch.bool)
+    ra = None
+    if cfg.randaugment_n > 0 or cfg.cutout > 0:  # FixMatch's strong view (drawn last, only when used)
+        from .randaugment import sample as sample_randaugment
+
+        ra = sample_randaugment(n, cfg.randaugment_n, cfg.cutout, height, width, gen)
     return AugmentParams(
         theta=theta.float(),
         crop_area=area.float(),
@@ -315,6 +334,7 @@ def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.
         gray=gray,
         blur_sigma=sigma.float(),
         solarize=solarize,
+        randaugment=ra,
     )
 
 
@@ -477,6 +497,10 @@ def apply_params(images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec) 
         x = gaussian_blur(x, params.blur_sigma, cfg.blur_kernel)
     if bool(params.solarize.any()):
         x = solarize(x, params.solarize.to(x.device, non_blocking=True))
+    if params.randaugment is not None:
+        from .randaugment import apply as randaugment
+
+        x = randaugment(x, params.randaugment)
     mean = torch.tensor(cfg.mean, device=x.device)
     std = torch.tensor(cfg.std, device=x.device)
     return normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
