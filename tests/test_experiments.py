@@ -68,7 +68,9 @@ def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> Non
     with open(tmp_path / "sweep" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["method.temperature"] for r in rows] == ["0.1", "0.1", "0.5", "0.5"]
-    assert {"final_loss", "knn_top1", "linear_top1", "wall_time_s", "views_per_s", "peak_memory_mb"} <= set(rows[0])
+    assert {"final_loss", "knn_top1", "linear_top1", "wall_time_s", "views_per_s", "peak_memory_mb",
+            "embedding_std"} <= set(rows[0])
+    assert 0 < float(rows[0]["embedding_std"]) < 1  # SimCLR's logged spread, the collapse signal
     table = result.table.splitlines()
     assert table[0].startswith("| method.temperature | seeds | kNN top-1 (%) | linear top-1 (%)")
     assert len(table) == 4 and all("±" in line for line in table[2:]) and "| 0.5 | 2 |" in table[3]
@@ -235,6 +237,10 @@ def test_markdown_table_statistics() -> None:
     assert "| a | 2 | 52.0 ± 2.8 | 61.0 ± 1.4 | 1.100 ± 0.141 | - |" in table
     assert "1 cell(s) not finished" in table
     assert mean_std([3.0]) == (3.0, 0.0)
+    # The collapse signal gets its own column when runs logged it.
+    rows[0]["embedding_std"], rows[1]["embedding_std"] = 0.10, 0.12
+    table = markdown_table(rows, ["t"]).splitlines()
+    assert table[0].endswith("| embedding std |") and table[2].endswith("| 0.1100 ± 0.0141 |")
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ COLUMNS = [
     "wall_time_s",
     "views_per_s",
     "peak_memory_mb",
+    "embedding_std",
 ]
 
 
@@ -50,6 +51,10 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     if summary:
         for key in ("final_loss", "train_time_s", "views_per_s", "peak_memory_mb"):
             row[key] = summary.get(key)
+    # The collapse signal at the end of training: the last logged spread of the embeddings.
+    spread = next((r["embedding_std"] for r in reversed(records) if "embedding_std" in r), None)
+    if spread is not None:
+        row["embedding_std"] = spread
     path = run_dir / METRICS_JSON
     if path.is_file():
         metrics = json.loads(path.read_text())
@@ -137,7 +142,10 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "
     metrics = [("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)")]
     if command in ("semi", "finetune"):
         metrics = [("test_top1", "test top-1 (%)")] + (metrics if command == "finetune" else [])
+    spread = any(r.get("embedding_std") is not None for r in rows)
     head = [*axes, "seeds", *(name for _, name in metrics), "final loss", "wall time (s)"]
+    if spread:  # the collapse signal: near 0 when the embeddings collapsed to a point
+        head.append("embedding std")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for g in aggregate(rows, axes):
         cells = [str(g[a]) for a in axes] + [str(g["n"])]
@@ -151,6 +159,9 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "
         for key, fmt in (("final_loss", "{:.3f} ± {:.3f}"), ("wall_time_s", "{:.0f} ± {:.0f}")):
             vals = g["values"].get(key)
             cells.append(fmt.format(*mean_std(vals)) if vals else "-")
+        if spread:
+            vals = g["values"].get("embedding_std")
+            cells.append("{:.4f} ± {:.4f}".format(*mean_std(vals)) if vals else "-")
         lines.append("| " + " | ".join(cells) + " |")
     missing = sum(1 for r in rows if r.get("status") == "missing")
     if missing:
