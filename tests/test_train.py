@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -123,3 +124,33 @@ def test_sigkill_then_resume_matches_uninterrupted(
     # The metrics log reads as if the run had never stopped: no step logged twice.
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, 19))
+
+
+def test_time_budget_plans_once_and_resumes_the_same_schedule(shared_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from selfsup.train.plan import PLAN
+
+    cfg = load_config(None, tiny_overrides(shared_folder, **{"train.time_budget": 0.03, "train.keep_checkpoints": 5,
+                                                            "train.checkpoint_minutes": 1e-9}))
+    out = tmp_path / "run"
+    result = pretrain(cfg, out=out, log=lambda s: None)
+    plan = json.loads((out / PLAN).read_text())
+    total = plan["total_steps"]
+    assert total >= 1 and plan["time_budget_min"] == 0.03 and plan["seconds_per_step"] > 0
+    assert result.summary["step"] == total and math.isfinite(result.summary["final_loss"])
+    records = read_jsonl(out / "metrics.jsonl")
+    epochs = [r for r in records if "epoch_loss" in r]
+    assert epochs[-1]["step"] == total  # the last (possibly partial) epoch is logged
+    # The learning rate decays to ~0 at the planned end, whatever train.epochs says.
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs[-1] < 0.05 * max(lrs)
+    # Resumed from an earlier checkpoint, the run reads its plan and ends where it did.
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for p in sorted((copy / "checkpoints").iterdir())[-2:]:
+        p.unlink()
+    (copy / ".lock").unlink(missing_ok=True)
+    pretrain(cfg, out=copy, resume=True, log=lambda s: None)
+    assert json.loads((copy / PLAN).read_text()) == plan
+    assert_same_state(final_state(copy), final_state(out))

@@ -209,6 +209,10 @@ class TrainConfig:
 
     #: Passes over the training images.
     epochs: int = 100
+    #: Train for this many minutes instead of train.epochs: the steps that fit are planned
+    #: from measured step times and every schedule ends with the budget (evaluation not
+    #: included); the plan is saved in RUN_DIR/plan.json for --resume.
+    time_budget: Union[float, None] = None
     #: Images per step (SimCLR sees two views of each).
     batch_size: int = 256
     #: Seeds the model, the data order and every augmentation (a function of seed and step).
@@ -329,6 +333,7 @@ SHORT_FLAGS: dict[str, str] = {
     "method": "method.name",
     "backbone": "model.backbone",
     "epochs": "train.epochs",
+    "time-budget": "train.time_budget",
     "batch-size": "train.batch_size",
     "seed": "train.seed",
     "device": "train.device",
@@ -606,6 +611,7 @@ def validate(cfg: Config) -> None:
     t, o, e, d, m = cfg.train, cfg.optim, cfg.eval, cfg.data, cfg.method
     need(t.batch_size > 0, "train.batch_size", "must be a positive integer")
     need(t.epochs > 0, "train.epochs", "must be a positive integer")
+    need(t.time_budget is None or t.time_budget > 0, "train.time_budget", "must be positive (minutes)")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must not be negative")
     need(t.checkpoint_minutes >= 0, "train.checkpoint_minutes", "must not be negative")
     need(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be a positive integer")

@@ -169,8 +169,11 @@ def _train_and_evaluate(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optim, t.batch_size)
     state = TrainState(device)
+    total = t.epochs * sampler.steps_per_epoch
+    if t.time_budget is not None:
+        total = _plan(cfg, model, optimizer, sampler, splits, run_dir, device, bf16, log)
     if existing:
-        _resume(run_dir, state, model, optimizer, t.epochs * sampler.steps_per_epoch, leader, log)
+        _resume(run_dir, state, model, optimizer, total, leader, log)
     if t.compile:
         model.backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
     step_fn = None
@@ -183,7 +186,7 @@ def _train_and_evaluate(
     monitor = Monitor(cfg, splits, device, train_images=images) if t.knn_every and leader else None
     extra = {"classes": list(splits.train.classes), "method": cfg.method.name}
     final_loss = run_loop(
-        cfg, model, optimizer, sampler, (images, labels), state, run_dir, bf16, extra, step_fn, monitor
+        cfg, model, optimizer, sampler, (images, labels), state, run_dir, bf16, extra, step_fn, monitor, total
     )
     summary = _summary(cfg, state, sampler, model, device, bf16, len(splits.train), final_loss, run_dir)
     result = RunResult(run_dir=run_dir, summary=summary)
@@ -191,13 +194,57 @@ def _train_and_evaluate(
         return result
     append_jsonl(run_dir / METRICS_JSONL, summary)
     log(
-        f"trained {t.epochs} epochs ({state.step} steps) in {state.train_time:.0f} s, "
+        f"trained {state.step / sampler.steps_per_epoch:.3g} epochs ({state.step} steps) in {state.train_time:.0f} s, "
         f"{summary['views_per_s']:.0f} views/s, final loss {summary['final_loss']:.4f}"
     )
     if t.eval_after:
         evaluate = evaluate_run if cfg.semi.labels is None else evaluate_classifiers
         result.metrics = evaluate(run_dir, model=model, step=state.step, log=log, data=whole)
     return result
+
+
+def _plan(
+    cfg: Config,
+    model: Method,
+    optimizer: torch.optim.Optimizer,
+    sampler: StepSampler,
+    splits: DataSplits,
+    run_dir: Path,
+    device: torch.device,
+    bf16: bool,
+    log: Callable[[str], None],
+) -> int:
+    """The steps that fit ``train.time_budget``: the saved plan, or one from timing a throwaway copy."""
+    from .train.loop import next_batch, view_augment
+    from .train.plan import plan_steps, throwaway, time_steps
+    from .train.step import train_step
+
+    t = cfg.train
+    images = torch.from_numpy(splits.train.images).to(device)
+    labels = torch.from_numpy(splits.train.labels).to(device)
+
+    def seconds_per_step() -> float:
+        twin, opt = throwaway(model, lambda m: build_optimizer(m, cfg.optim, t.batch_size))
+        augment = view_augment(cfg, twin)
+        rng = torch.get_rng_state()  # timing must not change what the run draws
+
+        def step(i: int) -> None:
+            b = next_batch(sampler, i, images, labels)
+            train_step(twin, opt, augment, b.images, b.labels, torch.Generator().manual_seed(i), device, bf16,
+                       step=i, positions=b.positions, total=b.total)  # fmt: skip
+
+        try:
+            return time_steps(step, device)
+        finally:
+            torch.set_rng_state(rng)
+
+    plan = plan_steps(run_dir, float(t.time_budget or 0), seconds_per_step, write=rank() == 0)
+    total = int(broadcast_object(plan["total_steps"]))  # under torchrun every rank follows rank 0's plan
+    log(
+        f"time budget {t.time_budget:g} min: {total} steps ({total / sampler.steps_per_epoch:.2f} epochs) "
+        f"at {plan['seconds_per_step']:.3f} s per step"
+    )
+    return total
 
 
 def _resume(

@@ -181,12 +181,13 @@ class _Loop:
         extra: dict[str, Any],
         step_fn: StepFn | None,
         monitor: Callable[[nn.Module], float] | None,
+        total: int,
     ) -> None:
         t = cfg.train
         self.cfg, self.model, self.optimizer, self.sampler, self.state = cfg, model, optimizer, sampler, state
         self.run_dir, self.extra, self.step_fn, self.monitor = run_dir, extra, step_fn, monitor
         self.spe = sampler.steps_per_epoch
-        self.total = t.epochs * self.spe
+        self.total = total
         self.warmup = int(round(cfg.optim.warmup_epochs * self.spe))
         self.peak_lr = scaled_lr(cfg.optim, t.batch_size)
         self.augment = view_augment(cfg, model)
@@ -248,16 +249,23 @@ class _Loop:
         self.interval_start, self.interval_views = time.perf_counter(), 0
 
     def log_epoch(self) -> None:
-        """The epoch's mean of every scalar, and the kNN monitor when it is due."""
-        s, epoch = self.state, self.state.step // self.spe
+        """The epoch's mean of every scalar, and the kNN monitor when it is due.
+
+        A time-budgeted run may end inside an epoch: that last, partial epoch is logged
+        too (``epoch`` fractional, means over its steps).
+        """
+        s = self.state
+        steps = (s.step - 1) % self.spe + 1  # steps of this epoch
+        epoch: float = s.step // self.spe if steps == self.spe else s.step / self.spe
         names = list(s.epoch)
-        means = dict(zip(names, (all_reduce_mean(torch.stack([s.epoch[n] for n in names])) / self.spe).tolist()))
+        means = dict(zip(names, (all_reduce_mean(torch.stack([s.epoch[n] for n in names])) / steps).tolist()))
         self.check_finite(means["loss"])
         self.final_loss = means["loss"]
         entry: dict[str, Any] = {"step": s.step, "epoch": epoch, "epoch_loss": means.pop("loss")}
         entry.update({f"epoch_{n}": v for n, v in means.items()})
         entry["train_time_s"] = s.train_time
-        if self.monitor is not None and (epoch % self.cfg.train.knn_every == 0 or s.step == self.total):
+        due = isinstance(epoch, int) and epoch % max(self.cfg.train.knn_every, 1) == 0
+        if self.monitor is not None and (due or s.step == self.total):
             entry["knn_top1"] = self.monitor(self.model.backbone)
             self.recorder.write(f"epoch {epoch}: loss {entry['epoch_loss']:.4f}, kNN top-1 {entry['knn_top1']:.4f}")
         self.recorder.record(entry)
@@ -289,6 +297,7 @@ def run_loop(
     extra: dict[str, Any],
     step_fn: StepFn | None = None,
     monitor: Callable[[nn.Module], float] | None = None,
+    total: int | None = None,
 ) -> float | None:
     """Train from ``state.step`` to the end, logging and checkpointing on the way.
 
@@ -304,12 +313,14 @@ def run_loop(
         extra: More entries for every checkpoint (classes, method name).
         step_fn: Computes the losses (DistributedDataParallel under torchrun).
         monitor: Measures the encoder every ``train.knn_every`` epochs (rank 0).
+        total: Steps of the whole run (default ``train.epochs`` epochs; a time budget's plan).
 
     Returns:
         The last epoch's mean loss (None if no epoch ended here).
     """
     t, (images, labels) = cfg.train, data
-    loop = _Loop(cfg, model, optimizer, sampler, state, run_dir, extra, step_fn, monitor)
+    total = total if total is not None else t.epochs * sampler.steps_per_epoch
+    loop = _Loop(cfg, model, optimizer, sampler, state, run_dir, extra, step_fn, monitor, total)
     multi = world_size() > 1
     model.train()
     try:
@@ -317,7 +328,7 @@ def run_loop(
             while state.step < loop.total:
                 t0 = time.perf_counter()
                 loop.step(images, labels, images.device, bf16)
-                end_of_epoch = state.step % loop.spe == 0
+                end_of_epoch = state.step % loop.spe == 0 or state.step == loop.total
                 logging = state.step % t.log_every == 0 or end_of_epoch
                 if logging and images.device.type == "cuda":
                     # Steps are queued, not done, when the host returns: the timed region
@@ -332,8 +343,8 @@ def run_loop(
                 # Stopping must be agreed by every rank; they compare notes when they log.
                 stopping = any_rank(bool(stop), images.device) if (multi and logging) else (not multi and bool(stop))
                 if end_of_epoch or loop.overdue() or stopping:  # every epoch ends with a rolling checkpoint
-                    epoch = state.step // loop.spe
-                    loop.save(end_of_epoch and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0)
+                    whole, epoch = state.step % loop.spe == 0, state.step // loop.spe
+                    loop.save(whole and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0)
                 if stopping:
                     raise Interrupted(state.step, run_dir)
     finally:

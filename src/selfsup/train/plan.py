@@ -1,0 +1,83 @@
+"""Training for a time budget: the number of steps planned once, from measured step times.
+
+``train.time_budget`` (minutes) replaces ``train.epochs``: before the first step the run
+times a few steps of a throwaway copy of the model, fixes the number of steps that fit
+the budget, and saves it in ``RUN_DIR/plan.json``. Every schedule follows that number
+(the learning rate's warm-up and cosine decay, EMA momentum and temperatures through
+``Batch.progress``, ramp-ups through the epoch), so they all end when the budget does;
+``--resume`` reads the saved plan and continues the same schedule. Evaluation is not
+part of the budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..fileio import write_atomic
+
+PLAN = "plan.json"
+#: Untimed steps (allocator, kernels, caches warm up), then timed ones.
+WARMUP_STEPS, TIMED_STEPS = 2, 4
+
+
+def read_plan(run_dir: Path) -> dict[str, Any] | None:
+    """The saved plan of a run, or None."""
+    path = run_dir / PLAN
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def time_steps(step: Callable[[int], None], device: torch.device) -> float:
+    """Seconds per step of ``step(i)``, after :data:`WARMUP_STEPS` untimed ones."""
+    for i in range(WARMUP_STEPS):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for i in range(TIMED_STEPS):
+        step(WARMUP_STEPS + i)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / TIMED_STEPS
+
+
+def plan_steps(run_dir: Path, minutes: float, seconds_per_step: Callable[[], float], write: bool) -> dict[str, Any]:
+    """The run's plan: the saved one, or a new one from a measurement.
+
+    Args:
+        run_dir: The run directory.
+        minutes: ``train.time_budget``.
+        seconds_per_step: Measures a step (called only when there is no saved plan).
+        write: Save a new plan (rank 0).
+
+    Returns:
+        ``{"total_steps", "seconds_per_step", "time_budget_min"}``.
+    """
+    saved = read_plan(run_dir)
+    if saved is not None:
+        return saved
+    step_s = seconds_per_step()
+    plan = {
+        "total_steps": max(1, math.floor(60 * minutes / step_s)),
+        "seconds_per_step": step_s,
+        "time_budget_min": minutes,
+        "planned_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if write:
+        write_atomic(run_dir / PLAN, (json.dumps(plan, indent=2) + "\n").encode())
+    return plan
+
+
+def throwaway(
+    model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+) -> tuple[Any, torch.optim.Optimizer]:
+    """A copy of a model and a fresh optimizer for it, to time steps on, leaving the run's untouched."""
+    twin = copy.deepcopy(model)
+    return twin, make_optimizer(twin)
