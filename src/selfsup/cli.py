@@ -61,7 +61,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str], 
             if "_" in key:
                 names.append(f"--{section}.{key.replace('_', '-')}")
             names += [f"--{s}" for s, target in short.items() if target == dotted]
-            kwargs: dict[str, Any] = dict(dest=_PREFIX + dotted, default=argparse.SUPPRESS, help=docs.get(key) or None)
+            text = docs.get(key, "").replace("%", "%%")  # argparse formats help strings with %
+            kwargs: dict[str, Any] = dict(dest=_PREFIX + dotted, default=argparse.SUPPRESS, help=text or None)
             allowed = choices(tp)
             if tp is bool:
                 kwargs.update(nargs="?", const="true", metavar="BOOL")
