@@ -121,3 +121,17 @@ def test_cli_embeds_an_export_and_a_tar_and_queries(
     assert len(lines) == 2 and lines[0].split()[2] == f"photos/{paths[1]}"
     assert main(["embed", str(encoder_run), "--out", str(tmp_path / "e2")]) == 2
     assert "needs RUN_DIR" in capsys.readouterr().err
+
+
+def test_unreadable_images_stop_the_run_or_are_left_out_of_every_row(encoder_run: Path, tmp_path: Path) -> None:
+    from selfsup.errors import DataError
+
+    folder = tmp_path / "photos"
+    paths = odd_folder(folder)
+    (folder / "a" / "9.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="a/9.png: cannot decode image"):
+        embed(encoder_run, folder, tmp_path / "emb", device="cpu", progress=False)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        out = embed(encoder_run, folder, tmp_path / "emb2", device="cpu", progress=False, skip_invalid=True)
+    rows = list(csv.DictReader(open(out / "index.csv")))
+    assert [r["path"] for r in rows] == paths and np.load(out / "embeddings.npy").shape[0] == len(paths)

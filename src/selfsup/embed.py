@@ -25,8 +25,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,7 +34,16 @@ import torch
 from torch import nn
 
 from .data import load_dataset
-from .data.readers import IMAGE_EXTENSIONS, decode_image, layout, list_directory, read_tar_members
+from .data.readers import (
+    IMAGE_EXTENSIONS,
+    FileRef,
+    decode_files,
+    decode_image,
+    is_hidden,
+    layout,
+    list_directory,
+    read_tar_members,
+)
 from .errors import ConfigError, DataError, RunDirError
 from .eval.features import extract_features
 from .fileio import write_atomic
@@ -98,7 +106,7 @@ class _Item:
     path: str
     label: str
     split: str
-    read: Any  # () -> bytes, or an index into an in-memory array
+    source: FileRef | int  # a file to decode, or a row of a named dataset's decoded array
 
 
 def _labels(files: list[str], dirs: list[str], where: str) -> dict[str, tuple[str, str]]:
@@ -111,9 +119,8 @@ def _labels(files: list[str], dirs: list[str], where: str) -> dict[str, tuple[st
 
 
 def _is_image(rel: str) -> bool:
-    parts = PurePosixPath(rel).parts
-    hidden = any(p.startswith(".") or p == "__MACOSX" for p in parts)
-    return not hidden and PurePosixPath(rel).suffix.lower() in IMAGE_EXTENSIONS
+    path = PurePosixPath(rel)
+    return not is_hidden(path.parts) and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _list_source(data: str, out: Path, split: str | None) -> tuple[list[_Item], np.ndarray | None]:
@@ -132,22 +139,18 @@ def _list_source(data: str, out: Path, split: str | None) -> tuple[list[_Item], 
     root = Path(data).expanduser()
     if not root.exists():
         raise DataError(f"data path does not exist: {root} (--data: a folder, a tar, or {', '.join(NAMED)})")
+    store: Path | dict[str, bytes]
     if root.is_file():
-        members, dirs = read_tar_members(root)
-        files = sorted(f for f in members if _is_image(f))
-
-        def reader(name: str) -> Any:
-            return lambda: members[name]
+        store, dirs = read_tar_members(root)
+        files = sorted(f for f in store if _is_image(f))
     else:
         out_resolved = out.resolve()
         all_files, dirs = list_directory(root)
         # Never read our own output, wherever it lies under the data folder.
         files = [f for f in all_files if _is_image(f) and out_resolved not in (root / f).resolve().parents]
-
-        def reader(name: str) -> Any:
-            return lambda: (root / name).read_bytes()
+        store = root
     labels = _labels(files, dirs, str(root))
-    items = [_Item(f, labels.get(f, ("", ""))[1], labels.get(f, ("", ""))[0], reader(f)) for f in files]
+    items = [_Item(f, labels.get(f, ("", ""))[1], labels.get(f, ("", ""))[0], FileRef(f, f, store, 0)) for f in files]
     if split is not None:
         items = [it for it in items if it.split == split]
     if not items:
@@ -155,38 +158,25 @@ def _list_source(data: str, out: Path, split: str | None) -> tuple[list[_Item], 
     return items, None
 
 
-def _chunks(items: list[_Item], array: np.ndarray | None, size: int) -> Iterator[np.ndarray]:
-    """Decoded uint8 (n, size, size, 3) images, ``_CHUNK`` at a time."""
+def _chunks(
+    items: list[_Item], array: np.ndarray | None, size: int, skip_invalid: bool
+) -> Iterator[tuple[np.ndarray, list[_Item]]]:
+    """Decoded uint8 (n, size, size, 3) images ``_CHUNK`` at a time, with the items they are.
 
-    def decode(it: _Item) -> np.ndarray:
-        try:
-            return decode_image(it.read(), size, it.path)
-        except OSError as e:
-            raise DataError(f"{it.path}: cannot read ({e})") from None
-
-    with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow's decoders release the GIL
-        for start in range(0, len(items), _CHUNK):
-            part = items[start : start + _CHUNK]
-            if array is not None:
-                yield array[[it.read for it in part]]
-            else:
-                yield np.stack(list(pool.map(decode, part)))
-
-
-def _drop_unreadable(items: list[_Item], size: int) -> list[_Item]:
-    """The items that decode (``--skip-invalid``), warning about the others."""
-    import warnings
-
-    keep = []
-    for it in items:
-        try:
-            decode_image(it.read(), size, it.path)
-            keep.append(it)
-        except (DataError, OSError):
-            pass
-    if len(keep) < len(items):
-        warnings.warn(f"skipped {len(items) - len(keep)} unreadable images", stacklevel=3)
-    return keep
+    Files go through the dataset decoder (:func:`~selfsup.data.readers.decode_files`,
+    threads, one-line errors); with ``skip_invalid`` the ones that do not decode are left
+    out, once, and so are their rows of the index.
+    """
+    for start in range(0, len(items), _CHUNK):
+        part = items[start : start + _CHUNK]
+        sources = [it.source for it in part]
+        if array is not None:
+            yield array[[s for s in sources if isinstance(s, int)]], part
+            continue
+        # Each file's label slot carries its position in the chunk: the kept ones come back.
+        refs = [replace(s, label=i) for i, s in enumerate(sources) if isinstance(s, FileRef)]
+        images, kept = decode_files(refs, size, skip_invalid, progress=False, desc="embedding")
+        yield images, [part[int(i)] for i in kept]
 
 
 def _check_out(out: Path, data: str) -> None:
@@ -255,8 +245,6 @@ def embed(
     encoder = load_encoder(source, dev)
     items, array = _list_source(data, out, split)
     _prepare_out(out, overwrite)
-    if skip_invalid and array is None:
-        items = _drop_unreadable(items, encoder.image_size)
     options: dict[str, Any] = dict(
         mean=encoder.mean,
         std=encoder.std,
@@ -266,12 +254,17 @@ def embed(
         channels_last=True,
     )
     t0 = time.perf_counter()
-    parts = []
+    parts, rows = [], []
     with tqdm(total=len(items), desc="embedding", unit="img", disable=not progress, leave=False) as bar:
-        for images in _chunks(items, array, encoder.image_size):
-            parts.append(extract_features(encoder.module, images, **options).cpu().numpy().astype(np.float32))
+        for images, kept in _chunks(items, array, encoder.image_size, skip_invalid):
+            if len(kept):
+                parts.append(extract_features(encoder.module, images, **options).cpu().numpy().astype(np.float32))
+                rows += kept
             bar.update(len(images))
+    if not rows:
+        raise DataError(f"no image of {data} could be decoded")
     vectors = np.concatenate(parts)
+    items = rows
     buffer = io.BytesIO()
     np.save(buffer, vectors)
     write_atomic(out / EMBEDDINGS, buffer.getvalue())

@@ -35,7 +35,8 @@ _IGNORED = {".DS_Store", "Thumbs.db", "desktop.ini"}
 Layout = dict[str, dict[str, list[str]]]
 
 
-def _is_hidden(parts: tuple[str, ...]) -> bool:
+def is_hidden(parts: tuple[str, ...]) -> bool:
+    """Whether a relative path (its parts) is hidden, macOS metadata or a desktop file to ignore."""
     return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1] in _IGNORED
 
 
@@ -55,9 +56,9 @@ def layout(files: Iterable[str], dirs: Iterable[str], where: str) -> Layout:
             empty class folder.
     """
     paths = [PurePosixPath(f).parts for f in files]
-    paths = [p for p in paths if p and not _is_hidden(p)]
+    paths = [p for p in paths if p and not is_hidden(p)]
     dir_parts = [PurePosixPath(d).parts for d in dirs]
-    dir_parts = [p for p in dir_parts if p and not _is_hidden(p)]
+    dir_parts = [p for p in dir_parts if p and not is_hidden(p)]
     if not paths:
         raise DataError(f"no files found in {where}")
     prefix: tuple[str, ...] = ()
