@@ -139,6 +139,7 @@ def test_time_budget_plans_once_and_resumes_the_same_schedule(shared_folder: Pat
     total = plan["total_steps"]
     assert total >= 1 and plan["time_budget_min"] == 0.03 and plan["seconds_per_step"] > 0
     assert result.summary["step"] == total and math.isfinite(result.summary["final_loss"])
+    assert result.summary["epochs"] == pytest.approx(total / 6)  # 96 images at batch 16
     records = read_jsonl(out / "metrics.jsonl")
     epochs = [r for r in records if "epoch_loss" in r]
     assert epochs[-1]["step"] == total  # the last (possibly partial) epoch is logged

@@ -169,9 +169,11 @@ def _train_and_evaluate(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optim, t.batch_size)
     state = TrainState(device)
+    images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
+    labels = torch.from_numpy(splits.train.labels).to(device)
     total = t.epochs * sampler.steps_per_epoch
     if t.time_budget is not None:
-        total = _plan(cfg, model, optimizer, sampler, splits, run_dir, device, bf16, log)
+        total = _plan(cfg, model, optimizer, sampler, (images, labels), run_dir, bf16, log)
     if existing:
         _resume(run_dir, state, model, optimizer, total, leader, log)
     if t.compile:
@@ -181,8 +183,6 @@ def _train_and_evaluate(
         from torch.nn.parallel import DistributedDataParallel
 
         step_fn = DistributedDataParallel(Steps(model), device_ids=[device.index] if device.type == "cuda" else None)
-    images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
-    labels = torch.from_numpy(splits.train.labels).to(device)
     monitor = Monitor(cfg, splits, device, train_images=images) if t.knn_every and leader else None
     extra = {"classes": list(splits.train.classes), "method": cfg.method.name}
     final_loss = run_loop(
@@ -208,20 +208,21 @@ def _plan(
     model: Method,
     optimizer: torch.optim.Optimizer,
     sampler: StepSampler,
-    splits: DataSplits,
+    data: tuple[torch.Tensor, torch.Tensor],
     run_dir: Path,
-    device: torch.device,
     bf16: bool,
     log: Callable[[str], None],
 ) -> int:
-    """The steps that fit ``train.time_budget``: the saved plan, or one from timing a throwaway copy."""
+    """The steps that fit ``train.time_budget``: the saved plan, or one from timing a throwaway copy.
+
+    ``data`` is the training images and labels already on the device.
+    """
     from .train.loop import next_batch, view_augment
     from .train.plan import plan_steps, throwaway, time_steps
     from .train.step import train_step
 
-    t = cfg.train
-    images = torch.from_numpy(splits.train.images).to(device)
-    labels = torch.from_numpy(splits.train.labels).to(device)
+    t, (images, labels) = cfg.train, data
+    device = images.device
 
     def seconds_per_step() -> float:
         twin, opt = throwaway(model, lambda m: build_optimizer(m, cfg.optim, t.batch_size))
@@ -293,7 +294,8 @@ def _summary(
         "bf16": bf16,
         "processes": world_size(),
         "n_train": n_train,
-        "epochs": cfg.train.epochs,
+        # A time-budgeted run trains the planned steps, not train.epochs.
+        "epochs": cfg.train.epochs if cfg.train.time_budget is None else state.step / sampler.steps_per_epoch,
     }
 
 

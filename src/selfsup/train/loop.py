@@ -160,9 +160,9 @@ def next_batch(sampler: StepSampler, step: int, images: torch.Tensor, labels: to
         positions = local_positions(total, n_labeled, rank(), parts)
         idx_cpu, n_labeled = idx_cpu[positions], n_labeled // parts
     idx = idx_cpu.to(images.device, non_blocking=True)
-    truth = labels.index_select(0, idx)
-    batch_labels = truth.clone()
+    truth = batch_labels = labels.index_select(0, idx)
     if n_labeled < len(idx):
+        batch_labels = truth.clone()  # the truth stays for health signals only
         batch_labels[n_labeled:] = -1  # unlabelled stream: labels hidden
     return StepImages(images.index_select(0, idx), batch_labels, positions, total, truth)
 
