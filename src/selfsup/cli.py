@@ -359,7 +359,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     out = embed(args.source, args.data, args.out, overwrite=args.overwrite, split=args.split, device=args.device,
                 batch_size=args.batch_size, skip_invalid=args.skip_invalid)
-    meta = __import__("json").loads((out / "meta.json").read_text())
+    import json
+
+    meta = json.loads((out / "meta.json").read_text())
     print(f"{meta['count']} images -> {out / 'embeddings.npy'} ({meta['count']} x {meta['feature_dim']}, float32), "
           f"{out / 'index.csv'}")
     return 0

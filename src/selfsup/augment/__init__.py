@@ -451,11 +451,14 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return y.view(b, ch, hgt, wid)
 
 
-def solarize(x: torch.Tensor, applied: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+def solarize(x: torch.Tensor, applied: torch.Tensor, threshold: float | torch.Tensor = 0.5) -> torch.Tensor:
     """Invert intensities at or above ``threshold`` in the samples where ``applied`` (B,) is set.
 
-    torchvision's ``solarize`` on float images, per sample (BYOL: threshold 0.5).
+    torchvision's ``solarize`` on float images, per sample; ``threshold`` is one value
+    (BYOL: 0.5) or one per sample (B,) (RandAugment's Solarize).
     """
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.view(-1, 1, 1, 1)
     flip = applied.view(-1, 1, 1, 1) & (x >= threshold)
     return torch.where(flip, 1.0 - x, x)
 

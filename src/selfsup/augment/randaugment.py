@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import adjust_brightness, adjust_contrast, adjust_saturation
+from . import adjust_brightness, adjust_contrast, adjust_saturation, solarize
 
 #: FixMatch's operations and their magnitude ranges (table 12 of the paper).
 OPS: tuple[tuple[str, float, float], ...] = (
@@ -142,7 +142,7 @@ _PIXEL_OPS = {
     "identity": lambda x, m: x,
     "posterize": posterize,
     "sharpness": sharpness,
-    "solarize": lambda x, m: torch.where(x >= m.view(-1, 1, 1, 1).to(x.device), 1.0 - x, x),
+    "solarize": lambda x, m: solarize(x, torch.ones(len(x), dtype=torch.bool, device=x.device), m),
 }
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ..augment import BatchAugment, resolve_augment
-from ..config import AugmentConfig
-from ..data import class_balanced_indices, load_dataset
+from ..config import AugmentConfig, DataConfig
+from ..data import class_balanced_indices, load_data, load_dataset
 from ..errors import ConfigError
 
 
@@ -75,7 +75,7 @@ def preview(
     n: int = 8,
     views: int = 4,
     out: str | Path = "views.png",
-    data: str = "cifar10",
+    data: str | DataConfig = "cifar10",
     seed: int = 0,
     augment: AugmentConfig | None = None,
 ) -> Path:
@@ -86,7 +86,8 @@ def preview(
         n: Images (rows), class-balanced, chosen by ``seed``.
         views: Views per image (columns after the original).
         out: The PNG to write.
-        data: A dataset name or path, as ``--data`` takes.
+        data: A dataset name or path, as ``--data`` takes, or a run's data section (its
+            image size and decoding settings too).
         seed: Chooses the images and the augmentations.
         augment: An augmentation config instead of a preset (e.g. a run's, resolved).
 
@@ -97,7 +98,9 @@ def preview(
         raise ConfigError(f"--n and --views must be at least 1, got {n} and {views}")
     base = augment if augment is not None else AugmentConfig(preset=preset)
     cfg = resolve_augment(base, base.preset or "simclr")  # fills only what is unset
-    splits = load_dataset(data, progress=False)
+    splits = load_data(data, progress=False, subset=False) if isinstance(data, DataConfig) else load_dataset(
+        data, progress=False
+    )
     train = splits.train
     idx = class_balanced_indices(train.labels, min(n, len(train)), seed)
     images = train.images[idx]

@@ -216,7 +216,7 @@ def _augmentation(config: dict[str, Any], folder: Path) -> str | None:
 
     cfg = config_from_dict(config, "config.yaml")
     try:
-        preview(n=8, views=4, out=folder / "augmentation.png", data=cfg.data.name, augment=cfg.augment)
+        preview(n=8, views=4, out=folder / "augmentation.png", data=cfg.data, augment=cfg.augment)
     except DataError:
         return None
     return "augmentation.png"
