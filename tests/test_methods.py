@@ -22,7 +22,7 @@ from selfsup.eval.finetune import finetune
 from selfsup.methods import METHODS, Batch, MeanTeacher, Method, MoCo, build_method
 from selfsup.methods.common import load_backbone_weights
 from selfsup.methods.pi_model import sigmoid_rampup
-from selfsup.models import build_backbone
+from selfsup.models import ProjectionHead, build_backbone
 from selfsup.models.norm import SplitBatchNorm, convert_split_bn
 from selfsup.rundir import read_jsonl
 from selfsup.train.sampler import StepSampler
@@ -432,3 +432,13 @@ def test_a_method_defined_in_a_test_trains_and_evaluates(
     # after_optimizer_step saw every step's progress through the run, in [0, 1).
     assert _Centroid.seen_progress == [s / 12 for s in range(12)]
     assert evaluate_run(out, {"eval.linear_epochs": 1}, log=lambda s: None)["checkpoint_step"] == 12
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items() if not c.uses_labels))
+def test_projection_heads_follow_the_model_section(name: str, shared_folder: Path) -> None:
+    """Every self-supervised method builds its head from model.head_dims and model.head_bn."""
+    for bn in (True, False):
+        model = build_method(method_cfg(name, shared_folder, **{"model.head_bn": bn, "model.head_dims": [24, 12]}), 3)
+        heads = [m for m in model.modules() if isinstance(m, ProjectionHead) and m.sizes[1:] == [24, 12]]
+        has_bn = [any("BatchNorm" in type(x).__name__ for x in h) for h in heads]  # MoCo's is split BN
+        assert heads and all(b == bn for b in has_bn), name

@@ -7,9 +7,8 @@ from torch import nn
 
 from ..config import Config
 from ..losses import barlow_twins, embedding_std
-from ..models import ProjectionHead, feature_dim
 from .base import Batch, Method
-from .common import build_encoder
+from .common import build_encoder, projection_head
 
 
 class BarlowTwins(Method):
@@ -27,9 +26,9 @@ class BarlowTwins(Method):
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> BarlowTwins:
-        """Projector ``[features, *model.head_dims]`` with BatchNorm; ``method.lambd``."""
+        """Projector ``[features, *model.head_dims]`` (BatchNorm per ``model.head_bn``); ``method.lambd``."""
         backbone = build_encoder(cfg)
-        projector = ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=True)
+        projector = projection_head(cfg, backbone)
         return cls(backbone, projector, cfg.method.lambd)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:

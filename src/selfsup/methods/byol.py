@@ -8,9 +8,8 @@ from torch import nn
 from ..config import Config
 from ..ema import cosine_decay, ema_update, frozen_copy
 from ..losses import embedding_std, normalized_mse
-from ..models import ProjectionHead, feature_dim
 from .base import Batch, Method
-from .common import build_encoder
+from .common import build_encoder, predictor_head, projection_head
 
 
 class BYOL(Method):
@@ -41,12 +40,10 @@ class BYOL(Method):
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> BYOL:
-        """Projector ``[features, *model.head_dims]`` with BatchNorm; predictor with ``method.predictor_hidden``."""
+        """Projector per ``model.head_dims`` and ``model.head_bn``; predictor per ``method.predictor_hidden``."""
         backbone = build_encoder(cfg)
-        dims = [feature_dim(backbone), *cfg.model.head_dims]
-        out = dims[-1]
-        predictor = ProjectionHead([out, cfg.method.predictor_hidden, out], batch_norm=True)
-        return cls(backbone, ProjectionHead(dims, batch_norm=True), predictor, cfg.method.momentum)
+        projector = projection_head(cfg, backbone)
+        return cls(backbone, projector, predictor_head(cfg, projector.sizes[-1]), cfg.method.momentum)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``normalized_mse(p1, t2) + normalized_mse(p2, t1)``; logs the projections' spread."""

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
-from ..models import build_backbone, feature_dim
+from ..models import ProjectionHead, build_backbone, feature_dim
 
 
 def build_encoder(cfg: Config) -> nn.Module:
@@ -45,6 +45,16 @@ def load_backbone_weights(backbone: nn.Module, source: str | Path) -> None:
     if set(weights) != set(ours) or any(weights[k].shape != ours[k].shape for k in ours):
         raise CheckpointError(f"model.init: the encoder in {path} is not a {type(backbone).__name__} of this shape")
     backbone.load_state_dict(weights)
+
+
+def projection_head(cfg: Config, backbone: nn.Module) -> ProjectionHead:
+    """The projection head ``[features, *model.head_dims]``, BatchNorm after hidden layers per ``model.head_bn``."""
+    return ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=cfg.model.head_bn)
+
+
+def predictor_head(cfg: Config, dim: int) -> ProjectionHead:
+    """BYOL's and SimSiam's predictor: ``dim -> method.predictor_hidden -> dim`` with BatchNorm."""
+    return ProjectionHead([dim, cfg.method.predictor_hidden, dim], batch_norm=True)
 
 
 def linear_classifier(backbone: nn.Module, num_classes: int) -> nn.Linear:

@@ -26,11 +26,12 @@ class DINOHead(nn.Module):
         sizes: Input size, hidden sizes..., bottleneck size (an MLP with BatchNorm-free GELU
             in the paper; ReLU and BatchNorm here, as the other heads of selfsup).
         out_dim: K, the number of outputs ("prototypes").
+        batch_norm: BatchNorm after the MLP's hidden layers (``model.head_bn``).
     """
 
-    def __init__(self, sizes: list[int], out_dim: int) -> None:
+    def __init__(self, sizes: list[int], out_dim: int, batch_norm: bool = True) -> None:
         super().__init__()
-        self.mlp = ProjectionHead(sizes, batch_norm=True)
+        self.mlp = ProjectionHead(sizes, batch_norm=batch_norm)
         last = nn.Linear(sizes[-1], out_dim, bias=False)
         self.last = nn.utils.parametrizations.weight_norm(last)
         magnitude = self.last.parametrizations.weight.original0
@@ -77,7 +78,7 @@ class DINO(Method):
     def from_config(cls, cfg: Config, num_classes: int) -> DINO:
         """Head ``[features, *model.head_dims]`` (the last size the bottleneck) to ``method.out_dim`` outputs."""
         backbone = build_encoder(cfg)
-        head = DINOHead([feature_dim(backbone), *cfg.model.head_dims], cfg.method.out_dim)
+        head = DINOHead([feature_dim(backbone), *cfg.model.head_dims], cfg.method.out_dim, cfg.model.head_bn)
         return cls(backbone, head, cfg)
 
     def teacher_temperature(self, epoch: float) -> float:

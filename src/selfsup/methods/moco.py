@@ -11,10 +11,10 @@ from ..distributed import gather
 from ..ema import ema_update, frozen_copy
 from ..errors import ConfigError
 from ..losses import embedding_std, info_nce, info_nce_top1
-from ..models import ProjectionHead, feature_dim
+from ..models import ProjectionHead
 from ..models.norm import convert_split_bn
 from .base import Batch, Method
-from .common import build_encoder
+from .common import build_encoder, projection_head
 
 
 class MoCo(Method):
@@ -74,7 +74,7 @@ class MoCo(Method):
                 f"train.batch_size {cfg.train.batch_size} must be a multiple of method.bn_splits {splits}"
             )
         backbone = build_encoder(cfg)
-        head = ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=cfg.model.head_bn)
+        head = projection_head(cfg, backbone)
         m = cfg.method
         return cls(backbone, head, m.queue_size, m.momentum, m.temperature, splits)
 

@@ -8,9 +8,8 @@ from torch import nn
 from ..config import Config
 from ..distributed import gather_with_grad, rank
 from ..losses import embedding_std, nt_xent, simclr_top1
-from ..models import ProjectionHead, feature_dim
 from .base import Batch, Method
-from .common import build_encoder
+from .common import build_encoder, projection_head
 
 
 class SimCLR(Method):
@@ -32,7 +31,7 @@ class SimCLR(Method):
     def from_config(cls, cfg: Config, num_classes: int) -> SimCLR:
         """Build from ``cfg.model`` and ``cfg.method`` (``num_classes`` is unused)."""
         backbone = build_encoder(cfg)
-        head = ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=cfg.model.head_bn)
+        head = projection_head(cfg, backbone)
         return cls(backbone, head, cfg.method.temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,8 @@ from torch import nn
 
 from ..config import Config
 from ..losses import embedding_std, negative_cosine
-from ..models import ProjectionHead, feature_dim
 from .base import Batch, Method
-from .common import build_encoder
+from .common import build_encoder, predictor_head, projection_head
 
 
 class SimSiam(Method):
@@ -32,12 +31,11 @@ class SimSiam(Method):
     def from_config(cls, cfg: Config, num_classes: int) -> SimSiam:
         """Projector ``[features, *model.head_dims]`` + BatchNorm; predictor hidden ``method.predictor_hidden``."""
         backbone = build_encoder(cfg)
-        dims = [feature_dim(backbone), *cfg.model.head_dims]
-        out = dims[-1]
+        head = projection_head(cfg, backbone)
+        out = head.sizes[-1]
         # The paper's projector: BN after every fc, the output fc included (no ReLU there).
-        projector = nn.Sequential(ProjectionHead(dims, batch_norm=True), nn.BatchNorm1d(out))
-        predictor = ProjectionHead([out, cfg.method.predictor_hidden, out], batch_norm=True)
-        return cls(backbone, projector, predictor)
+        projector = nn.Sequential(head, nn.BatchNorm1d(out))
+        return cls(backbone, projector, predictor_head(cfg, out))
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Symmetric negative cosine of predictions against the other view's projections."""

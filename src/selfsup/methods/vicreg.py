@@ -7,9 +7,8 @@ from torch import nn
 
 from ..config import Config
 from ..losses import embedding_std, vicreg_terms
-from ..models import ProjectionHead, feature_dim
 from .base import Batch, Method
-from .common import build_encoder
+from .common import build_encoder, projection_head
 
 
 class VICReg(Method):
@@ -27,9 +26,9 @@ class VICReg(Method):
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> VICReg:
-        """Expander ``[features, *model.head_dims]`` with BatchNorm; ``method.vicreg_weights``."""
+        """Expander ``[features, *model.head_dims]`` (BatchNorm per ``model.head_bn``); ``method.vicreg_weights``."""
         backbone = build_encoder(cfg)
-        projector = ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=True)
+        projector = projection_head(cfg, backbone)
         w = cfg.method.vicreg_weights
         return cls(backbone, projector, (w[0], w[1], w[2]))
 
