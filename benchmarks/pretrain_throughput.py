@@ -9,6 +9,10 @@ whichever pipeline ran first. See ``pipelines.py`` for what each pipeline is.
     python benchmarks/pretrain_throughput.py --pipelines bare,selfsup --rounds 5
 
 Prints one JSON line per measurement, then a table of medians with ratios to ``bare``.
+The same run measures the machine's matrix-product peak (``--peak``: square matmuls in
+the training precision, in their own process) and the FLOPs of one training step per
+view (PyTorch's FLOP counter on the bare step: forward and backward), and prints the
+bare step as a fraction of that peak: how much of the machine the model step uses.
 """
 
 from __future__ import annotations
@@ -27,6 +31,42 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT = "bare,selfsup,seed_style,lightly,lightly_tuned"
 PHYSICAL_LIMIT = 580.0  # views/s: ~190 GFLOP/s fp32 peak of 2 cores / ~330 MFLOP per view (issue 6)
+
+
+def matmul_peak(args: argparse.Namespace) -> dict[str, Any]:
+    """The best GFLOP/s of square matrix products in the training precision, and the step's FLOPs per view."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipelines import selfsup_model, setup
+
+    ctx = setup(args.backbone, args.batch, args.precision, args.device, args.threads)
+    dtype = torch.bfloat16 if ctx.bf16 else torch.float32
+    best, n = 0.0, args.peak_size
+    a = torch.randn(n, n, device=ctx.device, dtype=dtype)
+    b = torch.randn(n, n, device=ctx.device, dtype=dtype)
+    for _ in range(3):  # warm-up
+        a @ b
+    for _ in range(args.peak_repeats):
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        c = a @ b
+        float(c[0, 0])
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    # FLOPs of one training step (forward + backward) of the bare pipeline's model.
+    from pipelines import model_step
+
+    model, opt = selfsup_model(ctx)
+    views = torch.randn(2 * ctx.batch, 3, 32, 32, device=ctx.device).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        model_step(model, opt, views, ctx)
+    per_view = counter.get_total_flops() / len(views)
+    return {"pipeline": "matmul_peak", "gflops": best, "dtype": str(dtype).removeprefix("torch."), "size": n,
+            "step_mflop_per_view": per_view / 1e6, "peak_views_per_s": best * 1e9 / per_view,
+            "device": str(ctx.device), "threads": torch.get_num_threads()}
 
 
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -81,12 +121,26 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--pipelines", default=DEFAULT)
+    p.add_argument("--peak-size", type=int, default=2048, help="side of the square matrices of the peak")
+    p.add_argument("--peak-repeats", type=int, default=20, help="timed products (the best one counts)")
+    p.add_argument("--no-peak", dest="peak", action="store_false", help="skip the matrix-product peak")
     p.add_argument("--only", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.only:
-        print(json.dumps(measure(args.only, args)), flush=True)
+        record = matmul_peak(args) if args.only == "matmul_peak" else measure(args.only, args)
+        print(json.dumps(record), flush=True)
         return
-    passthrough = [f"--{k}={v}" for k, v in vars(args).items() if k not in ("pipelines", "rounds", "only")]
+    skip = ("pipelines", "rounds", "only", "peak")
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in skip]
+    peak = None
+    if args.peak:
+        out = subprocess.run([sys.executable, __file__, *passthrough, "--only", "matmul_peak"],
+                             capture_output=True, text=True)
+        if out.returncode == 0:
+            peak = json.loads(out.stdout.strip().splitlines()[-1])
+            print(json.dumps(peak), flush=True)
+        else:
+            print(json.dumps({"pipeline": "matmul_peak", "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
 
     names = args.pipelines.split(",")
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
@@ -122,6 +176,12 @@ def main() -> None:
                 print(f"selfsup / {other}: {medians['selfsup'] / medians[other]:.2f}x")
         if bare:
             print(f"bare / physical fp32 limit ({PHYSICAL_LIMIT:.0f} views/s): {bare / PHYSICAL_LIMIT:.2f}")
+    if bare and peak:
+        print(
+            f"matrix-product peak {peak['gflops']:.0f} GFLOP/s ({peak['dtype']}, {peak['size']}^2); a step costs "
+            f"{peak['step_mflop_per_view']:.0f} MFLOP per view, so the peak allows {peak['peak_views_per_s']:.0f} "
+            f"views/s and the bare step runs at {bare / peak['peak_views_per_s']:.2f} of it"
+        )
     first = next(iter(next(iter(runs.values()))), None)
     if first:
         print(

@@ -337,3 +337,102 @@ def test_views_with_their_own_augmentation() -> None:
         view_configs(base, [{"blur_p": 1.0}], 2)
     with pytest.raises(ConfigError, match="solarize_p"):
         view_configs(base, [{"solarize_p": 2.0}, {}], 2)
+
+
+# ---- SimCLR's Figure 5 operations: Sobel, Gaussian noise, rotation, one augmented branch ----
+
+
+def sobel_reference(img: np.ndarray) -> np.ndarray:
+    """Sobel edge magnitude of one (3, H, W) image, written out with loops."""
+    luma = 0.2989 * img[0] + 0.587 * img[1] + 0.114 * img[2]
+    h, w = luma.shape
+    padded = np.pad(luma, 1, mode="edge")
+    kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
+    out = np.empty((h, w))
+    for i in range(h):
+        for j in range(w):
+            patch = padded[i : i + 3, j : j + 3]
+            gx, gy = (patch * kx).sum(), (patch * kx.T).sum()
+            out[i, j] = min(np.hypot(gx, gy) / 4, 1.0)
+    return np.broadcast_to(out, img.shape)
+
+
+def test_sobel_matches_the_reference_and_leaves_the_others() -> None:
+    from selfsup.augment import sobel
+
+    x = torch.rand(4, 3, 9, 7, dtype=torch.float64)
+    applied = torch.tensor([True, False, True, False])
+    out = sobel(x, applied)
+    for i in range(4):
+        expected = sobel_reference(x[i].numpy()) if applied[i] else x[i].numpy()
+        np.testing.assert_allclose(out[i].numpy(), expected, atol=1e-6)
+    # A vertical step edge of height 1: the largest response, 1 after scaling.
+    step = torch.zeros(1, 3, 6, 6)
+    step[..., 3:] = 1
+    assert float(sobel(step, torch.tensor([True])).max()) == pytest.approx(1.0, abs=2e-4)  # luma weights sum to 0.9999
+
+
+def test_rotation_matches_torchvision_and_its_rates() -> None:
+    from selfsup.augment import rotate_quarters
+
+    x = torch.rand(6, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    turns = torch.tensor([0, 1, 2, 3, 1, 0])
+    out = rotate_quarters(x, turns)
+    for i in range(len(x)):
+        torch.testing.assert_close(out[i], TF.rotate(x[i], 90.0 * int(turns[i])), atol=0, rtol=0)
+    p = sample_params(replace(resolved(), rotate_p=0.6), N, 32, 32, torch.Generator().manual_seed(2))
+    assert p.rotate is not None
+    turned = p.rotate > 0
+    assert abs(float(turned.float().mean()) - 0.6) < 4 * (0.24 / N) ** 0.5
+    counts = torch.bincount(p.rotate[turned], minlength=4)[1:].double() / turned.sum()
+    assert (counts - 1 / 3).abs().max() < 0.04  # 90, 180 and 270 degrees alike
+    with pytest.raises(ConfigError, match="square"):
+        sample_params(replace(resolved(), rotate_p=0.5), 4, 24, 32, torch.Generator())
+
+
+def test_gaussian_noise_rate_and_std() -> None:
+    cfg = replace(resolved(), noise_p=0.5, noise_std=0.2)
+    p = sample_params(cfg, 2000, 8, 8, torch.Generator().manual_seed(3))
+    assert p.noise is not None and p.noise.shape == (2000, 3, 8, 8)
+    per_image = p.noise.flatten(1).std(1)
+    noisy = per_image > 0
+    assert abs(float(noisy.float().mean()) - 0.5) < 4 * (0.25 / 2000) ** 0.5
+    # Each noisy image's std is uniform in [0, 0.2]: mean 0.1, within the range.
+    assert abs(float(per_image[noisy].mean()) - 0.1) < 0.01 and float(per_image.max()) < 0.2 * 1.2
+    x = torch.full((2, 3, 4, 4), 0.5)
+    noise = torch.full((2, 3, 4, 4), 0.7)
+    from selfsup.augment import add_noise
+
+    assert torch.equal(add_noise(x, noise), torch.ones_like(x))  # clamped to [0, 1]
+
+
+def test_new_operations_change_nothing_else_when_off() -> None:
+    # Augmentations without them draw exactly the random numbers they drew before.
+    for change in ({"sobel_p": 0.0}, {"noise_p": 0.0, "noise_std": 0.3}, {"rotate_p": 0.0}):
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        a = sample_params(resolved(), 8, 32, 32, g1)
+        b = sample_params(replace(resolved(), **change), 8, 32, 32, g2)
+        assert torch.equal(g1.get_state(), g2.get_state()) and torch.equal(a.theta, b.theta)
+        assert b.sobel is None and b.noise is None and b.rotate is None
+    # Each one on: the batch pipeline applies it and still selects rows for distributed runs.
+    cfg = replace(resolved("none"), sobel_p=1.0, noise_p=1.0, rotate_p=1.0)
+    p = sample_params(cfg, 6, 8, 8, torch.Generator().manual_seed(0))
+    half = p.select(torch.tensor([0, 2, 4]))
+    assert half.noise is not None and half.noise.shape[0] == 3 and torch.equal(half.noise, p.noise[[0, 2, 4]])
+    out = apply_params(torch.randint(0, 256, (6, 8, 8, 3), dtype=torch.uint8), p, cfg)
+    assert out.shape == (6, 3, 8, 8) and torch.isfinite(out).all()
+
+
+def test_identity_second_view() -> None:
+    from selfsup.augment import ViewAugment, view_configs
+
+    base = resolve_augment(AugmentConfig(preset="simclr", second_view="identity", mean=[0.5] * 3, std=[0.25] * 3), "")
+    views = view_configs(base, [], 2)
+    assert views[0] == base and views[1].preset == "none" and views[1].mean == base.mean
+    u8 = torch.randint(0, 256, (5, 8, 8, 3), dtype=torch.uint8)
+    out = ViewAugment(views)(u8, torch.Generator().manual_seed(0))
+    expected = (u8.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(out[5:], expected, atol=1e-6, rtol=0)  # the second view: the image itself
+    assert not torch.allclose(out[:5], expected)
+    with pytest.raises(ConfigError, match="second_view"):
+        resolve_augment(AugmentConfig(preset="simclr", second_view="other"), "simclr")  # type: ignore[arg-type]

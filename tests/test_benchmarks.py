@@ -43,3 +43,39 @@ def test_gpu_check_smoke(shared_folder: Path, tmp_path: Path) -> None:
     table = (out / "table.md").read_text()
     assert "| preact_resnet26 | False | selfsup |" in table and "configs/simclr_resnet18.yaml" in table
     assert table.strip() in done.stdout
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_smoke(shared_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tta"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), "--smoke", "--out", str(out),
+           "--data", str(shared_folder)]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    points = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
+    by: dict[str, list[dict]] = {}
+    for p in points:
+        by.setdefault(p["pipeline"], []).append(p)
+    assert set(by) == {"selfsup", "lightly", "lightly_tuned"}
+    for name, pts in by.items():
+        if "skipped" in pts[0]:  # lightly is an optional extra
+            assert name != "selfsup"
+            continue
+        minutes = [p["train_min"] for p in pts]
+        assert minutes == sorted(minutes) and all(0 <= p["knn_top1"] <= 1 and p["eval_s"] >= 0 for p in pts)
+        assert "linear_top1" in pts[-1] and all("linear_top1" not in p for p in pts[:-1])
+    assert (out / "curves.png").stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert table.startswith("| pipeline | min to 45 % |") and "| selfsup |" in table
+
+
+def test_minutes_to_a_threshold_and_the_marks() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from time_to_accuracy import _marks, minutes_to
+
+    pts = [{"train_min": 2.0, "knn_top1": 0.44}, {"train_min": 4.5, "knn_top1": 0.51},
+           {"train_min": 7.0, "knn_top1": 0.5}]
+    assert minutes_to(pts, 45) == 4.5 and minutes_to(pts, 50) == 4.5 and minutes_to(pts, 55) is None
+    # Epoch ends at 1.4, 2.8, ... minutes, a snapshot every 2.5: the first past 2.5, 5, 7.5, and the last.
+    ends = [(1.4 * i, i) for i in range(1, 8)]
+    assert [k for _, k in _marks(ends, 2.5)] == [2, 4, 6, 7]

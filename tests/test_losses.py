@@ -14,8 +14,10 @@ from selfsup.losses import (
     embedding_std,
     fixmatch_unlabeled,
     info_nce,
+    margin_triplet,
     negative_cosine,
     normalized_mse,
+    nt_logistic,
     nt_xent,
     softmax_mse,
     vicreg,
@@ -69,6 +71,58 @@ def test_nt_xent_is_scale_invariant_and_differentiable() -> None:
 def test_nt_xent_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError):
         nt_xent(torch.randn(3, 4), torch.randn(2, 4), 0.1)
+
+
+def pair_losses_reference(
+    z1: np.ndarray, z2: np.ndarray, tau: float, margin: float, semi_hard: bool
+) -> tuple[float, float]:
+    """NT-Logistic and margin triplet (SimCLR Table 2), anchor by anchor in plain Python."""
+    n = len(z1)
+    z = np.concatenate([z1, z2])
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    logistic, triplet = 0.0, 0.0
+    for i in range(2 * n):
+        p = (i + n) % (2 * n)
+        sp = float(z[i] @ z[p])
+        negs = [float(z[i] @ z[k]) for k in range(2 * n) if k not in (i, p)]
+        log_negs = [s for s in negs if s < sp] if semi_hard else negs
+        tri_negs = [s for s in negs if sp - margin < s < sp] if semi_hard else negs
+        term = -math.log(1 / (1 + math.exp(-sp / tau)))
+        if log_negs:
+            term += -sum(math.log(1 / (1 + math.exp(s / tau))) for s in log_negs) / len(log_negs)
+        logistic += term
+        if tri_negs:
+            triplet += sum(max(s - sp + margin, 0.0) for s in tri_negs) / len(tri_negs)
+    return logistic / (2 * n), triplet / (2 * n)
+
+
+@pytest.mark.parametrize("n,d", [(2, 3), (5, 8), (16, 32)])
+@pytest.mark.parametrize("semi_hard", [False, True])
+def test_nt_logistic_and_margin_triplet_match_the_reference(n: int, d: int, semi_hard: bool) -> None:
+    rng = np.random.default_rng(n * 7 + d)
+    z1, z2 = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    for tau, margin in [(0.2, 0.5), (1.0, 1.0)]:
+        logistic, triplet = pair_losses_reference(z1, z2, tau, margin, semi_hard)
+        got_l = nt_logistic(torch.tensor(z1), torch.tensor(z2), tau, semi_hard=semi_hard)
+        got_t = margin_triplet(torch.tensor(z1), torch.tensor(z2), margin, semi_hard=semi_hard)
+        assert abs(float(got_l) - logistic) < 1e-5 and abs(float(got_t) - triplet) < 1e-5
+
+
+def test_nt_logistic_and_margin_triplet_closed_forms() -> None:
+    # Orthonormal images, identical views: positives at similarity 1, negatives at 0.
+    e = torch.eye(4)
+    tau, m = 0.5, 0.3
+    expected = -math.log(1 / (1 + math.exp(-1 / tau))) - math.log(0.5)
+    assert float(nt_logistic(e, e.clone(), tau)) == pytest.approx(expected, abs=1e-6)
+    assert float(margin_triplet(e, e.clone(), m)) == 0.0  # every negative beyond the margin
+    # Collapsed: every similarity 1, each negative violates the margin by exactly m.
+    ones = torch.ones(3, 5)
+    assert float(margin_triplet(ones, ones.clone(), m)) == pytest.approx(m, abs=1e-6)
+    assert float(nt_logistic(ones, ones.clone(), tau)) == pytest.approx(
+        -math.log(1 / (1 + math.exp(-2))) - math.log(1 / (1 + math.exp(2))), abs=1e-6
+    )
+    with pytest.raises(ValueError, match="must both be"):
+        nt_logistic(torch.randn(3, 4), torch.randn(2, 4), 0.1)
 
 
 def info_nce_reference(q: np.ndarray, k: np.ndarray, queue: np.ndarray, tau: float) -> float:

@@ -15,7 +15,7 @@ from conftest import REPO, tiny_overrides
 from selfsup import pretrain
 from selfsup.checkpoint import load_latest
 from selfsup.config import load_config
-from selfsup.ema import ema_update, frozen_copy
+from selfsup.ema import ema_update, frozen_copy, warmup_decay
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.eval import evaluate_classifiers
 from selfsup.eval.finetune import finetune
@@ -109,6 +109,20 @@ def test_ema_update_arithmetic() -> None:
     ema_update(tgt, src, 0.0)
     for key, value in tgt.state_dict().items():
         assert torch.equal(value, src.state_dict()[key])
+
+
+def test_warmup_decay_short_early_and_the_long_decay_later() -> None:
+    assert warmup_decay(0.999, 0) == pytest.approx(0.1)  # the first average is mostly the new weights
+    assert warmup_decay(0.999, 90) == pytest.approx(0.91)
+    assert warmup_decay(0.999, 20_000) == 0.999
+    decays = [warmup_decay(0.999, s) for s in range(0, 12_000, 500)]
+    assert decays == sorted(decays)
+    # After 333 steps of a constant 0.999 the initial weights keep 72 % of the average;
+    # with the cap they keep under 0.1 %.
+    weight = 1.0
+    for s in range(333):
+        weight *= warmup_decay(0.999, s)
+    assert weight < 1e-3 < 0.999**333
 
 
 def test_split_batchnorm_normalises_each_sub_batch() -> None:
@@ -261,6 +275,33 @@ def test_supervised_on_labels_alone_uses_only_them(
     assert len(seen) == 12 and all(len(b) == 8 and (b >= 0).all() for b in seen)
 
 
+@pytest.mark.parametrize("loss", ["nt-logistic", "margin-triplet"])
+def test_simclr_with_the_losses_it_compares_with(loss: str, shared_folder: Path) -> None:
+    from selfsup.losses import margin_triplet, nt_logistic
+
+    torch.manual_seed(0)
+    cfg = method_cfg("simclr", shared_folder, **{"method.loss": loss, "method.semi_hard": True})
+    model = build_method(cfg, 3)
+    batch = fake_batch(model)
+    out = model.training_step(batch)
+    z1, z2 = model.head(model.backbone(batch.views)).chunk(2)
+    expected = nt_logistic(z1, z2, 0.2, True) if loss == "nt-logistic" else margin_triplet(z1, z2, 0.5, True)
+    torch.testing.assert_close(out["loss"], expected)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_milestones_of_a_few_label_run_give_its_classifiers_accuracy(shared_folder: Path, tmp_path: Path) -> None:
+    from selfsup.eval import evaluate_milestones
+
+    extra = {"train.epochs": 2, "train.checkpoint_every": 1, "eval.linear_epochs": 1, "eval.knn_k": 5}
+    pretrain(method_cfg("fixmatch", shared_folder, **extra), out=tmp_path / "fm", log=lambda s: None)
+    rows = evaluate_milestones(tmp_path / "fm", log=lambda s: None)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:  # the EMA and the raw weights, each on the test split
+        assert 0 <= r["test_top1"] <= 1 and 0 <= r["student_test_top1"] <= 1
+
+
 def test_semi_method_without_labels_is_refused(shared_folder: Path, tmp_path: Path) -> None:
     cfg = load_config(None, tiny_overrides(shared_folder, **{"method.name": "pi"}))
     with pytest.raises(ConfigError, match="selfsup semi --method pi --labels N"):
@@ -353,6 +394,34 @@ def test_finetune(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         same = all(torch.equal(state[k].cpu(), trained[k]) for k in trained)
         assert same == frozen
         assert not torch.equal(model.classifier.weight, torch.zeros_like(model.classifier.weight))
+
+
+def test_finetune_trains_the_head_first_then_every_layer(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfsup.eval.finetune as ft_module
+    from selfsup.methods.supervised import Supervised
+
+    built: list[nn.Module] = []
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    class Recorded(Supervised):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    def record(path: Path, entry: dict[str, Any]) -> None:  # called once per epoch
+        snapshots.append({k: v.clone() for k, v in built[-1].backbone.state_dict().items()})
+        real(path, entry)
+
+    real = ft_module.append_jsonl
+    monkeypatch.setattr(ft_module, "Supervised", Recorded)
+    monkeypatch.setattr(ft_module, "append_jsonl", record)
+    overrides = {"finetune.labels": 15, "finetune.val_size": 9, "finetune.epochs": 3, "finetune.batch_size": 8,
+                 "finetune.head_epochs": 2, "finetune.encoder_lr": 0.1}
+    finetune(simclr_run, overrides, log=lambda s: None)
+    pretrained = {k.removeprefix("backbone."): v for k, v in load_latest(simclr_run)[0]["model"].items()
+                  if k.startswith("backbone.")}
+    unchanged = [all(torch.equal(snap[k].cpu(), pretrained[k]) for k in pretrained) for snap in snapshots]
+    assert unchanged == [True, True, False]  # LP-FT: two epochs of the head alone, then all layers
 
 
 def test_finetune_whose_validation_loss_is_always_nan_stops_with_one_line(

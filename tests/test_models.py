@@ -119,4 +119,6 @@ def test_projection_head(sizes: list[int], bn: bool, n_linear: int) -> None:
     assert not isinstance(head[-1], (nn.ReLU, nn.BatchNorm1d))
     assert head(torch.randn(4, sizes[0])).shape == (4, sizes[-1])
     with pytest.raises(ValueError):
-        ProjectionHead([8])
+        ProjectionHead([])
+    x = torch.randn(4, 8)
+    assert torch.equal(ProjectionHead([8])(x), x) and ProjectionHead([8]).sizes == [8]  # no head: the identity

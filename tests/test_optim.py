@@ -83,4 +83,23 @@ def test_warmup_then_cosine() -> None:
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # monotone decay
     assert lr_factor(total, total, warm) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(50, total, warm, "constant") == 1.0
+    steps = [lr_factor(s, 100, 0, "step") for s in range(100)]
+    assert steps[:60] == [1.0] * 60 and steps[60:80] == pytest.approx([0.1] * 20)
+    assert steps[80:] == pytest.approx([0.01] * 20)
     assert lr_factor(0, total, 0) == 1.0
+
+
+def test_learning_rate_multipliers_by_parameter_name() -> None:
+    from selfsup.optim import set_lr
+
+    model = nn.ModuleDict({"backbone": nn.Linear(3, 4), "head": nn.Linear(4, 2)})
+    opt = build_optimizer(model, OptimConfig(name="sgd", lr=0.4, lr_scaling="none"), 64, {"backbone.": 0.1})
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(model["backbone"].weight)] == pytest.approx(0.04) and lrs[id(model["head"].weight)] == 0.4
+    assert lrs[id(model["backbone"].bias)] == pytest.approx(0.04)  # biases too, without weight decay
+    set_lr(opt, 0.2)
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(model["backbone"].weight)] == pytest.approx(0.02) and lrs[id(model["head"].bias)] == 0.2
+    # Without multipliers the groups are what they always were: weights, then biases.
+    plain = build_optimizer(model, OptimConfig(name="sgd", lr=0.4, lr_scaling="none"), 64)
+    assert [g["weight_decay"] for g in plain.param_groups] == [1e-6, 0.0]

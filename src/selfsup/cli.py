@@ -301,9 +301,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     overrides = _section_overrides(args, "eval")
     if args.milestones:
         rows = evaluate_milestones(args.run_dir, overrides, device=args.device, log=lambda _m: None)
-        print("| epoch | step | kNN top-1 | linear top-1 |\n|---:|---:|---:|---:|")
+        accs = [k for k in rows[0] if k.endswith("top1")] if rows else ["knn_top1", "linear_top1"]
+        names = [k.replace("knn", "kNN").replace("_top1", " top-1").replace("_", " ") for k in accs]
+        print("| epoch | step | " + " | ".join(names) + " |\n|---:|---:|" + "---:|" * len(accs))
         for r in rows:
-            print(f"| {r['epoch']} | {r['step']} | {r['knn_top1']:.4f} | {r['linear_top1']:.4f} |")
+            print(f"| {r['epoch']} | {r['step']} | " + " | ".join(f"{r[k]:.4f}" for k in accs) + " |")
         return 0
     evaluate_run(args.run_dir, overrides, device=args.device, random_init=args.random_init, checkpoint=args.step)
     return 0

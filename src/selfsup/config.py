@@ -90,6 +90,17 @@ class AugmentConfig:
     randaugment_n: Union[int, None] = None
     #: Largest Cutout square, as a fraction of the image side (0 = none; FixMatch: 0.5).
     cutout: Union[float, None] = None
+    #: Probability of replacing an image by its Sobel edge magnitude (SimCLR's Figure 5 op).
+    sobel_p: Union[float, None] = None
+    #: Probability of adding Gaussian noise ...
+    noise_p: Union[float, None] = None
+    #: ... whose std is drawn per image uniformly in [0, noise_std] (intensities in [0, 1]).
+    noise_std: Union[float, None] = None
+    #: Probability of rotating by 90, 180 or 270 degrees (one of the three, uniformly).
+    rotate_p: Union[float, None] = None
+    #: 'identity': the second view is the image itself, only normalised; the first view
+    #: alone is augmented (SimCLR's Figure 5 setting). 'same': both views alike.
+    second_view: Union[Literal["same", "identity"], None] = None
     #: Per-channel normalisation mean; None = the training split's own.
     mean: Union[list[float], None] = None
     #: Per-channel normalisation std; None = the training split's own.
@@ -110,7 +121,8 @@ class ModelConfig:
     #: or 'imagenet' (torchvision's downsampling stem, as seeds 001, 003 and 004 ran it).
     stem: Literal["cifar", "imagenet"] = "cifar"
     #: Head layer sizes after the encoder's features: [64, 32] makes seed 000's
-    #: 64-64-32 head on a 64-d encoder; the SimCLR paper uses [2048, 128].
+    #: 64-64-32 head on a 64-d encoder; the SimCLR paper uses [2048, 128]; [128] is a
+    #: linear head and [] none (the loss on the features themselves).
     head_dims: list[int] = field(default_factory=lambda: [512, 128])
     #: BatchNorm after each hidden layer of the head (the paper's head).
     head_bn: bool = True
@@ -125,8 +137,14 @@ class MethodConfig:
 
     #: A registered method (see ``selfsup.methods.METHODS``).
     name: str = "simclr"
-    #: Softmax temperature of the contrastive loss (SimCLR, MoCo).
+    #: Softmax temperature of the contrastive loss (SimCLR, MoCo; NT-Logistic's too).
     temperature: float = 0.2
+    #: SimCLR's loss: 'nt-xent' (the paper's), or the two it compares with in its Table 2.
+    loss: Literal["nt-xent", "nt-logistic", "margin-triplet"] = "nt-xent"
+    #: Margin of the margin triplet loss, on cosine similarities.
+    margin: float = 0.5
+    #: NT-Logistic, margin triplet: semi-hard negatives only (SimCLR's Table 4 "sh" rows).
+    semi_hard: bool = False
     #: MoCo: number of negative keys in the queue.
     queue_size: int = 4096
     #: EMA decay of the key / target / teacher encoder: MoCo's constant momentum, and the
@@ -199,8 +217,9 @@ class OptimConfig:
     trust_coefficient: float = 0.001
     #: Linear warm-up, in epochs (fractions allowed), then the schedule.
     warmup_epochs: float = 1.0
-    #: 'cosine' (decay to 0 after warm-up) or 'constant'.
-    schedule: Literal["cosine", "constant"] = "cosine"
+    #: 'cosine' (decay to 0 after warm-up), 'constant', or 'step' (x0.1 at 60 % and 80 % of
+    #: the run: MoCo v1's, before MoCo v2 made it cosine).
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
 
 
 @dataclass
@@ -299,6 +318,13 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     #: Train only the new linear head (linear evaluation with augmentation).
     freeze_encoder: bool = False
+    #: Multiplier of the encoder's learning rate (the head's is ``lr``); below 1 keeps a
+    #: pretrained encoder closer to where it started.
+    encoder_lr: float = 1.0
+    #: First train the head alone for this many epochs (encoder frozen, its BatchNorm
+    #: statistics kept), then every layer: LP-FT (Kumar et al. 2022), which keeps a
+    #: randomly initialised head from distorting pretrained features. Counted in ``epochs``.
+    head_epochs: int = 0
     #: Start from a randomly initialised encoder instead (the "from scratch" reference).
     from_scratch: bool = False
 
@@ -625,6 +651,7 @@ def validate(cfg: Config) -> None:
     need(0 <= o.momentum < 1, "optim.momentum", "must lie in [0, 1)")
     need(o.trust_coefficient > 0, "optim.trust_coefficient", "must be positive")
     need(m.temperature > 0, "method.temperature", "must be positive")
+    need(m.margin > 0, "method.margin", "must be positive")
     need(m.queue_size > 0, "method.queue_size", "must be a positive integer")
     need(0 <= m.momentum < 1, "method.momentum", "must lie in [0, 1)")
     need(m.bn_splits > 0, "method.bn_splits", "must be a positive integer")
@@ -650,6 +677,8 @@ def validate(cfg: Config) -> None:
     need(f.batch_size > 1, "finetune.batch_size", "must be at least 2")
     need(f.lr > 0, "finetune.lr", "must be positive")
     need(f.weight_decay >= 0, "finetune.weight_decay", "must not be negative")
+    need(f.encoder_lr >= 0, "finetune.encoder_lr", "must not be negative")
+    need(0 <= f.head_epochs < f.epochs, "finetune.head_epochs", "must lie in [0, finetune.epochs)")
     need(d.subset is None or d.subset > 0, "data.subset", "must be a positive integer")
     need(d.image_size >= 8, "data.image_size", "must be at least 8")
     need(0 < d.test_fraction < 1, "data.test_fraction", "must lie in (0, 1)")
@@ -662,5 +691,4 @@ def validate(cfg: Config) -> None:
     need(e.train_subset is None or e.train_subset > 0, "eval.train_subset", "must be positive")
     need(e.monitor_train > 0 and e.monitor_test > 0, "eval.monitor_train", "must be positive")
     need(cfg.model.width > 0, "model.width", "must be positive")
-    need(len(cfg.model.head_dims) >= 1, "model.head_dims", "needs at least one layer size")
     need(all(x > 0 for x in cfg.model.head_dims), "model.head_dims", "sizes must be positive")

@@ -56,6 +56,88 @@ def nt_xent(
     return F.cross_entropy(logits, targets)
 
 
+def _pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cosine similarities of SimCLR's 2N views: each anchor's positive and its 2N - 2 negatives.
+
+    Returns:
+        ``sims`` (2N, 2N), ``positive`` (2N,) (the similarity to the other view), and a
+        boolean ``negative`` mask (2N, 2N) (neither the anchor nor its positive).
+    """
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"z1 and z2 must both be (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
+    sims = z @ z.T  # (2N, 2N)
+    idx = torch.arange(2 * n, device=z.device)
+    other = torch.cat([idx[n:], idx[:n]])
+    positive = sims[idx, other]
+    negative = torch.ones_like(sims, dtype=torch.bool)
+    negative[idx, idx] = False
+    negative[idx, other] = False
+    return sims, positive, negative
+
+
+def _mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row mean of ``values`` where ``mask`` holds (0 for a row with none)."""
+    return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def nt_logistic(z1: torch.Tensor, z2: torch.Tensor, temperature: float, semi_hard: bool = False) -> torch.Tensor:
+    """NT-Logistic, one of the losses SimCLR compares with NT-Xent (Chen et al. 2020, Table 2).
+
+    For each of the 2N anchors ``u`` with positive ``v+`` and negatives ``v-`` (cosine
+    similarities ``s``)::
+
+        -log sigmoid(s(u, v+) / t) - mean_{v-} log sigmoid(-s(u, v-) / t)
+
+    averaged over anchors. The negatives' term is their mean, so that the one positive
+    and the 2N - 2 negatives weigh alike. ``semi_hard`` keeps only the negatives less
+    similar to the anchor than its positive (SimCLR's Table 4 "sh" rows).
+
+    Args:
+        z1: (N, D) embeddings of the first views.
+        z2: (N, D) embeddings of the second views.
+        temperature: t > 0.
+        semi_hard: Use semi-hard negatives only.
+
+    Returns:
+        Scalar loss (float32).
+    """
+    sims, positive, negative = _pair_similarities(z1, z2)
+    if semi_hard:
+        negative = negative & (sims < positive[:, None])
+    pos = -F.logsigmoid(positive / temperature)
+    neg = -_mean_over(F.logsigmoid(-sims / temperature), negative)
+    return (pos + neg).mean()
+
+
+def margin_triplet(z1: torch.Tensor, z2: torch.Tensor, margin: float, semi_hard: bool = False) -> torch.Tensor:
+    """Margin triplet loss on SimCLR's views (Chen et al. 2020, Table 2).
+
+    For each of the 2N anchors ``u`` with positive ``v+`` and negatives ``v-``::
+
+        mean_{v-} max(s(u, v-) - s(u, v+) + margin, 0)
+
+    averaged over anchors (``s`` the cosine similarity). ``semi_hard`` keeps the negatives
+    of FaceNet's semi-hard mining: less similar than the positive yet within the margin,
+    ``s(u, v+) - margin < s(u, v-) < s(u, v+)``.
+
+    Args:
+        z1: (N, D) embeddings of the first views.
+        z2: (N, D) embeddings of the second views.
+        margin: m > 0, on cosine similarities.
+        semi_hard: Use semi-hard negatives only.
+
+    Returns:
+        Scalar loss (float32).
+    """
+    sims, positive, negative = _pair_similarities(z1, z2)
+    if semi_hard:
+        negative = negative & (sims < positive[:, None]) & (sims > positive[:, None] - margin)
+    hinge = (sims - positive[:, None] + margin).clamp(min=0)
+    return _mean_over(hinge, negative).mean()
+
+
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE with a queue of negatives, as in MoCo (He et al. 2020).
 

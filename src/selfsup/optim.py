@@ -88,16 +88,29 @@ def _excluded(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and biases/BN (neither)."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+def param_groups(model: nn.Module, weight_decay: float, lr_mult: dict[str, float] | None = None) -> list[dict]:
+    """Weights (decayed, LARS-adapted) and biases/BN (neither), per learning-rate multiplier.
+
+    Args:
+        model: Its trainable parameters are grouped.
+        weight_decay: Of the weights.
+        lr_mult: Parameter-name prefix -> multiplier of the learning rate (``set_lr``
+            applies it), e.g. ``{"backbone.": 0.1}``; the rest get 1.
+    """
+    mults = lr_mult or {}
+    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if _excluded(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lars": True}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars": False})
+            mult = next((m for prefix, m in mults.items() if name.startswith(prefix)), 1.0)
+            buckets.setdefault((_excluded(name, p), mult), []).append(p)
+    groups = []
+    for (excluded, mult), params in sorted(buckets.items(), key=lambda kv: kv[0]):
+        group = {"params": params, "weight_decay": 0.0 if excluded else weight_decay, "lars": not excluded}
+        if mult != 1.0:
+            group["lr_mult"] = mult
+        groups.append(group)
+    if not groups:
+        groups = [{"params": [], "weight_decay": weight_decay, "lars": True}]
     return groups
 
 
@@ -110,14 +123,19 @@ def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
     return cfg.lr
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, batch_size: int, lr_mult: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` over ``model``'s trainable parameters.
 
     Weight decay never applies to biases and BatchNorm parameters; for LARS they are
-    also excluded from the trust-ratio adaptation.
+    also excluded from the trust-ratio adaptation. ``lr_mult`` scales the learning rate
+    of parameters by name prefix (see :func:`param_groups`).
     """
     lr = scaled_lr(cfg, batch_size)
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, lr_mult)
+    for g in groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
     for g in groups:
@@ -135,18 +153,21 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "c
     """Multiplier of the peak learning rate at ``step`` (0-based, per iteration).
 
     Linear warm-up from ``1 / warmup_steps`` to 1 over ``warmup_steps``, then cosine
-    decay to 0 at ``total_steps`` (or constant).
+    decay to 0 at ``total_steps``, constant, or 'step': x0.1 at 60 % and again at 80 % of
+    the run (MoCo v1's drops at epochs 120 and 160 of 200).
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "step":
+        return 0.1 ** sum(step >= f * total_steps for f in (0.6, 0.8))
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's learning rate (groups share one schedule)."""
+    """Set every group's learning rate (one schedule; a group's ``lr_mult`` scales it)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)

@@ -38,7 +38,7 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 _COMMON = dict(
     crop_ratio=[3 / 4, 4 / 3], pad=0, flip_p=0.5, blur_kernel=3, blur_sigma=[0.1, 2.0], solarize_p=0.0,
-    randaugment_n=0, cutout=0.0,
+    randaugment_n=0, cutout=0.0, sobel_p=0.0, noise_p=0.0, noise_std=0.1, rotate_p=0.0, second_view="same",
 )
 _NO_COLOUR = dict(jitter_strength=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
 
@@ -103,6 +103,11 @@ class AugmentSpec:
     solarize_p: float
     randaugment_n: int
     cutout: float
+    sobel_p: float
+    noise_p: float
+    noise_std: float
+    rotate_p: float
+    second_view: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
@@ -159,12 +164,16 @@ def _check(c: AugmentConfig) -> None:
             raise bad(key, "must be two positive numbers [low, high] with low <= high")
     if cfg.crop_scale[1] > 1:
         raise bad("crop_scale", "the largest crop area is 1.0 (the whole image)")
-    for key in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+    for key in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "sobel_p", "noise_p", "rotate_p"):
         if not 0 <= getattr(cfg, key) <= 1:
             raise bad(key, "a probability must lie in [0, 1]")
     if cfg.randaugment_n < 0 or not 0 <= cfg.cutout <= 1:
         key = "randaugment_n" if cfg.randaugment_n < 0 else "cutout"
         raise bad(key, "must not be negative (and cutout at most 1)")
+    if cfg.noise_std < 0:
+        raise bad("noise_std", "must not be negative")
+    if cfg.second_view not in ("same", "identity"):
+        raise bad("second_view", "must be 'same' or 'identity'")
     if cfg.jitter_strength < 0 or cfg.pad < 0:
         raise bad("jitter_strength" if cfg.jitter_strength < 0 else "pad", "must not be negative")
     if cfg.blur_kernel < 1 or cfg.blur_kernel % 2 == 0:
@@ -193,6 +202,9 @@ class AugmentParams:
         blur_sigma: (B,) sigma, 0 where no blur is applied.
         solarize: (B,) bool: intensities at or above 0.5 are inverted (BYOL's solarize).
         randaugment: RandAugment's operations, magnitudes and Cutout squares, or None.
+        sobel: (B,) bool: replaced by the Sobel edge magnitude.
+        noise: (B, 3, H, W) Gaussian noise to add (each image's own std), or None.
+        rotate: (B,) int64 quarter turns (0 = none, 1 = 90 degrees counter-clockwise...).
     """
 
     theta: torch.Tensor
@@ -206,13 +218,19 @@ class AugmentParams:
     blur_sigma: torch.Tensor
     solarize: torch.Tensor
     randaugment: Any = None
+    sobel: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    rotate: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> AugmentParams:
         """The parameters of the given samples (a CPU index tensor)."""
         picked: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            picked[f.name] = value[rows] if isinstance(value, torch.Tensor) else value and value.select(rows)
+            if value is None or isinstance(value, torch.Tensor):
+                picked[f.name] = None if value is None else value[rows]
+            else:
+                picked[f.name] = value.select(rows)
         return AugmentParams(**picked)
 
 
@@ -267,6 +285,46 @@ def sample_crop_boxes(
     return torch.stack([top, left, hh, ww], 1)
 
 
+def _sample_jitter(cfg: AugmentSpec, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Colour-jitter factors (identity where not applied), whether applied, and each sample's op order."""
+    s = cfg.jitter_strength
+    strengths = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+    applied = (torch.rand(n, generator=gen) < cfg.jitter_p) & (s > 0)
+    jitter = torch.empty(n, 4, dtype=torch.float64)
+    for op, k in enumerate(strengths):
+        if op == HUE:
+            jitter[:, op] = _uniform(-min(k, 0.5), min(k, 0.5), n, gen)
+        else:
+            jitter[:, op] = _uniform(max(0.0, 1 - k), 1 + k, n, gen)
+    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    jitter = torch.where(applied[:, None], jitter, identity)
+    order = torch.argsort(torch.rand(n, 4, generator=gen), dim=1)
+    return jitter, applied, order
+
+
+def _sample_figure5_ops(
+    cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.Generator
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Sobel, noise and rotation parameters (see :class:`AugmentParams`), None where unused.
+
+    SimCLR's Figure 5 operations are drawn after everything else and only when used, so
+    that every other augmentation draws exactly what it drew before they existed.
+    """
+    sobel = torch.rand(n, generator=gen) < cfg.sobel_p if cfg.sobel_p > 0 else None
+    noise = None
+    if cfg.noise_p > 0:
+        noisy = torch.rand(n, generator=gen) < cfg.noise_p
+        noise_sigma = torch.where(noisy, cfg.noise_std * torch.rand(n, generator=gen), torch.zeros(n))
+        noise = torch.randn(n, 3, height, width, generator=gen) * noise_sigma.view(-1, 1, 1, 1)
+    rotate = None
+    if cfg.rotate_p > 0:
+        if height != width:
+            raise ConfigError(f"augment.rotate_p needs square images, got {height}x{width}")
+        turned = torch.rand(n, generator=gen) < cfg.rotate_p
+        rotate = torch.where(turned, torch.randint(1, 4, (n,), generator=gen), torch.zeros(n, dtype=torch.long))
+    return sobel, noise, rotate
+
+
 def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.Generator) -> AugmentParams:
     """Draw the parameters of ``n`` independent augmentations (see :class:`AugmentParams`).
 
@@ -300,18 +358,7 @@ def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.
         theta[:, 1, 2] = 2 * shift[:, 0] / height
         area, aspect = torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
 
-    s = cfg.jitter_strength
-    strengths = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
-    applied = (torch.rand(n, generator=gen) < cfg.jitter_p) & (s > 0)
-    jitter = torch.empty(n, 4, dtype=torch.float64)
-    for op, k in enumerate(strengths):
-        if op == HUE:
-            jitter[:, op] = _uniform(-min(k, 0.5), min(k, 0.5), n, gen)
-        else:
-            jitter[:, op] = _uniform(max(0.0, 1 - k), 1 + k, n, gen)
-    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
-    jitter = torch.where(applied[:, None], jitter, identity)
-    order = torch.argsort(torch.rand(n, 4, generator=gen), dim=1)
+    jitter, applied, order = _sample_jitter(cfg, n, gen)
     gray = torch.rand(n, generator=gen) < cfg.grayscale_p
     blurred = torch.rand(n, generator=gen) < cfg.blur_p
     sigma = _uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n, gen)
@@ -323,6 +370,7 @@ def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.
         from .randaugment import sample as sample_randaugment
 
         ra = sample_randaugment(n, cfg.randaugment_n, cfg.cutout, height, width, gen)
+    sobel, noise, rotate = _sample_figure5_ops(cfg, n, height, width, gen)
     return AugmentParams(
         theta=theta.float(),
         crop_area=area.float(),
@@ -335,6 +383,9 @@ def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.
         blur_sigma=sigma.float(),
         solarize=solarize,
         randaugment=ra,
+        sobel=sobel,
+        noise=noise,
+        rotate=rotate,
     )
 
 
@@ -463,6 +514,41 @@ def solarize(x: torch.Tensor, applied: torch.Tensor, threshold: float | torch.Te
     return torch.where(flip, 1.0 - x, x)
 
 
+_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+
+
+def sobel(x: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
+    """Replace the samples where ``applied`` (B,) is set by their Sobel edge magnitude.
+
+    The luma's horizontal and vertical Sobel responses (3x3, replicate padding) give
+    ``sqrt(gx^2 + gy^2) / 4``, clamped to [0, 1] (4 is the largest response to a single
+    step edge), copied into the three channels.
+    """
+    kx = torch.tensor(_SOBEL_X, device=x.device, dtype=x.dtype)
+    kernels = torch.stack([kx, kx.T]).unsqueeze(1)  # (2, 1, 3, 3): d/dx, d/dy
+    g = F.conv2d(F.pad(grayscale(x), (1, 1, 1, 1), mode="replicate"), kernels)
+    edges = (g.square().sum(1, keepdim=True).sqrt() / 4).clamp(0, 1).expand_as(x)
+    return torch.where(applied.view(-1, 1, 1, 1), edges, x)
+
+
+def add_noise(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``x + noise``, clamped to [0, 1]."""
+    return (x + noise.to(x.device, x.dtype, non_blocking=True)).clamp(0, 1)
+
+
+def rotate_quarters(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate each square image by ``turns`` (B,) quarter turns counter-clockwise (``torch.rot90``)."""
+    out = x
+    for k in (1, 2, 3):
+        rows = torch.nonzero(turns == k).flatten()
+        if rows.numel():
+            idx = rows.to(x.device, non_blocking=True)
+            if out is x:
+                out = x.clone()
+            out.index_copy_(0, idx, torch.rot90(x.index_select(0, idx), k, dims=(2, 3)))
+    return out
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1] (a channels_last view)."""
     return images.permute(0, 3, 1, 2).float().div_(255)
@@ -492,6 +578,8 @@ def apply_params(images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec) 
         # 'reflection' pads translations by mirroring; crops stay inside the image.
         mode = "reflection" if cfg.crop == "pad" else "border"
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode=mode, align_corners=False)
+    if params.rotate is not None and bool(params.rotate.any()):
+        x = rotate_quarters(x, params.rotate)
     x = color_jitter(x, params)
     if bool(params.gray.any()):
         g = params.gray.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
@@ -500,6 +588,10 @@ def apply_params(images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec) 
         x = gaussian_blur(x, params.blur_sigma, cfg.blur_kernel)
     if bool(params.solarize.any()):
         x = solarize(x, params.solarize.to(x.device, non_blocking=True))
+    if params.sobel is not None and bool(params.sobel.any()):
+        x = sobel(x, params.sobel.to(x.device, non_blocking=True))
+    if params.noise is not None:
+        x = add_noise(x, params.noise)
     if params.randaugment is not None:
         from .randaugment import apply as randaugment
 
@@ -512,6 +604,9 @@ def apply_params(images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec) 
 def view_configs(cfg: AugmentConfig, per_view: Sequence[dict[str, Any]], n_views: int) -> list[AugmentConfig]:
     """One resolved augmentation per view: ``cfg`` with each view's own changes on top.
 
+    With ``second_view: identity`` every view after the first is the image itself, only
+    normalised (SimCLR's Figure 5 setting).
+
     Args:
         cfg: The resolved augmentation (preset and ``augment.*`` keys applied).
         per_view: A method's changes per view (e.g. BYOL's blur 1.0 / 0.1 and solarize
@@ -522,12 +617,16 @@ def view_configs(cfg: AugmentConfig, per_view: Sequence[dict[str, Any]], n_views
         ConfigError: If ``per_view`` does not have one entry per view, or a value is bad.
     """
     if not per_view:
-        return [cfg] * n_views
-    if len(per_view) != n_views:
+        out = [cfg] * n_views
+    elif len(per_view) != n_views:
         raise ConfigError(f"a method with {n_views} views needs {n_views} per-view augmentations, not {len(per_view)}")
-    out = [replace(cfg, **changes) for changes in per_view]
-    for view in out:
-        _check(view)
+    else:
+        out = [replace(cfg, **changes) for changes in per_view]
+        for view in out:
+            _check(view)
+    if cfg.second_view == "identity" and n_views > 1:
+        # SimCLR's Figure 5: the transformations act on one branch; the other sees the image.
+        out = [out[0], *[replace(cfg, **PRESETS["none"], preset="none")] * (n_views - 1)]
     return out
 
 

@@ -227,7 +227,8 @@ def evaluate_milestones(
     The rows go into ``RUN_DIR/metrics.json`` under ``milestones`` (keyed by step).
 
     Returns:
-        One dict per checkpoint, oldest first: epoch, step, kNN and linear top-1.
+        One dict per checkpoint, oldest first: epoch, step, kNN and linear top-1, and
+        the test top-1 of the method's own classifiers (``test_top1``...) where it has any.
 
     Raises:
         RunDirError: If the run has no checkpoint.
@@ -250,10 +251,12 @@ def evaluate_milestones(
         encoder = model.backbone
         assert isinstance(encoder, nn.Module)
         result = evaluate_encoder(encoder, splits, cfg.eval, options, cfg.train.seed)
-        rows.append({"epoch": state.get("epoch"), "step": step, "knn_top1": result["knn_top1"],
-                     "linear_top1": result["linear_top1"], "n_test": result["n_test"]})
-        log(f"epoch {state.get('epoch')} (step {step}): kNN top-1 {result['knn_top1']:.4f} | "
-            f"linear top-1 {result['linear_top1']:.4f}")
+        row = {"epoch": state.get("epoch"), "step": step, "knn_top1": result["knn_top1"],
+               "linear_top1": result["linear_top1"], "n_test": result["n_test"]}
+        row.update(classifier_accuracies(model, splits, options))  # a few-label run's own classifiers
+        rows.append(row)
+        log(f"epoch {state.get('epoch')} (step {step}): " + " | ".join(
+            f"{k.replace('_top1', '').replace('_', ' ')} top-1 {v:.4f}" for k, v in row.items() if k.endswith("top1")))
     update_metrics_json(run_dir, {str(r["step"]): r for r in rows}, section="milestones")
     return rows
 

@@ -100,12 +100,11 @@ def _build(
     model = Supervised(backbone, num_classes).to(dev)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    if ft.freeze_encoder:
-        backbone.requires_grad_(False)
     optim = OptimConfig(
         name=ft.optimizer, lr=ft.lr, lr_scaling="none", momentum=0.9, nesterov=True, weight_decay=ft.weight_decay
     )
-    return model, build_optimizer(model, optim, ft.batch_size)
+    lr_mult = {"backbone.": ft.encoder_lr} if ft.encoder_lr != 1.0 else None
+    return model, build_optimizer(model, optim, ft.batch_size, lr_mult)
 
 
 def _augment(cfg: Config) -> ViewAugment:
@@ -146,7 +145,9 @@ def _finetune_one(
     bar = tqdm(range(ft.epochs), desc=f"fine-tune {n_labels} labels", disable=not cfg.train.progress, leave=False)
     for epoch in bar:
         model.train()
-        if ft.freeze_encoder:
+        head_only = ft.freeze_encoder or epoch < ft.head_epochs
+        model.backbone.requires_grad_(not head_only)
+        if head_only:
             model.backbone.eval()  # a frozen encoder keeps its BatchNorm statistics
         g = torch.Generator().manual_seed(step_seed(ft.seed, epoch, stream=3))
         order = torch.as_tensor(labeled)[torch.randperm(len(labeled), generator=g)]

@@ -334,6 +334,48 @@ def _sweep_loss_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str
     return _save(fig, folder, "loss_curves.png")
 
 
+def pair_matrix(groups: list[dict[str, Any]], axis: str, metric: str) -> tuple[list[str], np.ndarray]:
+    """The operations named by an axis's labels ("a", "a+b") and their symmetric matrix.
+
+    Entry (a, b) is the mean over seeds of ``metric`` (in %) of the cell "a+b" (or "b+a"),
+    entry (a, a) that of "a"; NaN where no cell has finished.
+    """
+    names = list(dict.fromkeys(part for g in groups for part in str(g[axis]).split("+")))
+    index = {n: i for i, n in enumerate(names)}
+    grid = np.full((len(names), len(names)), np.nan)
+    for g in groups:
+        if g["values"].get(metric):
+            parts = str(g[axis]).split("+")
+            a, b = index[parts[0]], index[parts[-1]]
+            grid[a, b] = grid[b, a] = mean_std([100 * v for v in g["values"][metric]])[0]
+    return names, grid
+
+
+def _heatmap(groups: list[dict[str, Any]], axis: str, metric: str, folder: Path) -> str | None:
+    """A symmetric matrix from an axis labelled "a" (diagonal) and "a+b" (off-diagonal).
+
+    SimCLR's Figure 5 layout (``heatmap:`` in a sweep spec, e.g. aug_pairs.yaml); cells
+    not run yet stay blank.
+    """
+    names, grid = pair_matrix(groups, axis, metric)
+    if np.isnan(grid).all() or len(names) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.0 * len(names) + 1.6, 0.9 * len(names) + 0.8))
+    im = ax.imshow(grid, cmap="viridis")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] < np.nanmean(grid) else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30)
+    ax.set_yticks(range(len(names)), names)
+    name = metric.replace("_top1", " top-1").replace("_", " ")
+    ax.set(title=f"{name} (%): one operation (diagonal) or two, mean over seeds")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return _save(fig, folder, f"heatmap_{metric}.png")
+
+
 def _time_plot(groups: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
     plt = _plt()
     gs = [g for g in groups if g["values"].get("wall_time_s")]
@@ -373,6 +415,8 @@ def report_sweep(sweep_dir: Path) -> Path:
         _table(head, body_rows),
     ]
     plots = [_accuracy_plot(groups, axes, m, folder) for m in ("knn_top1", "linear_top1", "test_top1")]
+    if spec.get("heatmap"):
+        plots = [_heatmap(groups, spec["heatmap"], m, folder) for m in ("linear_top1", "knn_top1")] + plots
     plots += [_sweep_loss_plot(sweep_dir, rows, axes, folder), _time_plot(groups, axes, folder)]
     body += ["<h2>Plots</h2>"] + [_img(p, p) for p in plots if p]
     cols = ["cell", "seed", "status", *COLUMNS]

@@ -18,6 +18,8 @@ A spec (YAML)::
     encoder:                     # finetune sweeps only: what to fine-tune, per seed
       base: ../quick.yaml
       overrides: {}
+    heatmap: pair                # optional: an axis labelled "a" and "a+b", drawn by
+                                 # `selfsup report` as a symmetric matrix (aug_pairs.yaml)
 
 Cells run one after another; a finished cell is skipped and an interrupted one resumes
 (from its own checkpoints), so a killed sweep is continued by running it again.
@@ -45,7 +47,9 @@ from .results import cell_done, collect, encoder_dir, markdown_table, write_csv
 
 SPEC_FILE = "sweep.yaml"
 COMMANDS = ("pretrain", "semi", "finetune")
-_SPEC_KEYS = {"name", "command", "base", "overrides", "grid", "seeds", "scale", "encoder", "out", "description"}
+_SPEC_KEYS = {
+    "name", "command", "base", "overrides", "grid", "seeds", "scale", "encoder", "out", "description", "heatmap"
+}
 
 
 @dataclass
@@ -192,6 +196,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     axes = _parse_axes(raw.get("grid"), path)
     scale = raw.get("scale") or {}
     _check_scale(scale, [a.name for a in axes], path)
+    if "heatmap" in raw and raw["heatmap"] not in [a.name for a in axes]:
+        raise ConfigError(f"{path}: heatmap must name a grid axis, got {raw['heatmap']!r}")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
         raise ConfigError(f"{path}: seeds must be a list of integers")

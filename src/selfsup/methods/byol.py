@@ -19,8 +19,8 @@ class BYOL(Method):
     view (normalised MSE, symmetric); the target gets no gradient and, after every
     optimizer step, moves towards the online network with a decay that follows a cosine
     from ``method.momentum`` to 1 over the run. The views are augmented asymmetrically,
-    as in the paper: the first always blurred and never solarised, the second blurred
-    with probability 0.1 and solarised with 0.2.
+    as in the paper: the first never solarised, the second solarised with probability 0.2
+    (blur as the preset says, on both views: see ``view_augment``).
 
     Args:
         backbone: Online encoder (the target starts as its copy).
@@ -29,7 +29,10 @@ class BYOL(Method):
         base_momentum: Target decay at the start (the paper: 0.996; CIFAR: 0.99).
     """
 
-    view_augment = ({"blur_p": 1.0, "solarize_p": 0.0}, {"blur_p": 0.1, "solarize_p": 0.2})
+    # The paper's blur (1.0 / 0.1) is for 224-pixel ImageNet crops; CIFAR setups (solo-learn's
+    # asymmetric CIFAR recipe) blur neither view, so blur comes from the preset (none for
+    # 'simclr'). Measured at one epoch (seed 0): kNN 36.7 % with the paper's blur, see byol.yaml.
+    view_augment = ({"solarize_p": 0.0}, {"solarize_p": 0.2})
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module, base_momentum: float) -> None:
         super().__init__()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..ema import ema_update, frozen_copy
+from ..ema import ema_update, frozen_copy, warmup_decay
 from ..losses import embedding_std, fixmatch_unlabeled
 from .base import Batch, Method
 from .common import build_encoder, linear_classifier
@@ -22,7 +22,8 @@ class FixMatch(Method):
     ``mask = max p_weak >= threshold`` (0.95). Batches hold ``semi.labeled_batch_size``
     labelled and ``train.batch_size`` unlabelled images (mu = 7 in the paper: set
     ``train.batch_size`` to 7 x the labelled batch). Evaluation uses an EMA of the weights
-    (``semi.ema_decay``, 0.999 in the paper): ``test_top1``; the raw weights give
+    (``semi.ema_decay``, 0.999 in the paper, capped early by
+    :func:`~selfsup.ema.warmup_decay`): ``test_top1``; the raw weights give
     ``student_test_top1``.
 
     Logged besides the loss: ``mask_rate`` (the fraction of unlabelled images above the
@@ -92,6 +93,7 @@ class FixMatch(Method):
         return {k: v.float() for k, v in out.items()}
 
     def after_optimizer_step(self, batch: Batch) -> None:
-        """The evaluated weights average the trained ones (constant decay)."""
-        ema_update(self.ema_backbone, self.backbone, self.ema_decay)
-        ema_update(self.ema_classifier, self.classifier, self.ema_decay)
+        """The evaluated weights average the trained ones (``ema_decay``, shorter early on)."""
+        decay = warmup_decay(self.ema_decay, batch.step)
+        ema_update(self.ema_backbone, self.backbone, decay)
+        ema_update(self.ema_classifier, self.classifier, decay)

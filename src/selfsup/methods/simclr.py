@@ -7,7 +7,7 @@ from torch import nn
 
 from ..config import Config
 from ..distributed import gather_with_grad, rank
-from ..losses import embedding_std, nt_xent, simclr_top1
+from ..losses import embedding_std, margin_triplet, nt_logistic, nt_xent, simclr_top1
 from .base import Batch, Method
 from .common import build_encoder, projection_head
 
@@ -15,24 +15,41 @@ from .common import build_encoder, projection_head
 class SimCLR(Method):
     """Encoder + MLP projection head trained to match two views of each image.
 
+    The loss is NT-Xent, or for seed 002's loss study one of the two SimCLR compares it
+    with (``method.loss``: NT-Logistic, margin triplet; these contrast the views of
+    each process's own batch under torchrun).
+
     Args:
         backbone: Encoder with a ``feature_dim`` attribute.
         head: Projection head from ``feature_dim`` to the embedding size.
-        temperature: NT-Xent temperature.
+        temperature: NT-Xent (and NT-Logistic) temperature.
+        loss: 'nt-xent', 'nt-logistic' or 'margin-triplet'.
+        margin: The margin triplet loss's margin.
+        semi_hard: Semi-hard negatives only (NT-Logistic, margin triplet).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, temperature: float) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        temperature: float,
+        loss: str = "nt-xent",
+        margin: float = 0.5,
+        semi_hard: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.temperature = temperature
+        self.loss, self.margin, self.semi_hard = loss, margin, semi_hard
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> SimCLR:
         """Build from ``cfg.model`` and ``cfg.method`` (``num_classes`` is unused)."""
         backbone = build_encoder(cfg)
         head = projection_head(cfg, backbone)
-        return cls(backbone, head, cfg.method.temperature)
+        m = cfg.method
+        return cls(backbone, head, m.temperature, m.loss, m.margin, m.semi_hard)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> encoder features (B, feature_dim)."""
@@ -52,7 +69,12 @@ class SimCLR(Method):
         # single-device setting.
         z = self.head(self.backbone(batch.views))  # (2B, D)
         z1, z2 = z.chunk(2)
-        # Under torchrun: negatives from every rank's views, gradients through the gather.
-        z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)
-        loss = nt_xent(z1, z2, self.temperature, z1_all, z2_all, offset=rank() * len(z1))
+        if self.loss == "nt-logistic":
+            loss = nt_logistic(z1, z2, self.temperature, self.semi_hard)
+        elif self.loss == "margin-triplet":
+            loss = margin_triplet(z1, z2, self.margin, self.semi_hard)
+        else:
+            # Under torchrun: negatives from every rank's views, gradients through the gather.
+            z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)
+            loss = nt_xent(z1, z2, self.temperature, z1_all, z2_all, offset=rank() * len(z1))
         return {"loss": loss, "contrastive_top1": simclr_top1(z1, z2), "embedding_std": embedding_std(z1)}

@@ -16,13 +16,14 @@ class ProjectionHead(nn.Sequential):
     BatchNorm after each hidden layer. The last layer is linear, without activation.
 
     Args:
-        sizes: Input size, hidden sizes..., output size (at least two entries).
+        sizes: Input size, hidden sizes..., output size; the input size alone is no head
+            at all (the identity: SimCLR's "none" projection, Figure 8).
         batch_norm: Put BatchNorm1d between each hidden Linear and its ReLU.
     """
 
     def __init__(self, sizes: Sequence[int], batch_norm: bool = False) -> None:
-        if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
-            raise ValueError(f"a head needs at least two positive layer sizes, got {list(sizes)}")
+        if len(sizes) < 1 or any(int(s) < 1 for s in sizes):
+            raise ValueError(f"a head needs positive layer sizes, got {list(sizes)}")
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             last = i == len(sizes) - 2
