@@ -436,3 +436,15 @@ def test_identity_second_view() -> None:
     assert not torch.allclose(out[:5], expected)
     with pytest.raises(ConfigError, match="second_view"):
         resolve_augment(AugmentConfig(preset="simclr", second_view="other"), "simclr")  # type: ignore[arg-type]
+
+
+def test_blur_kernel_follows_the_image_size_as_seed_000_computes_it() -> None:
+    from selfsup.augment import blur_kernel_for
+
+    assert [blur_kernel_for(s) for s in (32, 64, 96, 224)] == [3, 7, 9, 23]
+    assert resolved("seed000").blur_kernel == 0  # resolved from the images when applied
+    cfg = replace(resolved("none"), blur_p=1.0)
+    u8 = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    auto = BatchAugment(cfg)(u8, torch.Generator().manual_seed(0))
+    three = BatchAugment(replace(cfg, blur_kernel=3))(u8, torch.Generator().manual_seed(0))
+    assert torch.equal(auto, three)

@@ -72,7 +72,8 @@ def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> Non
     assert {"final_loss", "knn_top1", "linear_top1", "wall_time_s", "views_per_s", "peak_memory_mb",
             "embedding_std"} <= set(rows[0])
     assert 0 < float(rows[0]["embedding_std"]) < 1  # SimCLR's logged spread, the collapse signal
-    table = result.table.splitlines()
+    table = [line for line in result.table.splitlines() if line.startswith("|")]
+    assert result.table.splitlines()[-1].startswith("Best kNN top-1: ")  # what stands out of seed noise
     assert table[0].startswith("| method.temperature | seeds | kNN top-1 (%) | linear top-1 (%)")
     assert len(table) == 4 and all("±" in line for line in table[2:]) and "| 0.5 | 2 |" in table[3]
     assert (tmp_path / "sweep" / "results.md").read_text().strip() == result.table
@@ -175,6 +176,45 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
     images_exist(make_report(tmp_path / "sweep"))
 
 
+def test_one_table_from_fine_tuning_and_semi_supervised_cells(shared_folder: Path, tmp_path: Path) -> None:
+    write_recipe(tmp_path / "tiny.yaml", shared_folder)
+    labels = [{"label": n, "finetune.labels": [n], "semi.labels": n} for n in (6, 12)]
+    spec = tmp_path / "le.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "le",
+                "command": "finetune",
+                "base": "tiny.yaml",
+                "encoder": {"base": "tiny.yaml"},
+                "grid": {
+                    "labels": labels,
+                    "row": [{"label": "probe", "finetune.freeze_encoder": True},
+                            {"label": "supervised", "command": "semi", "method.name": "supervised",
+                             "semi.labeled_batch_size": 4}],
+                },
+                "seeds": [0],
+                "overrides": {"finetune.epochs": 1, "finetune.val_size": 6, "finetune.batch_size": 4},
+                "scale": {"small": {"grid": {"labels": labels[:1]}}},
+            }
+        )
+    )
+    s = load_spec(spec)
+    assert [c.command for c in cells(s, tmp_path)] == ["finetune", "semi"] * 2
+    assert [c.dir.name for c in cells(s, tmp_path, "small")] == ["labels=6,row=probe,seed=0",
+                                                                 "labels=6,row=supervised,seed=0"]
+    result = run_sweep(spec, out=tmp_path / "sweep", scale="small", log=lambda s: None)
+    assert [r["status"] for r in result.rows] == ["done", "done"] and all(0 <= r["test_top1"] <= 1 for r in result.rows)
+    # The semi-supervised cell is a run of its own; only the fine-tuning one used the encoder.
+    assert (tmp_path / "sweep" / "labels=6,row=supervised,seed=0" / "checkpoints").is_dir()
+    assert "| 6 | supervised | 1 |" in result.table and "test top-1 (%)" in result.table.splitlines()[0]
+    bad = yaml.safe_load(spec.read_text())
+    bad["grid"]["row"][1]["command"] = "dance"
+    spec.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="command must be one of"):
+        load_spec(spec)
+
+
 def test_scale_profiles_change_axes(shared_folder: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, shared_folder, scale={"small": {"grid": {"method.temperature": [0.2]}}})
     s = load_spec(spec)
@@ -239,6 +279,7 @@ def test_markdown_table_statistics() -> None:
     assert "| a | 2 | 52.0 ± 2.8 | 61.0 ± 1.4 | 1.100 ± 0.141 | - |" in table
     assert "1 cell(s) not finished" in table
     assert mean_std([3.0]) == (3.0, 0.0)
+    assert "Best" not in table  # one grid point with two seeds: nothing to compare
     # The collapse signal gets its own column when runs logged it.
     rows[0]["embedding_std"], rows[1]["embedding_std"] = 0.10, 0.12
     table = markdown_table(rows, ["t"]).splitlines()
@@ -297,3 +338,18 @@ def test_pair_heatmap_is_symmetric_and_the_spec_names_its_axis(tmp_path: Path) -
     spec = write_spec(tmp_path, tmp_path, heatmap="optimizer")
     with pytest.raises(ConfigError, match="heatmap must name a grid axis"):
         run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
+
+
+def test_separation_names_what_stands_out_of_seed_noise() -> None:
+    from selfsup.experiments.results import separation
+
+    def rows(label: str, *values: float) -> list[dict[str, Any]]:
+        return [{"m": label, "seed": i, "status": "done", "knn_top1": v} for i, v in enumerate(values)]
+
+    data = rows("a", 0.50, 0.52) + rows("b", 0.40, 0.42) + rows("c", 0.49, 0.53) + rows("d", 0.30)
+    note = separation(data, ["m"], "knn_top1")
+    # a: 51 ± 1.4; b: 41 ± 1.4 (10 points, pooled std 1.4: separated); c: 51 ± 2.8 (within);
+    # d has one seed and is left out.
+    assert note == ("Best kNN top-1: a. Below it by more than two pooled seed std: b (-10.0); "
+                    "within two std (not separated): c (+0.0).")
+    assert separation(rows("a", 0.5, 0.6), ["m"], "knn_top1") == ""

@@ -80,7 +80,7 @@ class AugmentConfig:
     grayscale_p: Union[float, None] = None
     #: Probability of a Gaussian blur.
     blur_p: Union[float, None] = None
-    #: Odd kernel size (seed 000: image size // 10 = 3 for 32x32).
+    #: Odd kernel size; 0 = seed 000's rule, image size // 10 made odd (3 for 32x32, 9 for 96x96).
     blur_kernel: Union[int, None] = None
     #: Range of the blur's sigma, e.g. 0.1,2.0.
     blur_sigma: Union[list[float], None] = None

@@ -37,7 +37,7 @@ _GRAY = (0.2989, 0.587, 0.114)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 _COMMON = dict(
-    crop_ratio=[3 / 4, 4 / 3], pad=0, flip_p=0.5, blur_kernel=3, blur_sigma=[0.1, 2.0], solarize_p=0.0,
+    crop_ratio=[3 / 4, 4 / 3], pad=0, flip_p=0.5, blur_kernel=0, blur_sigma=[0.1, 2.0], solarize_p=0.0,
     randaugment_n=0, cutout=0.0, sobel_p=0.0, noise_p=0.0, noise_std=0.1, rotate_p=0.0, second_view="same",
 )
 _NO_COLOUR = dict(jitter_strength=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
@@ -56,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "grayscale_p": 0.2,
         "blur_p": 0.0,
     },
-    # Seed 000: the same, plus GaussianBlur(kernel = image size // 10 = 3) with p=0.5.
+    # Seed 000: the same, plus GaussianBlur(kernel = image size // 10, odd: 3) with p=0.5.
     "seed000": {
         **_COMMON,
         "crop": "resized",
@@ -176,8 +176,8 @@ def _check(c: AugmentConfig) -> None:
         raise bad("second_view", "must be 'same' or 'identity'")
     if cfg.jitter_strength < 0 or cfg.pad < 0:
         raise bad("jitter_strength" if cfg.jitter_strength < 0 else "pad", "must not be negative")
-    if cfg.blur_kernel < 1 or cfg.blur_kernel % 2 == 0:
-        raise bad("blur_kernel", "must be a positive odd integer")
+    if cfg.blur_kernel < 0 or (cfg.blur_kernel > 0 and cfg.blur_kernel % 2 == 0):
+        raise bad("blur_kernel", "must be a positive odd integer (or 0: image size // 10, made odd)")
     for key in ("mean", "std"):
         if len(getattr(cfg, key)) != 3:
             raise bad(key, "needs three values (R, G, B)")
@@ -490,6 +490,16 @@ def _gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where((sigma > 0)[:, None], k, delta)
 
 
+def blur_kernel_for(size: int) -> int:
+    """Seed 000's blur kernel: ``size // 10`` made odd (``2 (size // 10 // 2) + 1``): 3 for 32 px.
+
+    The report calls ``GaussianBlur(img_size[0] // 10)`` (10 % of the side, as the SimCLR
+    paper's blur); its class is not shown, and OpenCV's blur it would call needs an odd
+    kernel, which the PyTorch SimCLR reproductions of the time get as ``2 (k // 2) + 1``.
+    """
+    return 2 * (size // 10 // 2) + 1
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Separable Gaussian blur with a per-sample sigma (B,) (0 = unchanged), reflect padding."""
     b, ch, hgt, wid = x.shape
@@ -585,7 +595,7 @@ def apply_params(images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec) 
         g = params.gray.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
         x = torch.where(g, grayscale(x).expand_as(x), x)
     if bool((params.blur_sigma > 0).any()):
-        x = gaussian_blur(x, params.blur_sigma, cfg.blur_kernel)
+        x = gaussian_blur(x, params.blur_sigma, cfg.blur_kernel or blur_kernel_for(min(h, w)))
     if bool(params.solarize.any()):
         x = solarize(x, params.solarize.to(x.device, non_blocking=True))
     if params.sobel is not None and bool(params.sobel.any()):

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import RunDirError
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
 from .results import COLUMNS, aggregate, mean_std, read_csv
-from .sweep import SPEC_FILE
+from .sweep import SPEC_FILE, table_command
 
 FIGURES = "report"
 _STYLE = """
@@ -404,7 +404,7 @@ def report_sweep(sweep_dir: Path) -> Path:
     axes = list((spec.get("grid") or {}).keys())
     folder = sweep_dir / FIGURES
     groups = aggregate(rows, axes)
-    command = spec.get("command", "pretrain")
+    command = table_command(spec)
     table = markdown_table(rows, axes, command).split("\n")
     head = [c.strip() for c in table[0].strip("|").split("|")]
     body_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:] if line.startswith("|")]

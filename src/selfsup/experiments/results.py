@@ -74,11 +74,11 @@ def collect(spec: Any, cells: list[Any]) -> list[dict[str, Any]]:
     rows = []
     for cell in cells:
         row: dict[str, Any] = {"cell": cell.dir.name, **cell.labels, "seed": cell.seed}
-        done = cell_done(cell.dir, spec.command)
+        done = cell_done(cell.dir, cell.command)
         row["status"] = "done" if done else "missing"
         if done:
             metrics = run_row(cell.dir)
-            if spec.command == "finetune":  # the encoder's pretraining figures, the cell's test accuracy
+            if cell.command == "finetune":  # the encoder's pretraining figures, the cell's test accuracy
                 encoder = run_row(encoder_dir(cell.dir.parent, cell.seed))
                 metrics = {**{k: v for k, v in encoder.items() if k != "eval_time_s"}, **metrics}
                 metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("eval_time_s") or 0)
@@ -163,7 +163,36 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "
             vals = g["values"].get("embedding_std")
             cells.append("{:.4f} ± {:.4f}".format(*mean_std(vals)) if vals else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    note = separation(rows, axes, metrics[0][0])
+    if note:
+        lines.append(f"\n{note}")
     missing = sum(1 for r in rows if r.get("status") == "missing")
     if missing:
         lines.append(f"\n{missing} cell(s) not finished.")
     return "\n".join(lines)
+
+
+def separation(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
+    """Which grid points the best one beats by more than two standard deviations of seed noise.
+
+    The noise of a pair is the pooled standard deviation of its two groups over seeds,
+    ``sqrt((s1^2 + s2^2) / 2)``; a difference of the means above twice that is called
+    separated. Needs at least two seeds per grid point; returns '' otherwise.
+    """
+    stats = []
+    for g in aggregate(rows, axes):
+        vals = [100 * v for v in g["values"].get(metric, [])]
+        if len(vals) >= 2:
+            stats.append((", ".join(str(g[a]) for a in axes), *mean_std(vals)))
+    if len(stats) < 2:
+        return ""
+    best = max(stats, key=lambda t: t[1])
+    apart: list[str] = []
+    within: list[str] = []
+    for name, m, s in stats:
+        if name != best[0]:
+            pooled = math.sqrt((s**2 + best[2] ** 2) / 2)
+            (apart if best[1] - m > 2 * pooled else within).append(f"{name} ({m - best[1]:+.1f})")
+    label = metric.replace("_top1", " top-1").replace("knn", "kNN").replace("_", " ")
+    text = f"Best {label}: {best[0]}. Below it by more than two pooled seed std: {', '.join(apart) or 'none'}"
+    return text + (f"; within two std (not separated): {', '.join(within)}." if within else ".")

@@ -21,6 +21,10 @@ A spec (YAML)::
     heatmap: pair                # optional: an axis labelled "a" and "a+b", drawn by
                                  # `selfsup report` as a symmetric matrix (aug_pairs.yaml)
 
+A labelled grid value may also set ``command`` (``{label: fixmatch, command: semi, ...}``):
+that cell runs as that command, so one spec can hold the rows of one table made by
+different commands (label_efficiency.yaml: fine-tuning and semi-supervised rows).
+
 Cells run one after another; a finished cell is skipped and an interrupted one resumes
 (from its own checkpoints), so a killed sweep is continued by running it again.
 ``--plan`` prints one command per cell instead (``selfsup sweep SPEC --cell NAME``), for
@@ -69,12 +73,14 @@ class Cell:
         overrides: Dotted config keys this cell sets.
         seed: Its seed.
         dir: Its run directory.
+        command: What runs it: the spec's command, or its grid value's own.
     """
 
     labels: dict[str, str]
     overrides: dict[str, Any]
     seed: int
     dir: Path
+    command: str = "pretrain"
 
 
 @dataclass
@@ -112,8 +118,7 @@ class SweepSpec:
         """The axes, with values replaced where the scale profile gives a ``grid``."""
         replaced = ((self.scale.get(scale) or {}).get("grid") or {}) if scale else {}
         return [
-            Axis(a.name, [(_label(v), {a.name: v}) for v in replaced[a.name]]) if a.name in replaced else a
-            for a in self.axes
+            _parse_axes({a.name: replaced[a.name]}, self.path)[0] if a.name in replaced else a for a in self.axes
         ]
 
 
@@ -144,8 +149,11 @@ def _parse_axes(grid: Any, path: Path) -> list[Axis]:
         for v in values:
             if isinstance(v, dict):
                 sets = {k: x for k, x in v.items() if k != "label"}
+                if sets.get("command", COMMANDS[0]) not in COMMANDS:
+                    raise ConfigError(f"{path}: grid axis '{name}': command must be one of {', '.join(COMMANDS)}")
                 for key in sets:
-                    _check_key(key, f"{path}: grid axis '{name}'")
+                    if key != "command":
+                        _check_key(key, f"{path}: grid axis '{name}'")
                 parsed.append((_label(v.get("label", "-".join(_label(x) for x in sets.values()))), sets))
             else:
                 _check_key(name, f"{path}: grid")
@@ -202,7 +210,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
         raise ConfigError(f"{path}: seeds must be a list of integers")
     encoder = raw.get("encoder")
-    if command == "finetune" and not encoder:
+    cell_commands = {sets.get("command", command) for a in axes for _, sets in a.values}
+    if "finetune" in cell_commands and not encoder:
         raise ConfigError(f"{path}: a finetune sweep needs an encoder: section (base and overrides)")
     spec = SweepSpec(
         name=str(raw.get("name", path.stem)),
@@ -230,10 +239,24 @@ def cells(spec: SweepSpec, out: Path, scale: str | None = None) -> list[Cell]:
         overrides: dict[str, Any] = {}
         for _, sets in combo:
             overrides.update(sets)
+        command = overrides.pop("command", spec.command)
         for seed in spec.seeds:
             name = ",".join(f"{k}={v}" for k, v in labels.items()) + f",seed={seed}"
-            result.append(Cell(labels, overrides, seed, out / name))
+            result.append(Cell(labels, overrides, seed, out / name, command))
     return result
+
+
+def table_command(raw: dict[str, Any]) -> str:
+    """Whose columns a spec's table shows: fine-tuning's if any cell fine-tunes, else semi's, else pretraining's.
+
+    Args:
+        raw: The spec as read from YAML (a sweep folder's ``sweep.yaml`` too).
+    """
+    command = raw.get("command", "pretrain")
+    commands = {command}
+    for values in (raw.get("grid") or {}).values():
+        commands |= {v.get("command", command) for v in values if isinstance(v, dict)}
+    return next((c for c in ("finetune", "semi") if c in commands), "pretrain")
 
 
 def _seed_key(command: str) -> str:
@@ -298,15 +321,15 @@ def run_sweep(
     _claim_folder(folder, record)
     all_cells = cells(spec, folder, scale)
 
-    configs = {c.dir: spec.config({**c.overrides, _seed_key(spec.command): c.seed}, scale) for c in all_cells}
-    if spec.command == "finetune":  # the encoders' configs must load too
+    configs = {c.dir: spec.config({**c.overrides, _seed_key(c.command): c.seed}, scale) for c in all_cells}
+    if any(c.command == "finetune" for c in all_cells):  # the encoders' configs must load too
         for seed in spec.seeds:
             _encoder_config(spec, seed, scale)
     if plan:
         lines = _plan(spec_path, scale, out, all_cells, log)
         write_atomic(folder / "plan.sh", ("\n".join(lines) + "\n").encode())
         return SweepResult(folder, [], "")
-    todo = [c for c in all_cells if not cell_done(c.dir, spec.command)]
+    todo = [c for c in all_cells if not cell_done(c.dir, c.command)]
     if only is not None:
         names = [c.dir.name for c in all_cells]
         if only not in names:
@@ -339,7 +362,7 @@ def run_sweep(
             bar.close()
     rows = collect(spec, all_cells)
     write_csv(folder / "results.csv", rows, [a.name for a in spec.axes])
-    table = markdown_table(rows, [a.name for a in spec.axes], spec.command)
+    table = markdown_table(rows, [a.name for a in spec.axes], table_command(spec.raw))
     write_atomic(folder / "results.md", (table + "\n").encode())
     log(table)
     return SweepResult(folder, rows, table)
@@ -351,7 +374,7 @@ def run_cell(
     """Run (or continue, from its checkpoints) one cell: what every launcher calls."""
     from ..pretraining import pretrain
 
-    if spec.command == "finetune":
+    if cell.command == "finetune":
         _run_finetune_cell(spec, cell, cfg, folder, scale, log)
     else:
         pretrain(cfg, out=cell.dir, resume=True, log=log)
