@@ -12,13 +12,18 @@ import pytest
 from conftest import REPO, subprocess_env
 
 
+def smoke(script: str, out: Path, data: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/SCRIPT --smoke`` on the tiny folder; it must succeed."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--out", str(out), "--data", str(data)]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 @pytest.mark.slow
 def test_gpu_check_smoke(shared_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "gpu"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out),
-           "--data", str(shared_folder)]
-    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = smoke("gpu_check.py", out, shared_folder)
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert not [r for r in records if "error" in r], [r for r in records if "error" in r]
     assert records[0]["part"] == "env"
@@ -48,10 +53,7 @@ def test_gpu_check_smoke(shared_folder: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_time_to_accuracy_smoke(shared_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "tta"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), "--smoke", "--out", str(out),
-           "--data", str(shared_folder)]
-    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    smoke("time_to_accuracy.py", out, shared_folder)
     points = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
     by: dict[str, list[dict]] = {}
     for p in points:

@@ -353,3 +353,11 @@ def test_separation_names_what_stands_out_of_seed_noise() -> None:
     assert note == ("Best kNN top-1: a. Below it by more than two pooled seed std: b (-10.0); "
                     "within two std (not separated): c (+0.0).")
     assert separation(rows("a", 0.5, 0.6), ["m"], "knn_top1") == ""
+    # Two axes: the first compared within each value of the second.
+    two = [{**r, "labels": 250} for r in rows("a", 0.50, 0.52) + rows("b", 0.40, 0.42)]
+    two += [{**r, "labels": 4000} for r in rows("a", 0.60, 0.62) + rows("b", 0.61, 0.63)]
+    assert separation(two, ["m", "labels"], "knn_top1").splitlines() == [
+        "Best kNN top-1 at labels=250: a. Below it by more than two pooled seed std: b (-10.0).",
+        "Best kNN top-1 at labels=4000: b. Below it by more than two pooled seed std: none; "
+        "within two std (not separated): a (-1.0).",
+    ]

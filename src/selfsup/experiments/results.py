@@ -173,26 +173,35 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "
 
 
 def separation(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
-    """Which grid points the best one beats by more than two standard deviations of seed noise.
+    """Which values of the first axis the best one beats by more than two standard deviations of seed noise.
 
-    The noise of a pair is the pooled standard deviation of its two groups over seeds,
-    ``sqrt((s1^2 + s2^2) / 2)``; a difference of the means above twice that is called
-    separated. Needs at least two seeds per grid point; returns '' otherwise.
+    With several axes the comparison runs along the first one, within each combination
+    of the others (e.g. methods at each label count). The noise of a pair is the pooled
+    standard deviation of its two groups over seeds, ``sqrt((s1^2 + s2^2) / 2)``; a
+    difference of the means above twice that is called separated. Grid points with one
+    seed are left out; '' when nothing can be compared.
     """
-    stats = []
+    if not axes:
+        return ""
+    by_rest: dict[tuple[str, ...], list[tuple[str, float, float]]] = {}
     for g in aggregate(rows, axes):
         vals = [100 * v for v in g["values"].get(metric, [])]
         if len(vals) >= 2:
-            stats.append((", ".join(str(g[a]) for a in axes), *mean_std(vals)))
-    if len(stats) < 2:
-        return ""
-    best = max(stats, key=lambda t: t[1])
-    apart: list[str] = []
-    within: list[str] = []
-    for name, m, s in stats:
-        if name != best[0]:
-            pooled = math.sqrt((s**2 + best[2] ** 2) / 2)
-            (apart if best[1] - m > 2 * pooled else within).append(f"{name} ({m - best[1]:+.1f})")
+            by_rest.setdefault(tuple(f"{a}={g[a]}" for a in axes[1:]), []).append((str(g[axes[0]]), *mean_std(vals)))
     label = metric.replace("_top1", " top-1").replace("knn", "kNN").replace("_", " ")
-    text = f"Best {label}: {best[0]}. Below it by more than two pooled seed std: {', '.join(apart) or 'none'}"
-    return text + (f"; within two std (not separated): {', '.join(within)}." if within else ".")
+    notes = []
+    for rest, stats in by_rest.items():
+        if len(stats) < 2:
+            continue
+        best = max(stats, key=lambda t: t[1])
+        apart: list[str] = []
+        within: list[str] = []
+        for name, m, s in stats:
+            if name != best[0]:
+                pooled = math.sqrt((s**2 + best[2] ** 2) / 2)
+                (apart if best[1] - m > 2 * pooled else within).append(f"{name} ({m - best[1]:+.1f})")
+        where = f" at {', '.join(rest)}" if rest else ""
+        text = f"Best {label}{where}: {best[0]}. Below it by more than two pooled seed std: "
+        text += ", ".join(apart) or "none"
+        notes.append(text + (f"; within two std (not separated): {', '.join(within)}." if within else "."))
+    return "\n".join(notes)
