@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pipelines import cycle, lightly_parts, selfsup_pipeline, setup  # noqa: E402
+from pipelines import calibrated_step_seconds, cycle, lightly_parts, selfsup_pipeline, setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,17 +88,7 @@ def run_lightly(ctx: Any, budget_s: float) -> dict[str, Any]:
         opt.step()
         return loss.detach()
 
-    # Calibrate on a throwaway copy of the weights' starting point: restore afterwards.
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    opt_start = opt.state_dict()
-    for _ in range(3):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(8):
-        float(step())
-    step_s = (time.perf_counter() - t0) / 8
-    model.load_state_dict(start)
-    opt.load_state_dict(opt_start)
+    step_s = calibrated_step_seconds(step, model, opt, warmup=3, timed=8)
     total = max(1, math.floor(budget_s / step_s))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     model.train()

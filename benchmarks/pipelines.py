@@ -19,6 +19,7 @@ optional extra (``pip install -e ".[bench]"``), not a dependency of selfsup.
 from __future__ import annotations
 
 import tarfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,27 @@ def cycle(loader: Any) -> Callable[[], Any]:
             return next(it)
 
     return nxt
+
+
+def calibrated_step_seconds(step: Callable[[], Any], model: nn.Module, opt: Any, warmup: int, timed: int) -> float:
+    """Seconds per call of ``step`` after ``warmup`` calls; the model and optimizer are restored afterwards.
+
+    A budgeted loop plans its schedule from this timing, so the timing steps must not
+    count as training: the weights and optimizer state go back to where they started.
+    """
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_start = opt.state_dict()
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(timed):
+        out = step()
+        if isinstance(out, torch.Tensor):
+            float(out)  # wait for the step (a loss on the device)
+    seconds = (time.perf_counter() - t0) / timed
+    model.load_state_dict(start)
+    opt.load_state_dict(opt_start)
+    return seconds
 
 
 def seed_style(ctx: Context) -> Step:

@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pipelines import cycle, lightly_parts, setup  # noqa: E402
+from pipelines import calibrated_step_seconds, cycle, lightly_parts, setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = (45, 50, 55, 60, 64)
@@ -126,17 +126,7 @@ def lightly_points(ctx: Any, args: argparse.Namespace, tuned: bool) -> list[dict
         opt.step()
 
     # Plan the cosine from a timing of a few steps, on weights restored afterwards.
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    opt_start = opt.state_dict()
-    for _ in range(1 if args.smoke else 3):
-        step()
-    t0 = time.perf_counter()
-    n_timed = 2 if args.smoke else 8
-    for _ in range(n_timed):
-        step()
-    step_s = (time.perf_counter() - t0) / n_timed
-    model.load_state_dict(start)
-    opt.load_state_dict(opt_start)
+    step_s = calibrated_step_seconds(step, model, opt, warmup=1 if args.smoke else 3, timed=2 if args.smoke else 8)
     budget = 60 * args.minutes
     total = max(1, math.floor(budget / step_s))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)

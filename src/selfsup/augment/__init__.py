@@ -619,8 +619,8 @@ def view_configs(cfg: AugmentConfig, per_view: Sequence[dict[str, Any]], n_views
 
     Args:
         cfg: The resolved augmentation (preset and ``augment.*`` keys applied).
-        per_view: A method's changes per view (e.g. BYOL's blur 1.0 / 0.1 and solarize
-            0.0 / 0.2), one mapping of AugmentConfig fields per view; empty: all alike.
+        per_view: A method's changes per view (e.g. BYOL's solarize 0.0 / 0.2), one
+            mapping of AugmentConfig fields per view; empty: all alike.
         n_views: Views per image.
 
     Raises:
