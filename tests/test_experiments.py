@@ -73,10 +73,11 @@ def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> Non
             "embedding_std"} <= set(rows[0])
     assert 0 < float(rows[0]["embedding_std"]) < 1  # SimCLR's logged spread, the collapse signal
     table = [line for line in result.table.splitlines() if line.startswith("|")]
-    assert result.table.splitlines()[-1].startswith("Best kNN top-1: ")  # what stands out of seed noise
+    assert result.table.splitlines()[-3].startswith("Best kNN top-1: ")  # what stands out of seed noise
+    assert result.table.splitlines()[-1].startswith("Measured ")  # the machine and date of the cells
     assert table[0].startswith("| method.temperature | seeds | kNN top-1 (%) | linear top-1 (%)")
     assert len(table) == 4 and all("±" in line for line in table[2:]) and "| 0.5 | 2 |" in table[3]
-    assert (tmp_path / "sweep" / "results.md").read_text().strip() == result.table
+    assert (tmp_path / "sweep" / "table.md").read_text().strip() == result.table
     # Running it again redoes nothing.
     again = run_sweep(spec, out=tmp_path / "sweep", log=lines.append)
     assert "4 done, 0 to run" in lines[-2] and again.table == result.table
@@ -248,7 +249,7 @@ def test_sweep_folder_is_not_reused_for_another_sweep(shared_folder: Path, tmp_p
     run_sweep(spec, out=tmp_path / "sweep", plan=True, log=lambda s: None)
     with pytest.raises(ConfigError, match="no scale profile 'huge'"):
         run_sweep(spec, out=tmp_path / "sweep", scale="huge", log=lambda s: None)
-    with pytest.raises(RunDirError, match="holds a different sweep"):
+    with pytest.raises(RunDirError, match="holds another sweep"):
         run_sweep(spec, out=tmp_path / "sweep", scale="small", plan=True, log=lambda s: None)
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "notes.txt").write_text("mine")

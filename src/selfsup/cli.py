@@ -178,6 +178,16 @@ def _add_sweep_parsers(sub: Any) -> None:
     r.add_argument("--no-embedding", action="store_true", help="skip the t-SNE map and retrievals (runs)")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    d = sub.add_parser(
+        "docs",
+        help="regenerate the tables of README.md and docs/ from results/ (--check: only compare)",
+        description="Rewrite every '<!-- results KIND NAME -->' block of README.md and docs/*.md from the "
+        "committed records under results/; with --check, change nothing and exit 1 if a block differs.",
+    )
+    d.add_argument("--root", default=".", metavar="DIR", help="the repository root (default: here)")
+    d.add_argument("--check", action="store_true", help="compare only; exit 1 when a block differs")
+    d.add_argument("--debug", action="store_true", help="show tracebacks")
+
     x = sub.add_parser(
         "export",
         help="write a run's encoder as safetensors and a torchvision state dict",
@@ -337,6 +347,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_docs(args: argparse.Namespace) -> int:
+    from .experiments.docs import update_docs
+
+    differences = update_docs(args.root, check=args.check)
+    for d in differences:
+        verb = "differs from" if args.check else "regenerated from"
+        print(f"{d.file}: block '{d.kind} {d.name}' {verb} results/{d.name}")
+    if args.check and differences:
+        print(f"{len(differences)} block(s) out of date; run 'selfsup docs' and commit", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
@@ -416,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _cmd_export,
         "sweep": _cmd_sweep,
         "report": _cmd_report,
+        "docs": _cmd_docs,
         "embed": _cmd_embed,
         "augment": _cmd_augment,
     }

@@ -45,8 +45,13 @@ class DataConfig:
     root: Union[str, None] = None
     #: Download 'cifar10-pickle' when it is missing (needs internet access).
     download: bool = False
-    #: Skip unreadable or non-image files instead of stopping with an error.
+    #: Skip unreadable or non-image files, and archive members or folder entries that are
+    #: not regular files inside the source (links, devices, '..' or absolute names),
+    #: with a warning, instead of stopping with an error.
     skip_invalid: bool = False
+    #: Refuse an image file or archive member larger than this many megabytes before
+    #: reading it (a decompression-bomb guard; with data.skip_invalid, skip it).
+    max_file_mb: float = 64.0
     #: For a folder with a single split: fraction held out (class-balanced) as test split.
     test_fraction: float = 0.1
 
@@ -635,6 +640,7 @@ def validate(cfg: Config) -> None:
             if allowed is not None and value is not None and value not in allowed:
                 raise ConfigError(f"{section}.{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
     t, o, e, d, m = cfg.train, cfg.optim, cfg.eval, cfg.data, cfg.method
+    need(cfg.data.max_file_mb > 0, "data.max_file_mb", "must be positive (megabytes)")
     need(t.batch_size > 0, "train.batch_size", "must be a positive integer")
     need(t.epochs > 0, "train.epochs", "must be a positive integer")
     need(t.time_budget is None or t.time_budget > 0, "train.time_budget", "must be positive (minutes)")

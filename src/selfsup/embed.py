@@ -36,6 +36,7 @@ from torch import nn
 from .data import load_dataset
 from .data.readers import (
     IMAGE_EXTENSIONS,
+    MAX_FILE_MB,
     FileRef,
     decode_files,
     decode_image,
@@ -123,8 +124,15 @@ def _is_image(rel: str) -> bool:
     return not is_hidden(path.parts) and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _list_source(data: str, out: Path, split: str | None) -> tuple[list[_Item], np.ndarray | None]:
-    """The images of ``data`` in index order (and, for named datasets, their decoded array)."""
+def _list_source(
+    data: str, out: Path, split: str | None, skip_invalid: bool = False
+) -> tuple[list[_Item], np.ndarray | None]:
+    """The images of ``data`` in index order (and, for named datasets, their decoded array).
+
+    Folders and tars are listed under the same rules as training data: links that leave
+    the folder, special files, unsafe archive member names and oversized files are
+    refused (skipped, with a warning, under ``skip_invalid``).
+    """
     if data in NAMED:
         splits = load_dataset(data, progress=True)
         chosen = [s for s in ("train", "test") if split in (None, s)]
@@ -141,11 +149,11 @@ def _list_source(data: str, out: Path, split: str | None) -> tuple[list[_Item], 
         raise DataError(f"data path does not exist: {root} (--data: a folder, a tar, or {', '.join(NAMED)})")
     store: Path | dict[str, bytes]
     if root.is_file():
-        store, dirs = read_tar_members(root)
+        store, dirs = read_tar_members(root, skip_invalid)
         files = sorted(f for f in store if _is_image(f))
     else:
         out_resolved = out.resolve()
-        all_files, dirs = list_directory(root)
+        all_files, dirs = list_directory(root, skip_invalid)
         # Never read our own output, wherever it lies under the data folder.
         files = [f for f in all_files if _is_image(f) and out_resolved not in (root / f).resolve().parents]
         store = root
@@ -243,7 +251,7 @@ def embed(
     dev = resolve_device(device)
     _check_out(out, data)
     encoder = load_encoder(source, dev)
-    items, array = _list_source(data, out, split)
+    items, array = _list_source(data, out, split, skip_invalid)
     _prepare_out(out, overwrite)
     options: dict[str, Any] = dict(
         mean=encoder.mean,
@@ -322,7 +330,11 @@ def embed_query(
     encoder = load_encoder(source or meta["encoder"], dev)
     path = Path(image)
     if not path.is_file():
-        raise DataError(f"query image not found: {path}")
+        what = "not a regular file" if path.exists() else "not found"
+        raise DataError(f"query image {what}: {path}")
+    if path.stat().st_size > MAX_FILE_MB * 2**20:
+        raise DataError(f"query image {path} is {path.stat().st_size / 2**20:.1f} MB, over the {MAX_FILE_MB:g} MB "
+                        "limit of one image")  # fmt: skip
     pixels = np.array(decode_image(path.read_bytes(), encoder.image_size, str(path)))[None]
     query = extract_features(
         encoder.module, pixels, encoder.mean, encoder.std, dev, bf16=use_bf16("auto", dev)

@@ -23,6 +23,7 @@ from .distributed import broadcast_object, init_from_env, local_device, rank, wo
 from .errors import ConfigError, RunDirError, SelfsupError
 from .eval import evaluate_classifiers, evaluate_run
 from .eval.monitor import Monitor
+from .machine import note_commit, record_machine
 from .methods import Method, build_method, method_class
 from .optim import build_optimizer
 from .rundir import (
@@ -107,6 +108,7 @@ def pretrain(
             SIGINT/SIGTERM (with a checkpoint saved).
     """
     t = cfg.train
+    note_commit()  # the code this run starts with, whatever is edited while it trains
     set_threads(t.num_threads)
     distributed = init_from_env()
     leader = rank() == 0
@@ -176,6 +178,7 @@ def _train_and_evaluate(
         total = _plan(cfg, model, optimizer, sampler, (images, labels), run_dir, bf16, log)
     if existing:
         _resume(run_dir, state, model, optimizer, total, leader, log)
+    start_step, start_time = state.step, state.train_time
     if t.compile:
         model.backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
     step_fn = None
@@ -193,14 +196,20 @@ def _train_and_evaluate(
     if not leader:
         return result
     append_jsonl(run_dir / METRICS_JSONL, summary)
-    log(
-        f"trained {state.step / sampler.steps_per_epoch:.3g} epochs ({state.step} steps) in {state.train_time:.0f} s, "
-        f"{summary['views_per_s']:.0f} views/s, final loss {summary['final_loss']:.4f}"
-    )
+    record_machine(run_dir, "train", state.train_time - start_time, device, steps=[start_step, state.step], bf16=bf16)
+    log(training_line(summary))
     if t.eval_after:
         evaluate = evaluate_run if cfg.semi.labels is None else evaluate_classifiers
         result.metrics = evaluate(run_dir, model=model, step=state.step, log=log, data=whole)
     return result
+
+
+def training_line(summary: dict[str, Any]) -> str:
+    """The line pretraining prints when it ends, from its summary record (also what the docs quote)."""
+    return (
+        f"trained {summary['epochs']:.3g} epochs ({summary['step']} steps) in {summary['train_time_s']:.0f} s, "
+        f"{summary['views_per_s']:.0f} views/s, final loss {summary['final_loss']:.4f}"
+    )
 
 
 def _plan(

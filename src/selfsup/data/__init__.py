@@ -33,6 +33,7 @@ from ..fileio import normal_mode
 from . import cifar_pickle
 from .dataset import DataSplits, ImageDataset, channel_stats, class_balanced_indices
 from .readers import (
+    MAX_FILE_MB,
     TEST_NAMES,
     TRAIN_NAMES,
     FileRef,
@@ -156,7 +157,7 @@ def _resolve(name: str, root: Path, download: bool) -> tuple[str, Path]:
     return "folder", path
 
 
-def _digest(kind: str, path: Path) -> str:
+def _digest(kind: str, path: Path, skip_invalid: bool = False, max_file_mb: float | None = MAX_FILE_MB) -> str:
     h = hashlib.sha256(kind.encode())
     if kind == "tar":
         h.update(_sha256_file(path).encode())
@@ -169,7 +170,7 @@ def _digest(kind: str, path: Path) -> str:
     else:
         # Hashing every file's bytes would cost a full read of big folders; names, sizes
         # and modification times identify a folder's content well enough for a cache.
-        files, dirs = list_directory(path)
+        files, dirs = list_directory(path, skip_invalid, max_file_mb)
         for f in files:
             st = (path / f).stat()
             h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -177,18 +178,20 @@ def _digest(kind: str, path: Path) -> str:
     return h.hexdigest()
 
 
-def _gather(kind: str, path: Path) -> tuple[dict[str, dict[str, list[tuple[str, Path | dict[str, bytes], str]]]], str]:
+def _gather(
+    kind: str, path: Path, skip_invalid: bool, max_file_mb: float | None
+) -> tuple[dict[str, dict[str, list[tuple[str, Path | dict[str, bytes], str]]]], str]:
     """``({split: {class: [(display name, store, rel)]}}, source label)`` of a layout source."""
     units: list[tuple[Layout, Path | dict[str, bytes], str, str]] = []
     if kind == "folder":
-        files, dirs = list_directory(path)
+        files, dirs = list_directory(path, skip_invalid, max_file_mb)
         units.append((layout(files, dirs, str(path)), path, "", str(path)))
     elif kind == "tar":
-        members, dirs = read_tar_members(path)
+        members, dirs = read_tar_members(path, skip_invalid, max_file_mb)
         units.append((layout(list(members), dirs, str(path)), members, "", str(path)))
     else:
         for split, p in sorted(_tar_splits(path).items()):
-            members, dirs = read_tar_members(p)
+            members, dirs = read_tar_members(p, skip_invalid, max_file_mb)
             units.append((layout(list(members), dirs, str(p)), members, split, str(p)))
     per_split: dict[str, dict[str, list[tuple[str, Path | dict[str, bytes], str]]]] = {}
     for lay, store, implied, where in units:
@@ -202,9 +205,15 @@ def _gather(kind: str, path: Path) -> tuple[dict[str, dict[str, list[tuple[str, 
 
 
 def _decode_layout_source(
-    kind: str, path: Path, size: int, skip_invalid: bool, test_fraction: float, progress: bool
+    kind: str,
+    path: Path,
+    size: int,
+    skip_invalid: bool,
+    test_fraction: float,
+    progress: bool,
+    max_file_mb: float | None = MAX_FILE_MB,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-    per_split, where = _gather(kind, path)
+    per_split, where = _gather(kind, path, skip_invalid, max_file_mb)
     if "train" not in per_split:
         raise DataError(f"{where}: no training images found (expected a train split or class folders)")
     classes = sorted(per_split["train"])
@@ -250,8 +259,10 @@ def _decode_pickle_source(path: Path, size: int) -> tuple[dict[str, tuple[np.nda
     return splits, classes
 
 
-def _cache_file(digest: str, size: int, skip_invalid: bool, test_fraction: float) -> Path:
-    key = hashlib.sha256(f"v{CACHE_VERSION}|{digest}|{size}|{skip_invalid}|{test_fraction}".encode()).hexdigest()
+def _cache_file(digest: str, size: int, skip_invalid: bool, test_fraction: float, max_file_mb: float | None) -> Path:
+    # The size limit changes what a skip_invalid load keeps, so it is part of the key.
+    limit = f"|{max_file_mb}" if max_file_mb != MAX_FILE_MB else ""
+    key = hashlib.sha256(f"v{CACHE_VERSION}|{digest}|{size}|{skip_invalid}|{test_fraction}{limit}".encode()).hexdigest()
     return cache_dir() / f"{key[:32]}.npz"
 
 
@@ -293,6 +304,7 @@ def load_dataset(
     test_fraction: float = 0.1,
     progress: bool = True,
     use_cache: bool = True,
+    max_file_mb: float | None = MAX_FILE_MB,
 ) -> DataSplits:
     """Load a dataset's train and test splits as uint8 arrays.
 
@@ -305,6 +317,8 @@ def load_dataset(
         test_fraction: Held-out fraction when the source has a single split.
         progress: Show a progress bar while decoding large sources.
         use_cache: Read and write the decoded-array cache.
+        max_file_mb: Refuse (or, with ``skip_invalid``, skip) an image file or tar member
+            larger than this before reading it; None = no limit.
 
     Returns:
         The splits, with class names and the source digest.
@@ -313,14 +327,16 @@ def load_dataset(
         DataError: For a missing, empty, corrupt or ill-formed source.
     """
     kind, path = _resolve(name, data_root(root), download)
-    digest = _digest(kind, path)
-    cache = _cache_file(digest, image_size, skip_invalid, test_fraction)
+    digest = _digest(kind, path, skip_invalid, max_file_mb)
+    cache = _cache_file(digest, image_size, skip_invalid, test_fraction, max_file_mb)
     loaded = _load_cache(cache) if use_cache else None
     if loaded is None:
         if kind == "pickle":
             loaded = _decode_pickle_source(path, image_size)
         else:
-            loaded = _decode_layout_source(kind, path, image_size, skip_invalid, test_fraction, progress)
+            loaded = _decode_layout_source(
+                kind, path, image_size, skip_invalid, test_fraction, progress, max_file_mb
+            )
         if use_cache:
             _save_cache(cache, *loaded)
     splits, classes = loaded
@@ -342,7 +358,14 @@ def load_data(cfg: DataConfig, seed: int = 0, progress: bool = True, subset: boo
         subset: Apply ``cfg.subset`` (False: the whole training split, as evaluation uses).
     """
     splits = load_dataset(
-        cfg.name, cfg.image_size, cfg.root, cfg.download, cfg.skip_invalid, cfg.test_fraction, progress
+        cfg.name,
+        cfg.image_size,
+        cfg.root,
+        cfg.download,
+        cfg.skip_invalid,
+        cfg.test_fraction,
+        progress,
+        max_file_mb=cfg.max_file_mb,
     )
     return with_subset(splits, cfg.subset, seed) if subset else splits
 

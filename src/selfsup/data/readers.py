@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tarfile
 import warnings
 from collections.abc import Iterable
@@ -30,6 +31,10 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 TRAIN_NAMES = ("train", "training")
 TEST_NAMES = ("test", "val", "valid", "validation", "testing")
 _IGNORED = {".DS_Store", "Thumbs.db", "desktop.ini"}
+#: Default of data.max_file_mb: no CIFAR-like image comes near it, and a file (or tar
+#: member) declared larger is refused before a byte of it is read, so a decompression
+#: bomb cannot exhaust memory.
+MAX_FILE_MB = 64.0
 
 #: split -> class -> list of relative file paths
 Layout = dict[str, dict[str, list[str]]]
@@ -100,40 +105,157 @@ def layout(files: Iterable[str], dirs: Iterable[str], where: str) -> Layout:
     return out
 
 
-def list_directory(root: Path) -> tuple[list[str], list[str]]:
-    """Relative file and directory paths under ``root`` (following no symlinked dirs)."""
+def _name_problem(name: str) -> str | None:
+    """Why a member name may not be used: absolute, or climbing out with '..' (None when fine)."""
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "has an absolute name"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "has a '..' component (it points outside the archive's tree)"
+    return None
+
+
+def _size_problem(size: int, max_bytes: int | None) -> str | None:
+    if max_bytes is not None and size > max_bytes:
+        return f"is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB limit of one image (data.max_file_mb)"
+    return None
+
+
+def _refuse(rejected: list[tuple[str, str]], where: str, what: str, skip_invalid: bool) -> None:
+    """Stop on the first unsafe entry, or (``skip_invalid``) warn once naming it and counting all."""
+    if not rejected:
+        return
+    name, why = rejected[0]
+    if not skip_invalid:
+        raise DataError(
+            f"{where}: {what} {name!r} {why}; only regular image files inside it are read "
+            "(remove it, or set data.skip_invalid=true to skip such entries)"
+        )
+    more = f" and {len(rejected) - 1} more" if len(rejected) > 1 else ""
+    plural = what if len(rejected) == 1 else ("entries" if what == "entry" else f"{what}s")
+    warnings.warn(f"{where}: skipped {len(rejected)} {plural} not safe to read: {name!r} {why}{more}",
+                  stacklevel=3)  # fmt: skip
+
+
+def _bytes(max_file_mb: float | None) -> int | None:
+    return None if max_file_mb is None else int(max_file_mb * 2**20)
+
+
+def _folder_entry_problem(full: Path, root: Path, is_dir: bool, max_bytes: int | None) -> str | None:
+    """Why a folder entry may not be read: a link leaving the folder or to a folder, a special file, a huge file."""
+    st = os.lstat(full)
+    if stat.S_ISLNK(st.st_mode):
+        target = full.resolve()
+        if root not in target.parents:
+            return f"is a symbolic link to {target}, outside the data folder"
+        if is_dir or target.is_dir():
+            return "is a symbolic link to a folder (links to folders are not followed)"
+        st = os.stat(full)
+    if is_dir:
+        return "is a folder named like an image" if Path(full.name).suffix.lower() in IMAGE_EXTENSIONS else None
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    return _size_problem(st.st_size, max_bytes)
+
+
+def list_directory(
+    root: Path, skip_invalid: bool = False, max_file_mb: float | None = MAX_FILE_MB
+) -> tuple[list[str], list[str]]:
+    """Relative file and directory paths under ``root`` (following no symlinked dirs).
+
+    Hidden entries (dot files, ``__MACOSX``) are left out unread. Every other entry must
+    be a regular file or folder inside ``root``: a symbolic link that leaves the folder
+    or points at a folder, a FIFO, socket or device, a folder named like an image, or a
+    file over ``max_file_mb`` stops with one line naming it (with ``skip_invalid``: is
+    left out, with one warning that names the first and counts them).
+
+    Raises:
+        DataError: For the first unsafe entry, unless ``skip_invalid``.
+    """
     files: list[str] = []
     dirs: list[str] = []
+    rejected: list[tuple[str, str]] = []
+    real_root = root.resolve()
+    max_bytes = _bytes(max_file_mb)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
         rel_dir = Path(dirpath).relative_to(root)
-        for d in dirnames:
-            dirs.append((rel_dir / d).as_posix())
+        kept = []
+        for d in sorted(dirnames):
+            rel = (rel_dir / d).as_posix()
+            if is_hidden(PurePosixPath(rel).parts):
+                continue
+            problem = _folder_entry_problem(Path(dirpath) / d, real_root, True, max_bytes)
+            if problem:
+                rejected.append((rel, problem))
+            else:
+                kept.append(d)
+                dirs.append(rel)
+        dirnames[:] = kept  # os.walk descends into these only
         for f in sorted(filenames):
-            files.append((rel_dir / f).as_posix())
+            rel = (rel_dir / f).as_posix()
+            if is_hidden(PurePosixPath(rel).parts):
+                continue
+            problem = _folder_entry_problem(Path(dirpath) / f, real_root, False, max_bytes)
+            if problem:
+                rejected.append((rel, problem))
+            else:
+                files.append(rel)
+    _refuse(rejected, str(root), "entry", skip_invalid)
     return files, dirs
 
 
-def read_tar_members(path: Path) -> tuple[dict[str, bytes], list[str]]:
+def _member_problem(member: tarfile.TarInfo, name: str, max_bytes: int | None) -> str | None:
+    """Why a tar member may not be read (None for a regular file or folder inside the archive's tree)."""
+    problem = _name_problem(member.name)
+    if problem:
+        return problem
+    if member.issym() or member.islnk():
+        return f"is a link (to {member.linkname!r}), not a regular file"
+    if member.isdir():
+        return "is a folder named like an image" if Path(name.rstrip("/")).suffix.lower() in IMAGE_EXTENSIONS else None
+    if not member.isfile():
+        return "is not a regular file (a device, FIFO or other special member)"
+    return _size_problem(member.size, max_bytes)
+
+
+def read_tar_members(
+    path: Path, skip_invalid: bool = False, max_file_mb: float | None = MAX_FILE_MB
+) -> tuple[dict[str, bytes], list[str]]:
     """All regular files of a tar (any compression) in memory, and its directory names.
 
+    The archive is read, never extracted. Hidden members are left out unread. Every other
+    member must be a regular file or folder inside the archive's own tree: an absolute
+    name, a '..' component, a symbolic or hard link, a device or FIFO, a folder named
+    like an image, or a member declared larger than ``max_file_mb`` (checked before it is
+    read) stops with one line naming it (with ``skip_invalid``: is skipped, with one
+    warning that names the first and counts them).
+
     Raises:
-        DataError: If the archive is truncated or not a tar.
+        DataError: If the archive is truncated or not a tar, or for the first unsafe
+            member unless ``skip_invalid``.
     """
     files: dict[str, bytes] = {}
     dirs: list[str] = []
+    rejected: list[tuple[str, str]] = []
+    max_bytes = _bytes(max_file_mb)
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 name = member.name.removeprefix("./")
-                if member.isdir():
+                parts = PurePosixPath(name).parts
+                if not parts or (is_hidden(parts) and not _name_problem(member.name)):
+                    continue
+                problem = _member_problem(member, name, max_bytes)
+                if problem:
+                    rejected.append((member.name, problem))
+                elif member.isdir():
                     dirs.append(name.rstrip("/"))
-                elif member.isfile():
+                else:
                     f = tar.extractfile(member)
                     if f is not None:
                         files[name] = f.read()
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise DataError(f"{path}: truncated or corrupt tar archive ({type(e).__name__}: {e})") from None
+    _refuse(rejected, str(path), "member", skip_invalid)
     return files, dirs
 
 

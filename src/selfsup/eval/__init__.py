@@ -22,6 +22,7 @@ from ..checkpoint import checkpoint_step, find_checkpoint, load_checkpoint, load
 from ..config import Config, EvalConfig, apply_section_overrides
 from ..data import DataSplits, load_data, with_subset
 from ..errors import RunDirError
+from ..machine import record_machine
 from ..methods import build_method
 from ..rundir import load_run_config, locked, update_metrics_json
 from ..runtime import resolve_device, set_threads
@@ -43,6 +44,7 @@ __all__ = [
     "knn_predict",
     "linear_probe",
     "load_run_model",
+    "result_line",
 ]
 
 
@@ -211,6 +213,7 @@ def evaluate_classifiers(
     parts = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in result.items() if k.endswith("top1"))
     log(f"classifier: {parts} (test set: {result['n_test']} images)")
     update_metrics_json(run_dir, result)
+    record_machine(run_dir, "eval", result["eval_time_s"], dev)
     return result
 
 
@@ -259,6 +262,14 @@ def evaluate_milestones(
             f"{k.replace('_top1', '').replace('_', ' ')} top-1 {v:.4f}" for k, v in row.items() if k.endswith("top1")))
     update_metrics_json(run_dir, {str(r["step"]): r for r in rows}, section="milestones")
     return rows
+
+
+def result_line(what: str, result: dict[str, Any]) -> str:
+    """The line evaluation prints (also what the docs quote): kNN and linear top-1, test size, time."""
+    return (
+        f"{what}: kNN top-1 {result['knn_top1']:.4f} | linear top-1 {result['linear_top1']:.4f} "
+        f"(test set: {result['n_test']} images, {result['eval_time_s']:.0f} s)"
+    )
 
 
 @locked("selfsup eval")
@@ -315,11 +326,8 @@ def evaluate_run(
         result.update(classifier_accuracies(model, splits, options))
     if step is not None:
         result["checkpoint_step"] = step
-    what = "random init" if random_init else "encoder"
-    log(
-        f"{what}: kNN top-1 {result['knn_top1']:.4f} | linear top-1 {result['linear_top1']:.4f} "
-        f"(test set: {result['n_test']} images, {result['eval_time_s']:.0f} s)"
-    )
+    log(result_line("random init" if random_init else "encoder", result))
+    record_machine(run_dir, "eval-random-init" if random_init else "eval", result["eval_time_s"], dev, step=step)
     if random_init:
         update_metrics_json(run_dir, {"random_init": result})
     elif checkpoint is not None:

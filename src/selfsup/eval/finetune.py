@@ -29,6 +29,7 @@ from ..augment import ViewAugment, resolve_augment
 from ..config import AugmentConfig, Config, OptimConfig, apply_section_overrides
 from ..data import DataSplits, class_balanced_indices, load_data
 from ..errors import TrainingDivergedError
+from ..machine import record_machine
 from ..methods.common import load_backbone_weights
 from ..methods.supervised import Supervised
 from ..models import build_backbone
@@ -75,6 +76,7 @@ def finetune(
         result = _finetune_one(cfg, splits, n_labels, run_dir, random_init, dev, log)
         section = "finetune_random_init" if random_init else "finetune"
         update_metrics_json(run_dir, {str(n_labels): result}, section=section)
+        record_machine(run_dir, section, result.get("time_s", 0.0), dev, labels=n_labels)
         results[str(n_labels)] = result
     return results
 

@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..machine import read_machine
 from ..rundir import METRICS_JSON, METRICS_JSONL, read_jsonl
+from .records import cell_done, cell_state
 
 #: Metric columns of results.csv, in order.
 COLUMNS = [
@@ -24,18 +26,9 @@ COLUMNS = [
     "embedding_std",
 ]
 
-
-def cell_done(run_dir: Path, command: str) -> bool:
-    """Whether a sweep cell's run directory has its final results."""
-    path = run_dir / METRICS_JSON
-    if not path.is_file():
-        return False
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return False
-    needed = "test_top1" if command in ("semi", "finetune") else "linear_top1"
-    return needed in metrics
+#: Text columns of results.csv: the machine that trained a cell (``machine.json``'s label),
+#: its precision and the date it finished. Wall times compare only within one machine.
+INFO_COLUMNS = ["machine", "precision", "date"]
 
 
 def encoder_dir(sweep_dir: Path, seed: int) -> Path:
@@ -63,18 +56,46 @@ def run_row(run_dir: Path) -> dict[str, Any]:
                 row[key] = metrics[key]
         if "time_s" in metrics:  # a fine-tuning result
             row["eval_time_s"] = metrics["time_s"]
+    row.update(run_provenance(run_dir, summary))
     times = [row.get("train_time_s"), row.get("eval_time_s")]
     if any(t is not None for t in times):
         row["wall_time_s"] = sum(t for t in times if t is not None)
     return row
 
 
-def collect(spec: Any, cells: list[Any]) -> list[dict[str, Any]]:
-    """One row per cell: its axis labels, seed, status and metrics."""
+def run_provenance(run_dir: Path, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Machine label, precision and finishing date of a run, from machine.json and its summary.
+
+    A run trained on several machines (resumed elsewhere) names them all, joined by ' + '.
+    Runs from before machine records were kept have none of these keys.
+    """
+    entries = read_machine(run_dir)
+    out: dict[str, Any] = {}
+    trained = [e for e in entries if e.get("what") == "train"] or entries
+    labels = list(dict.fromkeys(str(e.get("label")) for e in trained if e.get("label")))
+    if labels:
+        out["machine"] = " + ".join(labels)
+    if entries:
+        out["date"] = str(entries[-1].get("date", ""))[:10]
+    bf16 = summary.get("bf16") if summary else next((e.get("bf16") for e in reversed(trained) if "bf16" in e), None)
+    if bf16 is not None:
+        out["precision"] = "bf16" if bf16 else "fp32"
+    return out
+
+
+def collect(spec: Any, cells: list[Any], configs: dict[Path, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per cell: its axis labels, seed, status and metrics.
+
+    With ``configs`` (cell directory -> the config it should have run), a record whose
+    saved config differs counts as missing (see :func:`selfsup.experiments.records.cell_state`).
+    """
     rows = []
     for cell in cells:
         row: dict[str, Any] = {"cell": cell.dir.name, **cell.labels, "seed": cell.seed}
-        done = cell_done(cell.dir, cell.command)
+        if configs is not None:
+            done = cell_state(cell.dir, cell.command, configs[cell.dir]).status == "done"
+        else:
+            done = cell_done(cell.dir, cell.command)
         row["status"] = "done" if done else "missing"
         if done:
             metrics = run_row(cell.dir)
@@ -88,8 +109,8 @@ def collect(spec: Any, cells: list[Any]) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], axes: list[str]) -> None:
-    """results.csv: cell, axes, seed, status, then :data:`COLUMNS`."""
-    fields = ["cell", *axes, "seed", "status", *COLUMNS]
+    """results.csv: cell, axes, seed, status, :data:`COLUMNS`, then :data:`INFO_COLUMNS`."""
+    fields = ["cell", *axes, "seed", "status", *COLUMNS, *INFO_COLUMNS]
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -109,6 +130,9 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
                 if row.get(key):
                     parsed[key] = float(row[key]) if key != "seed" else int(row[key])
                 else:
+                    parsed.pop(key, None)
+            for key in INFO_COLUMNS:
+                if not row.get(key):
                     parsed.pop(key, None)
             out.append(parsed)
     return out
@@ -137,35 +161,65 @@ def aggregate(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any
     return list(groups.values())
 
 
+def machines(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Finished cells per machine label (cells without a machine record count as 'unrecorded')."""
+    out: dict[str, int] = {}
+    for row in rows:
+        if row.get("status", "done") == "done":
+            key = str(row.get("machine") or "unrecorded")
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def provenance(rows: list[dict[str, Any]]) -> str:
+    """One line: the machines and precisions the finished cells ran on, and their dates."""
+    done = [r for r in rows if r.get("status", "done") == "done"]
+    if not done:
+        return ""
+    per_machine = "; ".join(f"{m} ({n} cells)" for m, n in machines(done).items())
+    precisions = sorted({str(r["precision"]) for r in done if r.get("precision")})
+    dates = sorted(str(r["date"]) for r in done if r.get("date"))
+    when = (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else "undated"
+    return f"Measured {when} on {per_machine}; precision {', '.join(precisions) or 'unrecorded'}."
+
+
 def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "pretrain") -> str:
-    """Mean ± std over seeds of accuracy (%), final loss and wall time per grid point."""
+    """Mean ± std over seeds of accuracy (%), final loss and wall time per grid point.
+
+    Wall time is a column only when every finished cell ran on one machine: times from
+    different machines do not average (accuracy does, for one precision). The table
+    ends with the significance line (:func:`separation`) and the machines line
+    (:func:`provenance`).
+    """
     metrics = [("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)")]
     if command in ("semi", "finetune"):
         metrics = [("test_top1", "test top-1 (%)")] + (metrics if command == "finetune" else [])
     spread = any(r.get("embedding_std") is not None for r in rows)
-    head = [*axes, "seeds", *(name for _, name in metrics), "final loss", "wall time (s)"]
+    one_machine = len(machines(rows)) <= 1
+    head = [*axes, "seeds", *(name for _, name in metrics), "final loss"]
+    numbers = [("final_loss", "{:.3f} ± {:.3f}")]
+    if one_machine:
+        head.append("wall time (s)")
+        numbers.append(("wall_time_s", "{:.0f} ± {:.0f}"))
     if spread:  # the collapse signal: near 0 when the embeddings collapsed to a point
         head.append("embedding std")
+        numbers.append(("embedding_std", "{:.4f} ± {:.4f}"))
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for g in aggregate(rows, axes):
         cells = [str(g[a]) for a in axes] + [str(g["n"])]
         for key, _ in metrics:
             vals = g["values"].get(key)
-            if vals:
-                m, s = mean_std([100 * v for v in vals])
-                cells.append(f"{m:.1f} ± {s:.1f}")
-            else:
-                cells.append("-")
-        for key, fmt in (("final_loss", "{:.3f} ± {:.3f}"), ("wall_time_s", "{:.0f} ± {:.0f}")):
+            cells.append("{:.1f} ± {:.1f}".format(*mean_std([100 * v for v in vals])) if vals else "-")
+        for key, fmt in numbers:
             vals = g["values"].get(key)
             cells.append(fmt.format(*mean_std(vals)) if vals else "-")
-        if spread:
-            vals = g["values"].get("embedding_std")
-            cells.append("{:.4f} ± {:.4f}".format(*mean_std(vals)) if vals else "-")
         lines.append("| " + " | ".join(cells) + " |")
     note = separation(rows, axes, metrics[0][0])
     if note:
         lines.append(f"\n{note}")
+    where = provenance(rows)
+    if where:
+        lines.append(f"\n{where}" + ("" if one_machine else " Wall times are not averaged across machines."))
     missing = sum(1 for r in rows if r.get("status") == "missing")
     if missing:
         lines.append(f"\n{missing} cell(s) not finished.")

@@ -26,7 +26,13 @@ that cell runs as that command, so one spec can hold the rows of one table made 
 different commands (label_efficiency.yaml: fine-tuning and semi-supervised rows).
 
 Cells run one after another; a finished cell is skipped and an interrupted one resumes
-(from its own checkpoints), so a killed sweep is continued by running it again.
+(from its own checkpoints), so a killed sweep is continued by running it again. A
+finished cell counts only while its saved config is the one the spec asks for: a cell
+whose value, recipe or scale changed since runs again, and the sweep names the key
+(:mod:`selfsup.experiments.records`). So a sweep folder under ``results/``, committed
+without its checkpoints, is continued on another day and machine by running the same
+command in a clone; the spec may grow meanwhile (new values, seeds), and cells it no
+longer has stay on disk but leave the table.
 ``--plan`` prints one command per cell instead (``selfsup sweep SPEC --cell NAME``), for
 running cells as separate jobs; running the whole sweep afterwards only collects.
 
@@ -46,10 +52,13 @@ import yaml
 
 from ..config import Config, apply_overrides, field_types, flatten, load_config, load_yaml, save_config
 from ..errors import ConfigError, RunDirError
+from ..machine import note_commit
 from ..rundir import CONFIG, write_atomic
-from .results import cell_done, collect, encoder_dir, markdown_table, write_csv
+from .records import cell_state, describe, has_checkpoint, stale_cells
+from .results import collect, encoder_dir, markdown_table, write_csv
 
 SPEC_FILE = "sweep.yaml"
+TABLE_FILE = "table.md"
 COMMANDS = ("pretrain", "semi", "finetune")
 _SPEC_KEYS = {
     "name", "command", "base", "overrides", "grid", "seeds", "scale", "encoder", "out", "description", "heatmap"
@@ -310,6 +319,7 @@ def run_sweep(
     from tqdm import tqdm
 
 
+    note_commit()
     spec = load_spec(spec_path)
     if scale is not None and scale not in spec.scale:
         known = ", ".join(spec.scale) or "none"
@@ -329,7 +339,7 @@ def run_sweep(
         lines = _plan(spec_path, scale, out, all_cells, log)
         write_atomic(folder / "plan.sh", ("\n".join(lines) + "\n").encode())
         return SweepResult(folder, [], "")
-    todo = [c for c in all_cells if not cell_done(c.dir, c.command)]
+    todo = _cells_to_run(spec, folder, all_cells, configs, scale, log)
     if only is not None:
         names = [c.dir.name for c in all_cells]
         if only not in names:
@@ -360,10 +370,10 @@ def run_sweep(
                 bar.update(1)
         finally:
             bar.close()
-    rows = collect(spec, all_cells)
+    rows = collect(spec, all_cells, {c.dir: record_config(spec, c, configs[c.dir], scale) for c in all_cells})
     write_csv(folder / "results.csv", rows, [a.name for a in spec.axes])
     table = markdown_table(rows, [a.name for a in spec.axes], table_command(spec.raw))
-    write_atomic(folder / "results.md", (table + "\n").encode())
+    write_atomic(folder / TABLE_FILE, (table + "\n").encode())
     log(table)
     return SweepResult(folder, rows, table)
 
@@ -371,25 +381,70 @@ def run_sweep(
 def run_cell(
     spec: SweepSpec, cell: Cell, cfg: Config, folder: Path, scale: str | None, log: Callable[[str], None]
 ) -> None:
-    """Run (or continue, from its checkpoints) one cell: what every launcher calls."""
-    from ..pretraining import pretrain
+    """Run (or continue, from its checkpoints) one cell: what every launcher calls.
 
+    A cell whose saved config differs from ``cfg`` (see :func:`cell_state`) is cleared first.
+    """
+    from ..pretraining import pretrain
+    from ..rundir import prepare_run_dir
+
+    if cell_state(cell.dir, cell.command, record_config(spec, cell, cfg, scale)).status == "changed":
+        prepare_run_dir(cell.dir, resume=False, overwrite=True)
     if cell.command == "finetune":
         _run_finetune_cell(spec, cell, cfg, folder, scale, log)
     else:
         pretrain(cfg, out=cell.dir, resume=True, log=log)
 
 
+def record_config(spec: SweepSpec, cell: Cell, cfg: Config, scale: str | None) -> Config:
+    """The config a cell's record must hold: ``cfg``, or for a fine-tuning cell its encoder's plus ``finetune.*``."""
+    if cell.command != "finetune":
+        return cfg
+    ft = {k: v for k, v in flatten(cfg).items() if k.startswith("finetune.")}
+    return apply_overrides(_encoder_config(spec, cell.seed, scale), ft)
+
+
+def _cells_to_run(
+    spec: SweepSpec,
+    folder: Path,
+    all_cells: list[Cell],
+    configs: dict[Path, Config],
+    scale: str | None,
+    log: Callable[[str], None],
+) -> list[Cell]:
+    """The cells without a current, complete record; says which records are out of date or stale."""
+    todo = []
+    for c in all_cells:
+        state = cell_state(c.dir, c.command, record_config(spec, c, configs[c.dir], scale))
+        if state.status == "changed":
+            log(f"cell {c.dir.name}: config changed since its record ({describe(state.changes)}); running it again")
+        if state.status != "done":
+            todo.append(c)
+    encoders = {encoder_dir(folder, seed).name for seed in spec.seeds}
+    stale = stale_cells(folder, {c.dir.name for c in all_cells}, encoders)
+    if stale:
+        log(f"{len(stale)} run(s) in {folder} are not cells of this spec any more (kept, left out of the table): "
+            + ", ".join(stale[:3]) + (" ..." if len(stale) > 3 else ""))  # fmt: skip
+    return todo
+
+
 def _claim_folder(folder: Path, record: dict[str, Any]) -> None:
-    """Create the sweep folder, or check that it holds this same sweep."""
+    """Create the sweep folder, or check that it holds this sweep (same name and scale).
+
+    The spec itself may have changed since (values added, a recipe edited): the folder's
+    copy is updated, and :func:`_cells_to_run` decides which cells still count.
+    """
     spec_file = folder / SPEC_FILE
+    record = json.loads(json.dumps(record))
     if spec_file.is_file():
-        saved = yaml.safe_load(spec_file.read_text())
-        if saved != json.loads(json.dumps(record)):
+        saved = yaml.safe_load(spec_file.read_text()) or {}
+        if (saved.get("name"), saved.get("use_scale")) != (record.get("name"), record.get("use_scale")):
             raise RunDirError(
-                f"{folder} holds a different sweep (its {SPEC_FILE} differs from this spec or scale); "
-                "choose another --out or delete it"
+                f"{folder} holds another sweep ({saved.get('name')!r}, scale {saved.get('use_scale')!r}, not "
+                f"{record.get('name')!r}, scale {record.get('use_scale')!r}); choose another --out or delete it"
             )
+        if saved != record:
+            write_atomic(spec_file, yaml.safe_dump(record, sort_keys=False).encode())
         return
     if folder.exists() and any(folder.iterdir()):
         raise RunDirError(f"{folder} exists and is not a sweep folder; choose another --out")
@@ -397,7 +452,7 @@ def _claim_folder(folder: Path, record: dict[str, Any]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"cannot create sweep folder {folder} ({e.strerror or e})") from None
-    write_atomic(spec_file, yaml.safe_dump(json.loads(json.dumps(record)), sort_keys=False).encode())
+    write_atomic(spec_file, yaml.safe_dump(record, sort_keys=False).encode())
 
 
 def _encoder_config(spec: SweepSpec, seed: int, scale: str | None) -> Config:
@@ -411,13 +466,22 @@ def _run_finetune_cell(
 ) -> None:
     """Pretrain (or continue) the seed's encoder, fine-tune it as the cell says, record the cell."""
     from ..eval.finetune import finetune
+    from ..machine import record_machine
     from ..pretraining import pretrain
     from ..rundir import update_metrics_json
+    from ..runtime import resolve_device
 
     encoder = encoder_dir(folder, cell.seed)
     enc_cfg = _encoder_config(spec, cell.seed, scale)
-    if not cell_done(encoder, "pretrain"):
+    state = cell_state(encoder, "pretrain", enc_cfg)
+    if state.status == "changed":
+        log(f"{encoder.name}: config changed since its record ({describe(state.changes)}); pretraining it again")
+        pretrain(enc_cfg, out=encoder, overwrite=True, log=log)
+    elif state.status != "done":
         pretrain(enc_cfg, out=encoder, resume=True, log=log)
+    elif not has_checkpoint(encoder):  # a committed record: the weights stayed on the machine that trained them
+        log(f"{encoder.name} has a record but no checkpoint here; pretraining it again to fine-tune it")
+        pretrain(enc_cfg, out=encoder, overwrite=True, log=log)
     ft = {k: v for k, v in flatten(cfg).items() if k.startswith("finetune.")}
     results = finetune(encoder, ft, log=log)
     (result,) = results.values()
@@ -425,6 +489,7 @@ def _run_finetune_cell(
     cell_cfg = apply_overrides(enc_cfg, ft)
     save_config(cell_cfg, cell.dir / CONFIG)
     update_metrics_json(cell.dir, {**result, "encoder": str(encoder)})
+    record_machine(cell.dir, "finetune", result.get("time_s", 0.0), resolve_device(cfg.train.device))
 
 
 def _plan(

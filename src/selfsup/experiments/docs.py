@@ -1,0 +1,211 @@
+"""Docs from data: every measured table in README.md and docs/ is generated from results/.
+
+A markdown file marks a generated block with two comments; what lies between them is
+rewritten from the committed records by ``selfsup docs`` and checked by
+``selfsup docs --check`` (which the test suite runs, so a figure typed by hand, or a
+record changed without regenerating the docs, fails)::
+
+    <!-- results table temperature-cpu -->
+    ... the sweep's table, its command, dates and machines ...
+    <!-- /results -->
+
+Kinds of block (NAME is a folder under ``results/``):
+
+- ``table NAME``: a sweep's table (mean ± std over seeds, the significance line, the
+  machines and dates), rebuilt from its cells' records, with the command that made it.
+- ``run NAME``: what a single run printed (training and evaluation lines, the
+  random-initialisation baseline where it was measured), its command and machine.
+- ``milestones NAME``: accuracy of every milestone checkpoint of one run
+  (``selfsup eval RUN --milestones``).
+- ``runs NAME``: one row per run folder directly under ``results/NAME/`` (recipe trials,
+  benchmark runs): kNN, linear, steps, training minutes, machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from ..machine import read_machine
+from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl
+from .results import markdown_table, run_provenance, run_row
+
+BLOCK = re.compile(r"(<!-- results (\w+) ([\w.,=+-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
+
+
+@dataclass
+class Difference:
+    """A generated block whose text is not what the records give."""
+
+    file: Path
+    kind: str
+    name: str
+
+
+def _sweep_rows(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The finished cells of a sweep folder, read again from their records, and its axes."""
+    with open(folder / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        listed = list(reader)
+    axes = fields[1 : fields.index("seed")]
+    rows = []
+    for entry in listed:
+        row: dict[str, Any] = {"cell": entry["cell"], **{a: entry[a] for a in axes}, "seed": int(entry["seed"])}
+        if entry["status"] == "done" and (folder / entry["cell"] / METRICS_JSON).is_file():
+            row.update(status="done", **run_row(folder / entry["cell"]))
+        else:
+            row["status"] = "missing"
+        rows.append(row)
+    return rows, axes
+
+
+def _sweep_command(folder: Path, root: Path) -> str:
+    """``selfsup sweep SPEC --scale S --out FOLDER``, from the folder's sweep.yaml."""
+    record = yaml.safe_load((folder / "sweep.yaml").read_text()) or {}
+    spec = Path(str(record.get("spec", "SPEC.yaml")))
+    if spec.is_absolute():
+        try:
+            spec = spec.relative_to(root.resolve())
+        except ValueError:
+            spec = Path(spec.name)
+    parts = ["selfsup sweep", spec.as_posix()]
+    if record.get("use_scale"):
+        parts += ["--scale", str(record["use_scale"])]
+    parts += ["--out", folder.relative_to(root).as_posix()]
+    return " ".join(parts)
+
+
+def render_table(folder: Path, root: Path) -> str:
+    """The ``table`` block of a sweep folder."""
+    from .sweep import table_command
+
+    rows, axes = _sweep_rows(folder)
+    record = yaml.safe_load((folder / "sweep.yaml").read_text()) or {}
+    table = markdown_table(rows, axes, table_command(record))
+    return f"`{_sweep_command(folder, root)}`\n\n{table}\n"
+
+
+def _command(entries: list[dict[str, Any]], what: tuple[str, ...]) -> str | None:
+    return next((e["command"] for e in entries if e.get("what") in what and e.get("command")), None)
+
+
+def render_run(folder: Path, root: Path) -> str:
+    """The ``run`` block: the lines a run printed, as a console transcript, and its machine."""
+    from ..eval import result_line
+    from ..pretraining import training_line
+
+    entries = read_machine(folder)
+    records = read_jsonl(folder / METRICS_JSONL)
+    summary = next((r for r in reversed(records) if r.get("summary")), None)
+    metrics = json.loads((folder / METRICS_JSON).read_text()) if (folder / METRICS_JSON).is_file() else {}
+    lines = []
+    train_cmd = _command(entries, ("train",))
+    if train_cmd:
+        lines.append(f"$ {train_cmd}")
+    if summary:
+        lines.append(training_line(summary))
+    if "knn_top1" in metrics:
+        lines.append(result_line("encoder", metrics))
+    if "random_init" in metrics:
+        baseline_cmd = _command(entries, ("eval-random-init",))
+        if baseline_cmd:
+            lines.append(f"$ {baseline_cmd}")
+        lines.append(result_line("random init", metrics["random_init"]))
+    where = run_provenance(folder, summary)
+    note = f"Measured {where.get('date', 'undated')} on {where.get('machine', 'an unrecorded machine')}"
+    note += f" ({where['precision']})." if "precision" in where else "."
+    return "```\n" + "\n".join(lines) + "\n```\n\n" + note + "\n"
+
+
+def render_milestones(folder: Path, root: Path) -> str:
+    """The ``milestones`` block: epoch, step, kNN and linear top-1 of every evaluated milestone."""
+    metrics = json.loads((folder / METRICS_JSON).read_text())
+    rows = sorted(metrics.get("milestones", {}).values(), key=lambda r: r["step"])
+    if not rows:
+        raise ConfigError(f"{folder}: no milestones evaluated (selfsup eval {folder} --milestones)")
+    accs = [k for k in rows[0] if k.endswith("top1")]
+    names = [k.replace("knn", "kNN").replace("_top1", " top-1 (%)").replace("_", " ") for k in accs]
+    out = ["| epoch | step | " + " | ".join(names) + " |", "|---:|---:|" + "---:|" * len(accs)]
+    out += [f"| {r['epoch']} | {r['step']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in accs) + " |" for r in rows]
+    where = run_provenance(folder)
+    return "\n".join(out) + f"\n\nMeasured {where.get('date', 'undated')} on {where.get('machine', 'unrecorded')}.\n"
+
+
+def render_runs(folder: Path, root: Path) -> str:
+    """The ``runs`` block: one row per run directly under ``folder``."""
+    runs = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
+    head = "| run | kNN top-1 (%) | linear top-1 (%) | steps | training (min) | machine | precision |"
+    out = [head, "|---|---:|---:|---:|---:|---|---|"]
+    for run in runs:
+        row = run_row(run)
+        records = read_jsonl(run / METRICS_JSONL)
+        summary: dict[str, Any] = next((r for r in reversed(records) if r.get("summary")), {})
+
+        def pct(key: str, row: dict[str, Any] = row) -> str:
+            return f"{100 * row[key]:.1f}" if key in row else "-"
+
+        minutes = f"{row['train_time_s'] / 60:.1f}" if row.get("train_time_s") is not None else "-"
+        out.append(
+            f"| {run.name} | {pct('knn_top1')} | {pct('linear_top1')} | {summary.get('step', '-')} | {minutes} "
+            f"| {row.get('machine', '-')} | {row.get('precision', '-')} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+RENDERERS = {"table": render_table, "run": render_run, "milestones": render_milestones, "runs": render_runs}
+
+
+def _render(kind: str, name: str, results: Path, root: Path, where: Path) -> str:
+    if kind not in RENDERERS:
+        raise ConfigError(f"{where}: unknown results block kind {kind!r} (known: {', '.join(RENDERERS)})")
+    folder = results / name
+    if not folder.is_dir():
+        raise ConfigError(f"{where}: results block names {folder}, which does not exist")
+    return RENDERERS[kind](folder, root)
+
+
+def doc_files(root: Path) -> list[Path]:
+    """README.md and every markdown file under docs/."""
+    return [p for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))] if p.is_file()]
+
+
+def update_docs(root: str | Path = ".", check: bool = False) -> list[Difference]:
+    """Regenerate (or, with ``check``, compare) every results block of the docs.
+
+    Args:
+        root: The repository root (README.md, docs/, results/).
+        check: Change nothing; only report the blocks that differ.
+
+    Returns:
+        The blocks whose text differed from what the records give (rewritten unless ``check``).
+
+    Raises:
+        ConfigError: For a block of unknown kind or one naming a missing results folder.
+    """
+    root = Path(root)
+    results = root / "results"
+    differences = []
+    for path in doc_files(root):
+        text = path.read_text()
+        found: list[Difference] = []
+
+        def replace(m: re.Match[str], path: Path = path, found: list[Difference] = found) -> str:
+            fresh = _render(m.group(2), m.group(3), results, root, path)
+            if fresh != m.group(4):
+                found.append(Difference(path, m.group(2), m.group(3)))
+            return m.group(1) + fresh + m.group(5)
+
+        new = BLOCK.sub(replace, text)
+        differences += found
+        if found and not check:
+            path.write_text(new)
+    return differences
+

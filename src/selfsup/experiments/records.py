@@ -1,0 +1,120 @@
+"""Committed records: when a sweep cell's saved run still answers the cell, and when it must run again.
+
+A sweep folder under ``results/`` is committed with its cells' small files (``config.yaml``,
+``metrics.json``, ``metrics.jsonl``, ``machine.json``) and without checkpoints, so a
+table can be measured over several days and machines: a clone elsewhere holds the
+finished cells, and running the sweep there runs only the rest. A cell counts as done
+when its record is complete *and* its saved config is the config the spec now asks
+for; a cell whose spec value, recipe or scale changed since is run again, and the
+sweep says which key changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, flatten, resume_free_keys
+from ..errors import RunDirError
+from ..rundir import CONFIG, METRICS_JSON, load_run_config
+
+#: Keys filled from the training data when a run starts (not set by a recipe), so a
+#: wanted config that leaves them unset matches any saved value.
+_FROM_DATA = {"augment.mean", "augment.std"}
+
+
+def resolved(cfg: Config) -> Config:
+    """``cfg`` with its augmentation preset expanded, as a run saves it (mean and std aside).
+
+    Idempotent: a saved (already resolved) config comes back unchanged.
+    """
+    from dataclasses import replace
+
+    from ..augment import resolve_augment
+    from ..methods import method_class
+
+    return replace(cfg, augment=resolve_augment(cfg.augment, method_class(cfg.method.name).default_augment))
+
+
+def config_changes(saved: Config, wanted: Config) -> dict[str, tuple[Any, Any]]:
+    """The keys on which a saved run's config differs from the config a cell wants.
+
+    Keys that change how a run executes but not what it computes (device, threads,
+    logging; :func:`selfsup.config.resume_free_keys`) and statistics read from the data
+    are ignored.
+
+    Returns:
+        ``{key: (saved value, wanted value)}``; empty when the record answers the cell.
+    """
+    free = resume_free_keys() | _FROM_DATA
+    a, b = flatten(resolved(saved)), flatten(resolved(wanted))
+    return {k: (a.get(k), b[k]) for k in b if k not in free and a.get(k) != b[k]}
+
+
+def describe(changes: dict[str, tuple[Any, Any]]) -> str:
+    """``train.epochs 6 -> 8 (and 2 more)``."""
+    key, (old, new) = next(iter(changes.items()))
+    more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+    return f"{key} {old!r} -> {new!r}{more}"
+
+
+def cell_done(run_dir: Path, command: str) -> bool:
+    """Whether a sweep cell's run directory has its final results."""
+    path = run_dir / METRICS_JSON
+    if not path.is_file():
+        return False
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    needed = "test_top1" if command in ("semi", "finetune") else "linear_top1"
+    return needed in metrics
+
+
+@dataclass
+class CellState:
+    """Where a cell's record stands.
+
+    Attributes:
+        status: 'done' (complete and current), 'partial' (started, current; continues
+            from its checkpoints where they exist), 'changed' (its saved config differs
+            from the wanted one) or 'missing'.
+        changes: For 'changed', what differs (see :func:`config_changes`).
+    """
+
+    status: str
+    changes: dict[str, tuple[Any, Any]]
+
+
+def cell_state(run_dir: Path, command: str, wanted: Config) -> CellState:
+    """Compare a cell's run directory (or committed record) with the config it should have run."""
+    if not (run_dir / CONFIG).is_file():
+        return CellState("partial" if run_dir.is_dir() and any(run_dir.iterdir()) else "missing", {})
+    try:
+        saved = load_run_config(run_dir)
+    except RunDirError:
+        return CellState("changed", {"config.yaml": ("unreadable", "the cell's config")})
+    changes = config_changes(saved, wanted)
+    if changes:
+        return CellState("changed", changes)
+    return CellState("done" if cell_done(run_dir, command) else "partial", {})
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run directory holds a checkpoint (committed records do not)."""
+    return any((run_dir / "checkpoints").glob("step-*.pt"))
+
+
+def stale_cells(folder: Path, wanted: set[str], keep: set[str]) -> list[str]:
+    """Names of run directories in a sweep folder that the spec no longer has.
+
+    Args:
+        folder: The sweep folder.
+        wanted: The cells' directory names the spec has now.
+        keep: Other directory names that belong to the sweep (the encoders).
+    """
+    return sorted(
+        p.name for p in folder.iterdir() if p.is_dir() and (p / CONFIG).is_file() and p.name not in wanted | keep
+    )

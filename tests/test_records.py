@@ -1,0 +1,121 @@
+"""Committed records: machine.json, config comparison, sweeps that continue from a clone's cells."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conftest import REPO
+from selfsup.config import apply_overrides, load_config
+from selfsup.experiments import run_sweep
+from selfsup.experiments.records import config_changes, describe, resolved
+from selfsup.experiments.results import markdown_table, provenance
+from selfsup.machine import machine_info, read_machine, record_machine
+from test_experiments import write_recipe
+
+
+def test_machine_record_appends_one_entry_per_process(tmp_path: Path) -> None:
+    info = machine_info()
+    assert info["cores"] >= 1 and info["torch"] and info["label"].startswith(info["cpu"])
+    assert info["isa"] in info["label"] and isinstance(info["bf16_native"], bool)
+    record_machine(tmp_path, "train", 12.5, steps=[0, 10], bf16=False)
+    record_machine(tmp_path, "eval", 3.0)
+    entries = read_machine(tmp_path)
+    assert [e["what"] for e in entries] == ["train", "eval"]
+    assert entries[0]["steps"] == [0, 10] and entries[0]["seconds"] == 12.5 and entries[0]["label"] == info["label"]
+    assert entries[1]["date"].endswith("UTC")
+    (tmp_path / "machine.json").write_text("{torn")  # a damaged record reads as none, not a crash
+    assert read_machine(tmp_path) == []
+
+
+def test_config_changes_ignore_execution_keys_and_data_statistics() -> None:
+    wanted = load_config(None, {"method.temperature": 0.2, "train.epochs": 3})
+    saved = resolved(wanted)  # what a run writes: preset expanded ...
+    saved.augment.mean, saved.augment.std = [0.5, 0.5, 0.5], [0.2, 0.2, 0.2]  # ... and statistics of its data
+    saved = apply_overrides(saved, {"train.device": "cpu", "train.num_threads": 2, "train.progress": False})
+    assert config_changes(saved, wanted) == {}
+    changed = config_changes(saved, apply_overrides(wanted, {"train.epochs": 4}))
+    assert changed == {"train.epochs": (3, 4)} and describe(changed) == "train.epochs 3 -> 4"
+    # A preset value set by hand is a change too, though the recipe left it unset before.
+    assert "augment.blur_p" in config_changes(saved, apply_overrides(wanted, {"augment.blur_p": 0.9}))
+
+
+def _row(machine: str, knn: float, wall: float, seed: int) -> dict[str, Any]:
+    return {"t": "a", "seed": seed, "status": "done", "knn_top1": knn, "linear_top1": knn, "final_loss": 1.0,
+            "wall_time_s": wall, "machine": machine, "precision": "bf16", "date": f"2026-12-0{seed + 1}"}
+
+
+def test_tables_do_not_average_wall_times_across_machines() -> None:
+    one = [_row("m1", 0.5, 100, 0), _row("m1", 0.52, 110, 1)]
+    table = markdown_table(one, ["t"])
+    assert "wall time (s)" in table and "105 ± 7" in table
+    assert "Measured 2026-12-01 to 2026-12-02 on m1 (2 cells); precision bf16." in table
+    two = [_row("m1", 0.5, 100, 0), _row("m2", 0.52, 30, 1)]
+    table = markdown_table(two, ["t"])
+    assert "wall time" not in table.splitlines()[0] and "51.0 ± 1.4" in table
+    assert "m1 (1 cells); m2 (1 cells)" in table and "not averaged across machines" in table
+    assert provenance([{"status": "missing"}]) == ""
+
+
+def _git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})  # fmt: skip
+
+
+def _spec(repo: Path, data: Path, b_temperature: float) -> Path:
+    write_recipe(repo / "tiny.yaml", data)
+    spec = {
+        "name": "tiny",
+        "base": "tiny.yaml",
+        "grid": {"t": [{"label": "a", "method.temperature": 0.1}, {"label": "b", "method.temperature": b_temperature}]},
+        "seeds": [0, 1],
+        "scale": {"small": {"train.epochs": 1}},
+    }
+    (repo / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return repo / "spec.yaml"
+
+
+def test_committed_sweep_continues_in_a_clone_and_reruns_changed_cells(shared_folder: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")  # the project's rules: records in, checkpoints out
+    spec = _spec(repo, shared_folder, 0.5)
+    out = Path("results") / "tiny"
+    # Day one: two of four cells finish, then the machine is gone; their records are committed.
+    for cell in ("t=a,seed=0", "t=b,seed=1"):
+        run_sweep(spec, scale="small", out=repo / out, only=cell, log=lambda _m: None)
+    _git("init", "-q", cwd=repo)
+    _git("add", "-A", cwd=repo)
+    _git("commit", "-qm", "two cells", cwd=repo)
+    clone = tmp_path / "clone"
+    _git("clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    record = clone / out / "t=a,seed=0"
+    assert {p.name for p in record.iterdir()} == {"config.yaml", "metrics.json", "metrics.jsonl", "machine.json"}
+    assert json.loads((record / "machine.json").read_text())["entries"][0]["what"] == "train"
+    committed = {p: p.read_bytes() for p in (clone / out).glob("*/metrics.json")}
+
+    # Day two, another machine: only the two missing cells run.
+    lines: list[str] = []
+    result = run_sweep(clone / "spec.yaml", scale="small", out=clone / out, log=lines.append)
+    assert "4 cells, 2 done, 2 to run" in lines[0]
+    assert all(p.read_bytes() == data for p, data in committed.items())  # the committed cells were not redone
+    assert [r["status"] for r in result.rows] == ["done"] * 4 and "machine" in result.rows[0]
+    assert (clone / out / "table.md").read_text().strip() == result.table
+
+    # The spec changes one grid value: its two cells run again, and the sweep says why.
+    before = (clone / out / "t=a,seed=0" / "metrics.json").read_bytes()
+    _spec(clone, shared_folder, 0.7)
+    lines.clear()
+    run_sweep(clone / "spec.yaml", scale="small", out=clone / out, log=lines.append)
+    reruns = [line for line in lines if "config changed" in line]
+    assert len(reruns) == 2 and all("method.temperature 0.5 -> 0.7" in line for line in reruns)
+    assert any("4 cells, 2 done, 2 to run" in line for line in lines)
+    assert (clone / out / "t=a,seed=0" / "metrics.json").read_bytes() == before
+    saved = yaml.safe_load((clone / out / "t=b,seed=0" / "config.yaml").read_text())
+    assert saved["method"]["temperature"] == 0.7
