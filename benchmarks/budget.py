@@ -45,8 +45,9 @@ def knn_top1(encoder: torch.nn.Module, ctx: Any, mean: list[float], std: list[fl
     kw: dict[str, Any] = dict(mean=mean, std=std, device=ctx.device, batch_size=256, bf16=ctx.bf16)
     train = extract_features(encoder, ctx.splits.train.images, **kw)
     test = extract_features(encoder, ctx.splits.test.images, **kw)
-    return knn_accuracy(train, torch.from_numpy(ctx.splits.train.labels), test,
-                        torch.from_numpy(ctx.splits.test.labels), 10, 200, 0.1)
+    return knn_accuracy(
+        train, torch.from_numpy(ctx.splits.train.labels), test, torch.from_numpy(ctx.splits.test.labels), 10, 200, 0.1
+    )
 
 
 def run_selfsup(ctx: Any, budget_s: float, out: Path) -> dict[str, Any]:
@@ -71,8 +72,14 @@ def run_selfsup(ctx: Any, budget_s: float, out: Path) -> dict[str, Any]:
 
     _, model, _ = load_run_model(out, ctx.device)
     acc = knn_top1(model.backbone, ctx, ctx.cfg.augment.mean, ctx.cfg.augment.std)
-    return {"pipeline": "selfsup", "epochs": epochs, "steps": result.summary["step"], "train_s": train_s,
-            "views_per_s": result.summary["views_per_s"], "knn_top1": acc}
+    return {
+        "pipeline": "selfsup",
+        "epochs": epochs,
+        "steps": result.summary["step"],
+        "train_s": train_s,
+        "views_per_s": result.summary["views_per_s"],
+        "knn_top1": acc,
+    }
 
 
 def run_lightly(ctx: Any, budget_s: float) -> dict[str, Any]:
@@ -100,8 +107,14 @@ def run_lightly(ctx: Any, budget_s: float) -> dict[str, Any]:
         done += 1
     train_s = time.perf_counter() - t0
     acc = knn_top1(model.backbone, ctx, p["mean"], p["std"])
-    return {"pipeline": "lightly", "epochs": done / len(loader), "steps": done, "train_s": train_s,
-            "views_per_s": done * 2 * ctx.batch / train_s, "knn_top1": acc}
+    return {
+        "pipeline": "lightly",
+        "epochs": done / len(loader),
+        "steps": done,
+        "train_s": train_s,
+        "views_per_s": done * 2 * ctx.batch / train_s,
+        "knn_top1": acc,
+    }
 
 
 def main() -> None:
@@ -126,8 +139,10 @@ def main() -> None:
     print("| pipeline | epochs | steps | training (min) | views/s | kNN top-1 (%) | kNN points per minute |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['pipeline']} | {r['epochs']:.2f} | {r['steps']} | {r['train_s'] / 60:.1f} | "
-              f"{r['views_per_s']:.0f} | {100 * r['knn_top1']:.1f} | {100 * r['knn_per_cpu_minute']:.2f} |")
+        print(
+            f"| {r['pipeline']} | {r['epochs']:.2f} | {r['steps']} | {r['train_s'] / 60:.1f} | "
+            f"{r['views_per_s']:.0f} | {100 * r['knn_top1']:.1f} | {100 * r['knn_per_cpu_minute']:.2f} |"
+        )
     by = {r["pipeline"]: r for r in results}
     if {"selfsup", "lightly"} <= set(by):
         diff = 100 * (by["selfsup"]["knn_top1"] - by["lightly"]["knn_top1"])

@@ -149,9 +149,7 @@ def timed_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) 
     return time.perf_counter() - t0
 
 
-def throughput(
-    name: str, backbone: str, compiled: bool, args: argparse.Namespace, data: str
-) -> dict[str, Any]:
+def throughput(name: str, backbone: str, compiled: bool, args: argparse.Namespace, data: str) -> dict[str, Any]:
     """One pipeline's views/s, busy fraction and peak memory, in this process."""
     base = {"part": "throughput", "pipeline": name, "backbone": backbone, "compile": compiled, "batch": args.batch}
     if name.startswith("lightly"):
@@ -293,8 +291,14 @@ def table(records: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['backbone']} | {r['compile']} | {r['pipeline']} | {why} | | | |")
             continue
         bare = next(
-            (b for b in rows if b["pipeline"] == "bare" and b["backbone"] == r["backbone"]
-             and b["compile"] == r["compile"] and "views_per_s" in b),
+            (
+                b
+                for b in rows
+                if b["pipeline"] == "bare"
+                and b["backbone"] == r["backbone"]
+                and b["compile"] == r["compile"]
+                and "views_per_s" in b
+            ),
             None,
         )
         ratio = f"{r['views_per_s'] / bare['views_per_s']:.2f}" if bare else "-"
@@ -303,8 +307,11 @@ def table(records: list[dict[str, Any]]) -> str:
         vps = f"{r['views_per_s']:.0f}"
         lines.append(f"| {r['backbone']} | {r['compile']} | {r['pipeline']} | {vps} | {ratio} | {busy} | {mem} |")
     for backbone in BACKBONES:
-        got = {r["pipeline"]: r["views_per_s"] for r in rows if r["backbone"] == backbone and not r["compile"]
-               and "views_per_s" in r}
+        got = {
+            r["pipeline"]: r["views_per_s"]
+            for r in rows
+            if r["backbone"] == backbone and not r["compile"] and "views_per_s" in r
+        }
         if "selfsup" in got and "lightly" in got:
             lines.append(f"\n{backbone}: selfsup / lightly = {got['selfsup'] / got['lightly']:.1f}x")
     recipes = [r for r in records if r.get("part") == "recipe"]
@@ -340,7 +347,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: checks every code path in seconds")
     p.add_argument("--data", default=None, help="dataset (default cifar10, the bundled JPEGs)")
     p.add_argument("--device", default=None, help="default auto (cpu with --smoke)")
-    p.add_argument("--precision", default="bf16", choices=["auto", "bf16", "fp32"])
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        help="default bf16 (auto with --smoke: bf16 that a CPU only emulates makes the smoke run 30 times slower)",
+    )
     p.add_argument("--batch", type=int, default=None, help="images per step in part 1 (default 512; 8 with --smoke)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 30)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5)")
@@ -362,6 +373,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "compile_backend": "eager" if smoke else "inductor",
         "recipe_seconds": 1.0 if smoke else 110.0,
         "deadline": 600.0 if smoke else 330.0,
+        "precision": "auto" if smoke else "bf16",
     }
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -403,8 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         for backbone in BACKBONES:
             for name, c in plan:
                 if c == compiled:
-                    base = {"part": "throughput", "pipeline": name, "backbone": backbone, "compile": c,
-                            "batch": args.batch}
+                    base = {
+                        "part": "throughput",
+                        "pipeline": name,
+                        "backbone": backbone,
+                        "compile": c,
+                        "batch": args.batch,
+                    }
                     attempt(base, lambda n=name, b=backbone, c=c: throughput(n, b, c, args, args.data))
         if not compiled and "recipes" not in skip:
             with tempfile.TemporaryDirectory(prefix="gpu-check-runs-") as runs:
@@ -412,8 +429,10 @@ def main(argv: list[str] | None = None) -> int:
                     base = {"part": "recipe", "recipe": RECIPES[key]}
                     attempt(base, lambda k=key: recipe_run(k, args, Path(runs), args.data))
     text = table(record.records)
-    text += f"\n\n{env.get('gpu') or env.get('cpu')}, torch {env['torch']}, {env['date']}, " \
-            f"{time.perf_counter() - started:.0f} s in all\n"
+    text += (
+        f"\n\n{env.get('gpu') or env.get('cpu')}, torch {env['torch']}, {env['date']}, "
+        f"{time.perf_counter() - started:.0f} s in all\n"
+    )
     (args.out / "table.md").write_text(text)
     print()
     print(text)

@@ -64,9 +64,16 @@ def matmul_peak(args: argparse.Namespace) -> dict[str, Any]:
     with FlopCounterMode(display=False) as counter:
         model_step(model, opt, views, ctx)
     per_view = counter.get_total_flops() / len(views)
-    return {"pipeline": "matmul_peak", "gflops": best, "dtype": str(dtype).removeprefix("torch."), "size": n,
-            "step_mflop_per_view": per_view / 1e6, "peak_views_per_s": best * 1e9 / per_view,
-            "device": str(ctx.device), "threads": torch.get_num_threads()}
+    return {
+        "pipeline": "matmul_peak",
+        "gflops": best,
+        "dtype": str(dtype).removeprefix("torch."),
+        "size": n,
+        "step_mflop_per_view": per_view / 1e6,
+        "peak_views_per_s": best * 1e9 / per_view,
+        "device": str(ctx.device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -134,8 +141,9 @@ def main() -> None:
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in skip]
     peak = None
     if args.peak:
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--only", "matmul_peak"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, *passthrough, "--only", "matmul_peak"], capture_output=True, text=True
+        )
         if out.returncode == 0:
             peak = json.loads(out.stdout.strip().splitlines()[-1])
             print(json.dumps(peak), flush=True)

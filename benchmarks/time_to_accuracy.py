@@ -74,8 +74,12 @@ def selfsup_points(ctx: Any, args: argparse.Namespace, out: Path) -> list[dict[s
     from selfsup.eval import load_run_model
     from selfsup.rundir import read_jsonl
 
-    extra: dict[str, Any] = {"train.time_budget": args.selfsup_minutes, "train.checkpoint_every": 1,
-                             "train.eval_after": False, "train.progress": False}
+    extra: dict[str, Any] = {
+        "train.time_budget": args.selfsup_minutes,
+        "train.checkpoint_every": 1,
+        "train.eval_after": False,
+        "train.progress": False,
+    }
     cfg = apply_overrides(ctx.cfg, extra)
     run = out / "selfsup-run"
     pretrain(cfg, out=run, overwrite=True, log=lambda _m: None)
@@ -167,8 +171,10 @@ def table(by: dict[str, list[dict[str, Any]]]) -> str:
         cells = [f"{m:.1f}" if (m := minutes_to(pts, t)) is not None else "-" for t in THRESHOLDS]
         last = pts[-1]
         lin = f"{100 * last['linear_top1']:.1f}" if "linear_top1" in last else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {last['train_min']:.1f} | {100 * last['knn_top1']:.1f}"
-                     f" | {lin} | {sum(p['eval_s'] for p in pts):.0f} |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {last['train_min']:.1f} | {100 * last['knn_top1']:.1f}"
+            f" | {lin} | {sum(p['eval_s'] for p in pts):.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -184,8 +190,11 @@ def plot(by: dict[str, list[dict[str, Any]]], path: Path) -> None:
             ax.plot([p["train_min"] for p in pts], [100 * p["knn_top1"] for p in pts], "o-", label=name)
     for t in THRESHOLDS:
         ax.axhline(t, color="#ccc", lw=0.8, zorder=0)
-    ax.set(xlabel="training minutes (evaluation excluded)", ylabel="kNN top-1 on the test set (%)",
-           title="Time to accuracy, SimCLR, one machine")
+    ax.set(
+        xlabel="training minutes (evaluation excluded)",
+        ylabel="kNN top-1 on the test set (%)",
+        title="Time to accuracy, SimCLR, one machine",
+    )
     ax.legend()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -216,8 +225,11 @@ def main() -> None:
     with open(args.out / "points.jsonl", "w") as f:
         for name in args.pipelines.split(","):
             try:
-                pts = selfsup_points(ctx, args, args.out) if name == "selfsup" else \
-                    lightly_points(ctx, args, tuned=name == "lightly_tuned")
+                pts = (
+                    selfsup_points(ctx, args, args.out)
+                    if name == "selfsup"
+                    else lightly_points(ctx, args, tuned=name == "lightly_tuned")
+                )
             except ImportError as e:  # lightly is an optional extra
                 f.write(json.dumps({"pipeline": name, "skipped": str(e)}) + "\n")
                 continue
@@ -237,8 +249,10 @@ def main() -> None:
                 mark = min(args.minutes, last["selfsup"]["train_min"])
                 ours = max((pt["knn_top1"] for pt in by["selfsup"] if pt["train_min"] <= mark + 1e-9), default=0.0)
                 theirs = by[other][-1]["knn_top1"]
-                print(f"selfsup at {mark:g} min minus {other} at the end of its {args.minutes:g} min: "
-                      f"{100 * (ours - theirs):+.1f} kNN points")
+                print(
+                    f"selfsup at {mark:g} min minus {other} at the end of its {args.minutes:g} min: "
+                    f"{100 * (ours - theirs):+.1f} kNN points"
+                )
     print(env)
 
 

@@ -74,7 +74,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state and (found := visit(m)):
                 return found
         stack.pop()
@@ -124,3 +124,13 @@ def long_functions() -> list[str]:
 
 def test_functions_are_short_or_say_why() -> None:
     assert long_functions() == []
+
+
+def test_init_files_are_faces() -> None:
+    """An ``__init__.py`` is a package's face: its exports, a registry at most; code lives in named modules."""
+    long = [
+        f"{p.relative_to(SRC)} ({n} lines)"
+        for p in sorted(SRC.rglob("__init__.py"))
+        if (n := len(p.read_text().splitlines())) > 100
+    ]
+    assert long == []

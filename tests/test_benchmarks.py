@@ -75,8 +75,11 @@ def test_minutes_to_a_threshold_and_the_marks() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from time_to_accuracy import _marks, minutes_to
 
-    pts = [{"train_min": 2.0, "knn_top1": 0.44}, {"train_min": 4.5, "knn_top1": 0.51},
-           {"train_min": 7.0, "knn_top1": 0.5}]
+    pts = [
+        {"train_min": 2.0, "knn_top1": 0.44},
+        {"train_min": 4.5, "knn_top1": 0.51},
+        {"train_min": 7.0, "knn_top1": 0.5},
+    ]
     assert minutes_to(pts, 45) == 4.5 and minutes_to(pts, 50) == 4.5 and minutes_to(pts, 55) is None
     # Epoch ends at 1.4, 2.8, ... minutes, a snapshot every 2.5: the first past 2.5, 5, 7.5, and the last.
     ends = [(1.4 * i, i) for i in range(1, 8)]

@@ -68,8 +68,8 @@ def test_unknown_and_mistyped_keys_name_the_key_and_file(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     "key,value,msg",
     [
-        ("train.batch_size", 0, "train.batch_size must be a positive integer, got 0"),
-        ("train.batch_size", -4, "must be a positive integer"),
+        ("train.batch_size", 1, "train.batch_size must be at least 2 .batch statistics., got 1"),
+        ("train.batch_size", -4, "must be at least 2"),
         ("train.epochs", 0, "train.epochs must be a positive integer"),
         ("method.temperature", 0.0, "method.temperature must be positive"),
         ("optim.name", "rmsprop", "optim.name: must be one of lars, sgd, adam, adamw"),

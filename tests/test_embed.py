@@ -111,8 +111,21 @@ def test_cli_embeds_an_export_and_a_tar_and_queries(
         tar.add(folder, arcname="photos")
     assert main(["export", str(encoder_run), "--out", str(tmp_path / "export")]) == 0
     capsys.readouterr()
-    assert main(["embed", str(tmp_path / "export"), "--data", str(tmp_path / "photos.tar.gz"),
-                 "--out", str(tmp_path / "emb"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(tmp_path / "export"),
+                "--data",
+                str(tmp_path / "photos.tar.gz"),
+                "--out",
+                str(tmp_path / "emb"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert f"{len(paths)} images" in capsys.readouterr().out
     rows = list(csv.DictReader(open(tmp_path / "emb" / "index.csv")))
     assert [r["path"] for r in rows] == [f"photos/{p}" for p in paths]

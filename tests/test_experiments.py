@@ -69,8 +69,15 @@ def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> Non
     with open(tmp_path / "sweep" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["method.temperature"] for r in rows] == ["0.1", "0.1", "0.5", "0.5"]
-    assert {"final_loss", "knn_top1", "linear_top1", "wall_time_s", "views_per_s", "peak_memory_mb",
-            "embedding_std"} <= set(rows[0])
+    assert {
+        "final_loss",
+        "knn_top1",
+        "linear_top1",
+        "wall_time_s",
+        "views_per_s",
+        "peak_memory_mb",
+        "embedding_std",
+    } <= set(rows[0])
     assert 0 < float(rows[0]["embedding_std"]) < 1  # SimCLR's logged spread, the collapse signal
     table = [line for line in result.table.splitlines() if line.startswith("|")]
     assert result.table.splitlines()[-3].startswith("Best kNN top-1: ")  # what stands out of seed noise
@@ -190,9 +197,15 @@ def test_one_table_from_fine_tuning_and_semi_supervised_cells(shared_folder: Pat
                 "encoder": {"base": "tiny.yaml"},
                 "grid": {
                     "labels": labels,
-                    "row": [{"label": "probe", "finetune.freeze_encoder": True},
-                            {"label": "supervised", "command": "semi", "method.name": "supervised",
-                             "semi.labeled_batch_size": 4}],
+                    "row": [
+                        {"label": "probe", "finetune.freeze_encoder": True},
+                        {
+                            "label": "supervised",
+                            "command": "semi",
+                            "method.name": "supervised",
+                            "semi.labeled_batch_size": 4,
+                        },
+                    ],
                 },
                 "seeds": [0],
                 "overrides": {"finetune.epochs": 1, "finetune.val_size": 6, "finetune.batch_size": 4},
@@ -202,8 +215,10 @@ def test_one_table_from_fine_tuning_and_semi_supervised_cells(shared_folder: Pat
     )
     s = load_spec(spec)
     assert [c.command for c in cells(s, tmp_path)] == ["finetune", "semi"] * 2
-    assert [c.dir.name for c in cells(s, tmp_path, "small")] == ["labels=6,row=probe,seed=0",
-                                                                 "labels=6,row=supervised,seed=0"]
+    assert [c.dir.name for c in cells(s, tmp_path, "small")] == [
+        "labels=6,row=probe,seed=0",
+        "labels=6,row=supervised,seed=0",
+    ]
     result = run_sweep(spec, out=tmp_path / "sweep", scale="small", log=lambda s: None)
     assert [r["status"] for r in result.rows] == ["done", "done"] and all(0 <= r["test_top1"] <= 1 for r in result.rows)
     # The semi-supervised cell is a run of its own; only the fine-tuning one used the encoder.
@@ -260,8 +275,22 @@ def test_sweep_folder_is_not_reused_for_another_sweep(shared_folder: Path, tmp_p
 def test_every_ablation_spec_loads() -> None:
     specs = sorted((REPO / "configs" / "ablations").glob("*.yaml"))
     names = {p.stem for p in specs}
-    assert {"batch_size", "temperature", "epochs", "optimizer", "labels", "augmentations", "backbones", "methods",
-            "semi_methods", "aug_pairs", "heads", "losses", "moco", "data_batch"} <= names
+    assert {
+        "batch_size",
+        "temperature",
+        "epochs",
+        "optimizer",
+        "labels",
+        "augmentations",
+        "backbones",
+        "methods",
+        "semi_methods",
+        "aug_pairs",
+        "heads",
+        "losses",
+        "moco",
+        "data_batch",
+    } <= names
     for path in specs:
         s = load_spec(path)
         assert "cpu" in s.scale, f"{path.name} has no cpu scale profile"
@@ -351,8 +380,10 @@ def test_separation_names_what_stands_out_of_seed_noise() -> None:
     note = separation(data, ["m"], "knn_top1")
     # a: 51 ± 1.4; b: 41 ± 1.4 (10 points, pooled std 1.4: separated); c: 51 ± 2.8 (within);
     # d has one seed and is left out.
-    assert note == ("Best kNN top-1: a. Below it by more than two pooled seed std: b (-10.0); "
-                    "within two std (not separated): c (+0.0).")
+    assert note == (
+        "Best kNN top-1: a. Below it by more than two pooled seed std: b (-10.0); "
+        "within two std (not separated): c (+0.0)."
+    )
     assert separation(rows("a", 0.5, 0.6), ["m"], "knn_top1") == ""
     # Two axes: the first compared within each value of the second.
     two = [{**r, "labels": 250} for r in rows("a", 0.50, 0.52) + rows("b", 0.40, 0.42)]

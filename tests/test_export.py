@@ -90,7 +90,6 @@ def test_export_files_have_the_users_normal_permissions(shared_folder: Path, tmp
         assert main(["export", str(out)]) == 0
     finally:
         os.umask(old)
-    written = [out / "metrics.json", out / "config.yaml", *(out / "checkpoints").iterdir(),
-               *(out / "export").iterdir()]
+    written = [out / "metrics.json", out / "config.yaml", *(out / "checkpoints").iterdir(), *(out / "export").iterdir()]
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in written}
     assert set(modes.values()) == {0o644}, modes

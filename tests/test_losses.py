@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from selfsup.losses import (
     barlow_twins,
@@ -195,10 +197,10 @@ def test_byol_and_simsiam_closed_forms() -> None:
 
 
 def barlow_reference(z1: np.ndarray, z2: np.ndarray, lambd: float) -> float:
-    """Barlow Twins' Algorithm 1 (normalised along the batch with the population std, as its code's BatchNorm)."""
+    """Barlow Twins' Algorithm 1, normalised along the batch as its code's BatchNorm does (population var + 1e-5)."""
     n = len(z1)
-    z1n = (z1 - z1.mean(0)) / z1.std(0)
-    z2n = (z2 - z2.mean(0)) / z2.std(0)
+    z1n = (z1 - z1.mean(0)) / np.sqrt(z1.var(0) + 1e-5)
+    z2n = (z2 - z2.mean(0)) / np.sqrt(z2.var(0) + 1e-5)
     c = z1n.T @ z2n / n
     d = c.shape[0]
     loss = 0.0
@@ -220,10 +222,54 @@ def test_barlow_twins_closed_form() -> None:
     # Identical views whose dimensions are uncorrelated over the batch (orthogonal columns):
     # the cross-correlation is the identity, the loss 0.
     h = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=float)
-    z = h[:, 1:]  # three zero-mean, mutually orthogonal columns
-    assert float(barlow_twins(_t(z), _t(z), 0.5)) == pytest.approx(0.0, abs=1e-10)
-    # Anti-correlated views: each diagonal term is (1 - (-1))^2 = 4.
-    assert float(barlow_twins(_t(z), _t(-z), 0.5)) == pytest.approx(4.0 * 3, abs=1e-10)
+    z = h[:, 1:]  # three zero-mean, mutually orthogonal columns of variance 1
+    c = 1 / (1 + 1e-5)  # BatchNorm's eps: c_ii = var / (var + eps)
+    assert float(barlow_twins(_t(z), _t(z), 0.5)) == pytest.approx(3 * (1 - c) ** 2, abs=1e-12)
+    # Anti-correlated views: each diagonal term is (1 - (-c))^2, about 4.
+    assert float(barlow_twins(_t(z), _t(-z), 0.5)) == pytest.approx(3 * (1 + c) ** 2, rel=1e-6)  # float32
+
+
+def _finite_with_gradients(loss_fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> float:
+    leaves = [x.clone().requires_grad_(True) for x in inputs]
+    loss = loss_fn(*leaves)
+    loss.backward()
+    assert torch.isfinite(loss), loss
+    grads = [x.grad for x in leaves if x.grad is not None]  # a stop-gradient target has none
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    return float(loss.detach())
+
+
+def test_barlow_twins_constant_dimension_is_finite() -> None:
+    """A dimension constant over the batch standardises to 0 (as BatchNorm does), not NaN."""
+    h = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=float)
+    z = np.concatenate([h[:, 1:], np.full((4, 1), 3.0)], axis=1)  # the last dimension is constant
+    loss = _finite_with_gradients(lambda a, b: barlow_twins(a, b, 0.5), _t(z), _t(z))
+    assert loss == pytest.approx(1.0, abs=1e-6)  # (1 - 0)^2 for the constant dimension, ~0 for the rest
+
+
+def test_losses_on_a_batch_of_identical_images() -> None:
+    """Every embedding the same (a batch of one image repeated): each loss stays finite, with finite gradients."""
+    same = torch.ones(6, 8) * torch.linspace(-1, 1, 8)
+    assert _finite_with_gradients(lambda a, b: barlow_twins(a, b), same, same) == pytest.approx(8.0, abs=1e-4)
+    assert _finite_with_gradients(lambda a, b: sum(vicreg_terms(a, b)), same, same) > 0
+    assert _finite_with_gradients(lambda a, b: nt_xent(a, b, 0.5), same, same) == pytest.approx(math.log(11), abs=1e-4)
+    assert _finite_with_gradients(lambda a, b: info_nce(a, b, F.normalize(same, dim=1), 0.2), same, same) > 0
+    assert _finite_with_gradients(lambda a, b: normalized_mse(a, b), same, same) == pytest.approx(0.0, abs=1e-6)
+    assert _finite_with_gradients(lambda a, b: negative_cosine(a, b), same, same) == pytest.approx(-1.0, abs=1e-6)
+    center = torch.zeros(8)
+    assert _finite_with_gradients(lambda a, b: dino([a, a], [b, b], center, 0.1, 0.04), same, same) > 0
+    zeros = torch.zeros(6, 8)  # collapsed to the origin: normalisations divide by their eps, not by 0
+    loss = _finite_with_gradients(lambda a, b: nt_xent(a, b, 0.5), zeros, zeros)
+    assert loss == pytest.approx(math.log(11), abs=1e-4)
+    assert math.isfinite(float(embedding_std(zeros)))
+
+
+def test_batch_statistics_losses_refuse_a_batch_of_one() -> None:
+    one = torch.randn(1, 8)
+    with pytest.raises(ValueError, match="Barlow Twins needs at least 2 embeddings"):
+        barlow_twins(one, one)
+    with pytest.raises(ValueError, match="VICReg needs at least 2 embeddings"):
+        vicreg_terms(one, one)
 
 
 def vicreg_reference(z1: np.ndarray, z2: np.ndarray) -> tuple[float, float, float]:
@@ -258,9 +304,11 @@ def test_vicreg_closed_forms() -> None:
     assert float(vicreg_terms(_t(collapsed), _t(collapsed))[1]) == pytest.approx(1 - 0.01, abs=1e-6)
 
 
-def dino_reference(student: list[np.ndarray], teacher: list[np.ndarray], center: np.ndarray, ts: float,
-                   tt: float) -> float:
+def dino_reference(
+    student: list[np.ndarray], teacher: list[np.ndarray], center: np.ndarray, ts: float, tt: float
+) -> float:
     """DINO's Algorithm 1 (H(t, s) over every pair of a teacher crop and a different student crop)."""
+
     def softmax(x: np.ndarray) -> np.ndarray:
         e = np.exp(x - x.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)

@@ -386,8 +386,11 @@ def test_finetune(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(m["finetune"]) == {"6", "12", "15"}
     # The frozen encoders really stayed frozen: weights and BatchNorm statistics are the
     # pretrained ones after fine-tuning, while the unfrozen fine-tuning changed them.
-    trained = {k.removeprefix("backbone."): v for k, v in load_latest(simclr_run)[0]["model"].items()
-               if k.startswith("backbone.")}
+    trained = {
+        k.removeprefix("backbone."): v
+        for k, v in load_latest(simclr_run)[0]["model"].items()
+        if k.startswith("backbone.")
+    }
     assert len(built) == 4
     for model, frozen in zip(built, [False, False, True, True]):
         state = model.backbone.state_dict()
@@ -415,11 +418,20 @@ def test_finetune_trains_the_head_first_then_every_layer(simclr_run: Path, monke
     real = ft_module.append_jsonl
     monkeypatch.setattr(ft_module, "Supervised", Recorded)
     monkeypatch.setattr(ft_module, "append_jsonl", record)
-    overrides = {"finetune.labels": 15, "finetune.val_size": 9, "finetune.epochs": 3, "finetune.batch_size": 8,
-                 "finetune.head_epochs": 2, "finetune.encoder_lr": 0.1}
+    overrides = {
+        "finetune.labels": 15,
+        "finetune.val_size": 9,
+        "finetune.epochs": 3,
+        "finetune.batch_size": 8,
+        "finetune.head_epochs": 2,
+        "finetune.encoder_lr": 0.1,
+    }
     finetune(simclr_run, overrides, log=lambda s: None)
-    pretrained = {k.removeprefix("backbone."): v for k, v in load_latest(simclr_run)[0]["model"].items()
-                  if k.startswith("backbone.")}
+    pretrained = {
+        k.removeprefix("backbone."): v
+        for k, v in load_latest(simclr_run)[0]["model"].items()
+        if k.startswith("backbone.")
+    }
     unchanged = [all(torch.equal(snap[k].cpu(), pretrained[k]) for k in pretrained) for snap in snapshots]
     assert unchanged == [True, True, False]  # LP-FT: two epochs of the head alone, then all layers
 
@@ -429,8 +441,22 @@ def test_finetune_whose_validation_loss_is_always_nan_stops_with_one_line(
 ) -> None:
     from selfsup.cli import main
 
-    code = main(["finetune", str(simclr_run), "--finetune.labels", "15", "--finetune.val_size", "9",
-                 "--finetune.epochs", "2", "--finetune.batch_size", "8", "--finetune.lr", "1e30"])
+    code = main(
+        [
+            "finetune",
+            str(simclr_run),
+            "--finetune.labels",
+            "15",
+            "--finetune.val_size",
+            "9",
+            "--finetune.epochs",
+            "2",
+            "--finetune.batch_size",
+            "8",
+            "--finetune.lr",
+            "1e30",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "fine-tuning with 15 labels diverged: the validation loss was nan in every epoch" in err[0]

@@ -87,14 +87,16 @@ def test_rotation_matches_torchvision_inside_the_image() -> None:
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_strong_view_through_the_batch_augmentation(n: int) -> None:
-    cfg = resolve_augment(AugmentConfig(preset="supervised", randaugment_n=n, cutout=0.5, mean=[0.5] * 3,
-                                        std=[0.25] * 3), "supervised")
+    cfg = resolve_augment(
+        AugmentConfig(preset="supervised", randaugment_n=n, cutout=0.5, mean=[0.5] * 3, std=[0.25] * 3), "supervised"
+    )
     imgs = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
     a = BatchAugment(cfg)(imgs, torch.Generator().manual_seed(3))
     b = BatchAugment(cfg)(imgs, torch.Generator().manual_seed(3))
     assert a.shape == (64, 3, 32, 32) and torch.equal(a, b)  # a function of the generator
     plain = resolve_augment(AugmentConfig(preset="supervised", mean=[0.5] * 3, std=[0.25] * 3), "supervised")
     assert not torch.equal(a, BatchAugment(plain)(imgs, torch.Generator().manual_seed(3)))
-    meta = BatchAugment(cfg)(torch.empty((8, 32, 32, 3), dtype=torch.uint8, device="meta"),
-                             torch.Generator().manual_seed(0))
+    meta = BatchAugment(cfg)(
+        torch.empty((8, 32, 32, 3), dtype=torch.uint8, device="meta"), torch.Generator().manual_seed(0)
+    )
     assert meta.device.type == "meta"  # no value is read back from the device

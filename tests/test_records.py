@@ -46,8 +46,18 @@ def test_config_changes_ignore_execution_keys_and_data_statistics() -> None:
 
 
 def _row(machine: str, knn: float, wall: float, seed: int) -> dict[str, Any]:
-    return {"t": "a", "seed": seed, "status": "done", "knn_top1": knn, "linear_top1": knn, "final_loss": 1.0,
-            "wall_time_s": wall, "machine": machine, "precision": "bf16", "date": f"2026-12-0{seed + 1}"}
+    return {
+        "t": "a",
+        "seed": seed,
+        "status": "done",
+        "knn_top1": knn,
+        "linear_top1": knn,
+        "final_loss": 1.0,
+        "wall_time_s": wall,
+        "machine": machine,
+        "precision": "bf16",
+        "date": f"2026-12-0{seed + 1}",
+    }
 
 
 def test_tables_do_not_average_wall_times_across_machines() -> None:

@@ -260,7 +260,10 @@ def test_one_writer_per_run_directory(shared_folder: Path, tmp_path: Path) -> No
     out = tmp_path / "run"
     first = subprocess.Popen(
         [*cli_command(out, shared_folder, *EVERY_STEP), "--train.epochs", "500"],
-        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for_step(out, 2, first)
@@ -278,7 +281,12 @@ def test_one_writer_per_run_directory(shared_folder: Path, tmp_path: Path) -> No
         first.send_signal(signal.SIGKILL)
         first.wait()
     # The kernel released the dead holder's lock: the run is usable at once.
-    done = subprocess.run([sys.executable, "-m", "selfsup", "eval", str(out), "--eval.linear_epochs", "1"],
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "selfsup", "eval", str(out), "--eval.linear_epochs", "1"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert (out / "metrics.json").is_file()

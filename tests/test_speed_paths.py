@@ -15,23 +15,29 @@ from selfsup.errors import ConfigError
 from selfsup.rundir import read_jsonl
 
 
-@pytest.mark.parametrize("extra", [
-    {"train.precision": "fp32"},
-    {"train.precision": "bf16"},
-    {"train.channels_last": False},
-    {"train.compile": True, "train.compile_mode": "reduce-overhead"},
-], ids=["fp32", "bf16", "nchw", "compile-reduce-overhead"])
-
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"train.precision": "fp32"},
+        {"train.precision": "bf16"},
+        {"train.channels_last": False},
+        {"train.compile": True, "train.compile_mode": "reduce-overhead"},
+    ],
+    ids=["fp32", "bf16", "nchw", "compile-reduce-overhead"],
+)
 def test_execution_modes_train(extra: dict, shared_folder: Path, tmp_path: Path) -> None:
     cfg = load_config(None, tiny_overrides(shared_folder, **extra))
     result = pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
     assert math.isfinite(result.summary["final_loss"])
-    assert result.summary["bf16"] == (extra.get("train.precision") == "bf16" or (
-        "train.precision" not in extra and __import__("selfsup.runtime").runtime.native_bf16(torch.device("cpu"))))
+    assert result.summary["bf16"] == (
+        extra.get("train.precision") == "bf16"
+        or ("train.precision" not in extra and __import__("selfsup.runtime").runtime.native_bf16(torch.device("cpu")))
+    )
 
 
-def test_no_device_reads_between_log_intervals(shared_folder: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_device_reads_between_log_intervals(
+    shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The loop reads device values (a sync on GPUs) only when it logs, not every step."""
     reads = {"n": 0}
     real_float, real_item, real_tolist = torch.Tensor.__float__, torch.Tensor.item, torch.Tensor.tolist
@@ -45,6 +51,7 @@ def test_no_device_reads_between_log_intervals(shared_folder: Path, tmp_path: Pa
         return real_item(self)
 
     monkeypatch.setattr(torch.Tensor, "__float__", counting_float)
+
     def counting_tolist(self: torch.Tensor):  # type: ignore[no-untyped-def]
         reads["n"] += 1
         return real_tolist(self)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,12 +130,20 @@ def test_sigkill_then_resume_matches_uninterrupted(
 
 
 def test_time_budget_plans_once_and_resumes_the_same_schedule(shared_folder: Path, tmp_path: Path) -> None:
-    import shutil
-
     from selfsup.train.plan import PLAN
 
-    cfg = load_config(None, tiny_overrides(shared_folder, **{"train.time_budget": 0.03, "train.keep_checkpoints": 5,
-                                                            "train.checkpoint_minutes": 1e-9}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            shared_folder,
+            **{
+                "train.time_budget": 0.03,
+                "train.replan": False,  # one plan: the schedule is then a function of (seed, step) alone
+                "train.keep_checkpoints": 5,
+                "train.checkpoint_minutes": 1e-9,
+            },
+        ),
+    )
     out = tmp_path / "run"
     result = pretrain(cfg, out=out, log=lambda s: None)
     plan = json.loads((out / PLAN).read_text())
@@ -155,3 +166,74 @@ def test_time_budget_plans_once_and_resumes_the_same_schedule(shared_folder: Pat
     pretrain(cfg, out=copy, resume=True, log=lambda s: None)
     assert json.loads((copy / PLAN).read_text()) == plan
     assert_same_state(final_state(copy), final_state(out))
+
+
+def _budget_run(shared_folder: Path, out: Path, minutes: float, **extra: Any) -> dict:
+    from selfsup.train.plan import PLAN
+
+    cfg = load_config(None, tiny_overrides(shared_folder, **{"train.time_budget": minutes, **extra}))
+    result = pretrain(cfg, out=out, log=lambda s: None)
+    return {**json.loads((out / PLAN).read_text()), "summary": result.summary}
+
+
+def test_time_budget_holds_when_steps_slow_down_after_the_plan(
+    shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A planted slowdown: the steps get 0.5 s slower after the plan is measured."""
+    import selfsup.train.loop as loop_module
+
+    real = loop_module.train_step
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "train_step", slow)  # the loop's steps, not the plan's timing
+    budget_s = 60 * 0.06
+    run = _budget_run(shared_folder, tmp_path / "run", 0.06, **{"train.keep_checkpoints": 1000})
+    assert run["total_steps"] * 0.5 > 2 * budget_s  # the first plan alone would overrun by more than 2x
+    assert run["replans"] and run["replans"][-1]["total_steps"] < run["total_steps"]
+    assert run["summary"]["step"] == run["replans"][-1]["total_steps"]
+    assert run["summary"]["train_time_s"] < 1.5 * budget_s
+    # Every re-plan was saved with a checkpoint that holds the new total.
+    from selfsup.checkpoint import load_latest
+
+    loaded = load_latest(tmp_path / "run")
+    assert loaded is not None and loaded[0]["total_steps"] == run["summary"]["step"]
+    # Resumed from a checkpoint written after a re-plan, the run heads for that checkpoint's total.
+    first = run["replans"][0]
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run", copy)
+    (copy / ".lock").unlink(missing_ok=True)
+    for p in (copy / "checkpoints").iterdir():
+        if int(p.name.split("-")[1].split(".")[0]) > first["step"]:
+            p.unlink()
+    assert (copy / "checkpoints" / f"step-{first['step']:09d}.pt").is_file()
+    lines: list[str] = []
+    cfg = load_config(
+        None, tiny_overrides(shared_folder, **{"train.time_budget": 0.06, "train.keep_checkpoints": 1000})
+    )
+    pretrain(cfg, out=copy, resume=True, log=lines.append)
+    assert f"(step {first['step']}/{first['total_steps']})" in next(x for x in lines if x.startswith("resuming"))
+
+
+def test_time_budget_uses_the_time_when_the_plan_was_measured_too_slow(
+    shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other way round: the plan is timed while the machine is busy (a planted 0.5 s per step)."""
+    import selfsup.train.step as step_module
+
+    real = step_module.train_step
+
+    def busy(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "train_step", busy)  # what the plan times; the loop keeps its own
+    budget_s = 60 * 0.06
+    run = _budget_run(shared_folder, tmp_path / "run", 0.06)
+    assert run["replans"] and run["replans"][-1]["total_steps"] > run["total_steps"]
+    assert run["summary"]["train_time_s"] > 0.6 * budget_s  # the first plan alone would stop far sooner
+    # With re-planning off the first plan is kept, whatever the pace.
+    still = _budget_run(shared_folder, tmp_path / "fixed", 0.06, **{"train.replan": False})
+    assert "replans" not in still and still["summary"]["step"] == still["total_steps"]

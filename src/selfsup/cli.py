@@ -161,8 +161,12 @@ def _add_sweep_parsers(sub: Any) -> None:
     s.add_argument("--out", metavar="DIR", help="sweep folder (default runs/sweeps/<name>[-<scale>])")
     s.add_argument("--plan", action="store_true", help="print one command per cell instead of running")
     s.add_argument("--cell", metavar="NAME", help="run only this cell (names as --plan prints them)")
-    s.add_argument("--launcher", choices=["local", "ray"], default="local",
-                   help="local: cells one after another here; ray: each cell a Ray task (pip install ray)")
+    s.add_argument(
+        "--launcher",
+        choices=["local", "ray"],
+        default="local",
+        help="local: cells one after another here; ray: each cell a Ray task (pip install ray)",
+    )
     s.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster (default $RAY_ADDRESS, else a local Ray)")
     s.add_argument("--cpus-per-cell", type=float, help="CPUs a Ray task asks for (default train.num_threads or 1)")
     s.add_argument("--gpus-per-cell", type=float, help="GPUs a Ray task asks for (default 1 if the cluster has GPUs)")
@@ -382,13 +386,23 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise ConfigError("selfsup embed needs RUN_DIR (or an export folder) and --data PATH (or --query IMAGE)")
     from .embed import embed
 
-    out = embed(args.source, args.data, args.out, overwrite=args.overwrite, split=args.split, device=args.device,
-                batch_size=args.batch_size, skip_invalid=args.skip_invalid)
+    out = embed(
+        args.source,
+        args.data,
+        args.out,
+        overwrite=args.overwrite,
+        split=args.split,
+        device=args.device,
+        batch_size=args.batch_size,
+        skip_invalid=args.skip_invalid,
+    )
     import json
 
     meta = json.loads((out / "meta.json").read_text())
-    print(f"{meta['count']} images -> {out / 'embeddings.npy'} ({meta['count']} x {meta['feature_dim']}, float32), "
-          f"{out / 'index.csv'}")
+    print(
+        f"{meta['count']} images -> {out / 'embeddings.npy'} ({meta['count']} x {meta['feature_dim']}, float32), "
+        f"{out / 'index.csv'}"
+    )
     return 0
 
 

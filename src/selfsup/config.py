@@ -237,6 +237,10 @@ class TrainConfig:
     #: from measured step times and every schedule ends with the budget (evaluation not
     #: included); the plan is saved in RUN_DIR/plan.json for --resume.
     time_budget: Union[float, None] = None
+    #: With train.time_budget: re-plan the remaining steps from the measured step time
+    #: about 20 times in a run (each re-plan saved with a checkpoint), so the budget holds
+    #: when the machine gets slower or faster; false keeps the first plan.
+    replan: bool = True
     #: Images per step (SimCLR sees two views of each).
     batch_size: int = 256
     #: Seeds the model, the data order and every augmentation (a function of seed and step).
@@ -600,9 +604,7 @@ def choices(tp: Any) -> tuple[Any, ...] | None:
 
 def resume_free_keys() -> set[str]:
     """Dotted keys marked on their field as free to change on ``--resume`` (see :data:`FREE`)."""
-    return {
-        f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("resume")
-    }
+    return {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("resume")}
 
 
 def field_help(section: str) -> dict[str, str]:
@@ -641,7 +643,7 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{section}.{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
     t, o, e, d, m = cfg.train, cfg.optim, cfg.eval, cfg.data, cfg.method
     need(cfg.data.max_file_mb > 0, "data.max_file_mb", "must be positive (megabytes)")
-    need(t.batch_size > 0, "train.batch_size", "must be a positive integer")
+    need(t.batch_size >= 2, "train.batch_size", "must be at least 2 (batch statistics)")
     need(t.epochs > 0, "train.epochs", "must be a positive integer")
     need(t.time_budget is None or t.time_budget > 0, "train.time_budget", "must be positive (minutes)")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must not be negative")

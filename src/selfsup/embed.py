@@ -336,9 +336,11 @@ def embed_query(
         raise DataError(f"query image {path} is {path.stat().st_size / 2**20:.1f} MB, over the {MAX_FILE_MB:g} MB "
                         "limit of one image")  # fmt: skip
     pixels = np.array(decode_image(path.read_bytes(), encoder.image_size, str(path)))[None]
-    query = extract_features(
-        encoder.module, pixels, encoder.mean, encoder.std, dev, bf16=use_bf16("auto", dev)
-    ).cpu().float()
+    query = (
+        extract_features(encoder.module, pixels, encoder.mean, encoder.std, dev, bf16=use_bf16("auto", dev))
+        .cpu()
+        .float()
+    )
     bank = torch.from_numpy(np.load(folder / EMBEDDINGS))
     sims = torch.nn.functional.normalize(bank, dim=1) @ torch.nn.functional.normalize(query, dim=1)[0]
     top = torch.topk(sims, min(k, len(sims)))

@@ -45,7 +45,9 @@ def torchvision_recipe(arch: str, width: float, stem: str) -> str:
         build = f"m = torchvision.models.{arch}(weights=None); "
         adapt = (_RESNET_STEM if stem == "cifar" else "") + "m.fc = nn.Identity(); "
     return (
-        "import torch, torchvision; from torch import nn; " + build + adapt
+        "import torch, torchvision; from torch import nn; "
+        + build
+        + adapt
         + "m.load_state_dict(torch.load('backbone.pt', weights_only=True))"
     )
 

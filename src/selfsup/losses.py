@@ -199,26 +199,43 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
 
 
-def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
+def _batch_of_two(z: torch.Tensor, what: str) -> int:
+    """The batch size of ``z``, which batch-statistics losses need to be at least 2."""
+    if z.shape[0] < 2:
+        raise ValueError(f"{what} needs at least 2 embeddings per batch (its statistics are over the batch), got 1")
+    return int(z.shape[0])
+
+
+def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, eps: float = 1e-5) -> torch.Tensor:
     """Barlow Twins (Zbontar et al. 2021): the cross-correlation of the views towards identity.
 
-    Each embedding dimension is standardised over the batch (mean 0, population standard
-    deviation 1, as the authors' code does with an affine-free BatchNorm, so that perfectly
-    correlated views give ``c_ii = 1``; the paper's pseudocode divides by the unbiased std,
-    which scales the diagonal by (N - 1) / N); ``c = z1n.T @ z2n / N``; the loss is
-    ``sum_i (1 - c_ii)^2 + lambd * sum_{i != j} c_ij^2``.
+    Each embedding dimension is standardised over the batch as the authors' code does
+    with an affine-free BatchNorm: ``(z - mean) / sqrt(var + eps)`` with the population
+    variance and BatchNorm's ``eps`` (so perfectly correlated views give ``c_ii`` within
+    ``eps`` of 1; the paper's pseudocode divides by the unbiased std, which scales the
+    diagonal by (N - 1) / N). The ``eps`` keeps a dimension that is constant over the
+    batch finite: it standardises to 0 and adds 1 to the loss instead of NaN.
+    ``c = z1n.T @ z2n / N``; the loss is ``sum_i (1 - c_ii)^2 + lambd * sum_{i != j} c_ij^2``.
 
     Args:
         z1: (N, D) embeddings of the first views (N >= 2).
         z2: (N, D) of the second views.
         lambd: Weight of the off-diagonal (redundancy) term.
+        eps: Added to the variance (``torch.nn.BatchNorm1d``'s default).
 
     Returns:
         Scalar loss.
+
+    Raises:
+        ValueError: For fewer than 2 embeddings (the statistics are over the batch).
     """
-    n = z1.shape[0]
-    z1n = (z1.float() - z1.float().mean(0)) / z1.float().std(0, unbiased=False)
-    z2n = (z2.float() - z2.float().mean(0)) / z2.float().std(0, unbiased=False)
+    n = _batch_of_two(z1, "Barlow Twins")
+
+    def standardise(z: torch.Tensor) -> torch.Tensor:
+        z = z.float()
+        return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+
+    z1n, z2n = standardise(z1), standardise(z2)
     c = z1n.T @ z2n / n
     on_diag = (torch.diagonal(c) - 1).pow(2).sum()
     off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
@@ -243,9 +260,12 @@ def vicreg_terms(
 
     Returns:
         (invariance, variance, covariance), scalars.
+
+    Raises:
+        ValueError: For fewer than 2 embeddings (the statistics are over the batch).
     """
     z1, z2 = z1.float(), z2.float()
-    n, d = z1.shape
+    n, d = _batch_of_two(z1, "VICReg"), z1.shape[1]
     invariance = F.mse_loss(z1, z2)
     variance, covariance = z1.new_zeros(()), z1.new_zeros(())
     for z in (z1, z2):

@@ -177,7 +177,9 @@ def _train_and_evaluate(
     if t.time_budget is not None:
         total = _plan(cfg, model, optimizer, sampler, (images, labels), run_dir, bf16, log)
     if existing:
-        _resume(run_dir, state, model, optimizer, total, leader, log)
+        saved_total = _resume(run_dir, state, model, optimizer, total, leader, log)
+        if t.time_budget is not None and saved_total:  # a re-planned budget: the total the checkpoint ran to
+            total = saved_total
     start_step, start_time = state.step, state.train_time
     if t.compile:
         model.backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
@@ -265,15 +267,22 @@ def _resume(
     total: int,
     leader: bool,
     log: Callable[[str], None],
-) -> None:
-    """Load the newest checkpoint into ``state``, ``model`` and ``optimizer``; drop later records."""
+) -> int | None:
+    """Load the newest checkpoint into ``state``, ``model`` and ``optimizer``; drop later records.
+
+    Returns:
+        The total steps the checkpoint's run was heading for (None without a checkpoint).
+    """
     loaded = load_latest(run_dir)
+    saved_total = None
     if loaded is not None:
         checkpoint, path = loaded
         state.restore(checkpoint, model, optimizer)
-        log(f"resuming {run_dir} from {path.name} (step {state.step}/{total})")
+        saved_total = checkpoint.get("total_steps")
+        log(f"resuming {run_dir} from {path.name} (step {state.step}/{saved_total or total})")
     if leader:
         truncate_jsonl(run_dir / METRICS_JSONL, state.step)
+    return int(saved_total) if saved_total else None
 
 
 def _summary(
@@ -317,6 +326,11 @@ def _check_distributed(cfg: Config, device: torch.device) -> None:
         return
     if cfg.train.batch_size % w:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {w} processes")
+    if cfg.train.batch_size // w < 2:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size} gives each of the {w} processes fewer than 2 images; "
+            "BatchNorm and the losses use batch statistics, so each needs at least 2"
+        )
     if cfg.semi.labels is not None and cfg.semi.labeled_batch_size % w:
         raise ConfigError(
             f"semi.labeled_batch_size {cfg.semi.labeled_batch_size} must be a multiple of the {w} processes"

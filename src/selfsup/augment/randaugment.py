@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import adjust_brightness, adjust_contrast, adjust_saturation, solarize
+from .ops import adjust_brightness, adjust_contrast, adjust_saturation, solarize
 
 #: FixMatch's operations and their magnitude ranges (table 12 of the paper).
 OPS: tuple[tuple[str, float, float], ...] = (
@@ -190,5 +190,15 @@ def cutout(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return torch.where(inside.unsqueeze(1), torch.full_like(x, GRAY), x)
 
 
-__all__ = ["NAMES", "OPS", "RandAugmentParams", "apply", "autocontrast", "cutout", "equalize", "posterize",
-           "sample", "sharpness"]
+__all__ = [
+    "NAMES",
+    "OPS",
+    "RandAugmentParams",
+    "apply",
+    "autocontrast",
+    "cutout",
+    "equalize",
+    "posterize",
+    "sample",
+    "sharpness",
+]

@@ -23,7 +23,6 @@ Kinds of block (NAME is a folder under ``results/``):
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from ..machine import read_machine
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl
 from .results import markdown_table, run_provenance, run_row
 
-BLOCK = re.compile(r"(<!-- results (\w+) ([\w.,=+-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"(<!-- results (\w+) ([\w.,=+/-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
 
 
 @dataclass
@@ -50,17 +49,20 @@ class Difference:
 
 
 def _sweep_rows(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The finished cells of a sweep folder, read again from their records, and its axes."""
-    with open(folder / "results.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        fields = list(reader.fieldnames or [])
-        listed = list(reader)
-    axes = fields[1 : fields.index("seed")]
+    """Every cell of a sweep folder (from its sweep.yaml), read from its record, and the axes.
+
+    Works on a sweep that is still being measured: cells without a finished record are
+    'missing' (the table says how many).
+    """
+    from .records import cell_done
+    from .sweep import recorded_cells
+
+    found, axes = recorded_cells(folder)
     rows = []
-    for entry in listed:
-        row: dict[str, Any] = {"cell": entry["cell"], **{a: entry[a] for a in axes}, "seed": int(entry["seed"])}
-        if entry["status"] == "done" and (folder / entry["cell"] / METRICS_JSON).is_file():
-            row.update(status="done", **run_row(folder / entry["cell"]))
+    for cell in found:
+        row: dict[str, Any] = {"cell": cell.dir.name, **cell.labels, "seed": cell.seed}
+        if cell_done(cell.dir, cell.command):
+            row.update(status="done", **run_row(cell.dir))
         else:
             row["status"] = "missing"
         rows.append(row)
@@ -208,4 +210,3 @@ def update_docs(root: str | Path = ".", check: bool = False) -> list[Difference]
         if found and not check:
             path.write_text(new)
     return differences
-

@@ -98,8 +98,10 @@ def preview(
         raise ConfigError(f"--n and --views must be at least 1, got {n} and {views}")
     base = augment if augment is not None else AugmentConfig(preset=preset)
     cfg = resolve_augment(base, base.preset or "simclr")  # fills only what is unset
-    splits = load_data(data, progress=False, subset=False) if isinstance(data, DataConfig) else load_dataset(
-        data, progress=False
+    splits = (
+        load_data(data, progress=False, subset=False)
+        if isinstance(data, DataConfig)
+        else load_dataset(data, progress=False)
     )
     train = splits.train
     idx = class_balanced_indices(train.labels, min(n, len(train)), seed)

@@ -366,8 +366,15 @@ def _heatmap(groups: list[dict[str, Any]], axis: str, metric: str, folder: Path)
     for i in range(len(names)):
         for j in range(len(names)):
             if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if grid[i, j] < np.nanmean(grid) else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if grid[i, j] < np.nanmean(grid) else "black",
+                )
     ax.set_xticks(range(len(names)), names, rotation=30)
     ax.set_yticks(range(len(names)), names)
     name = metric.replace("_top1", " top-1").replace("_", " ")

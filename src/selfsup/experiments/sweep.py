@@ -61,7 +61,17 @@ SPEC_FILE = "sweep.yaml"
 TABLE_FILE = "table.md"
 COMMANDS = ("pretrain", "semi", "finetune")
 _SPEC_KEYS = {
-    "name", "command", "base", "overrides", "grid", "seeds", "scale", "encoder", "out", "description", "heatmap"
+    "name",
+    "command",
+    "base",
+    "overrides",
+    "grid",
+    "seeds",
+    "scale",
+    "encoder",
+    "out",
+    "description",
+    "heatmap",
 }
 
 
@@ -126,9 +136,7 @@ class SweepSpec:
     def scaled_axes(self, scale: str | None) -> list[Axis]:
         """The axes, with values replaced where the scale profile gives a ``grid``."""
         replaced = ((self.scale.get(scale) or {}).get("grid") or {}) if scale else {}
-        return [
-            _parse_axes({a.name: replaced[a.name]}, self.path)[0] if a.name in replaced else a for a in self.axes
-        ]
+        return [_parse_axes({a.name: replaced[a.name]}, self.path)[0] if a.name in replaced else a for a in self.axes]
 
 
 def _check_key(key: str, where: str) -> None:
@@ -239,20 +247,37 @@ def load_spec(path: str | Path) -> SweepSpec:
     return spec
 
 
-def cells(spec: SweepSpec, out: Path, scale: str | None = None) -> list[Cell]:
-    """Every (grid point, seed) of the spec, with its run directory under ``out``."""
+def grid_cells(axes: list[Axis], seeds: list[int], command: str, out: Path) -> list[Cell]:
+    """Every (grid point, seed) of these axes, with its run directory under ``out``."""
     result = []
-    axes = spec.scaled_axes(scale)
     for combo in itertools.product(*(a.values for a in axes)):
         labels = {a.name: label for a, (label, _) in zip(axes, combo, strict=True)}
         overrides: dict[str, Any] = {}
         for _, sets in combo:
             overrides.update(sets)
-        command = overrides.pop("command", spec.command)
-        for seed in spec.seeds:
+        cell_command = overrides.pop("command", command)
+        for seed in seeds:
             name = ",".join(f"{k}={v}" for k, v in labels.items()) + f",seed={seed}"
-            result.append(Cell(labels, overrides, seed, out / name, command))
+            result.append(Cell(labels, overrides, seed, out / name, cell_command))
     return result
+
+
+def cells(spec: SweepSpec, out: Path, scale: str | None = None) -> list[Cell]:
+    """Every (grid point, seed) of the spec, with its run directory under ``out``."""
+    return grid_cells(spec.scaled_axes(scale), spec.seeds, spec.command, out)
+
+
+def recorded_cells(folder: Path) -> tuple[list[Cell], list[str]]:
+    """The cells and axis names a sweep folder's own ``sweep.yaml`` describes.
+
+    For reading a committed folder (the docs generator) without its spec or recipes.
+    """
+    where = folder / SPEC_FILE
+    record = yaml.safe_load(where.read_text()) or {}
+    axes = _parse_axes(record.get("grid"), where)
+    replaced = ((record.get("scale") or {}).get(record.get("use_scale")) or {}).get("grid") or {}
+    axes = [_parse_axes({a.name: replaced[a.name]}, where)[0] if a.name in replaced else a for a in axes]
+    return grid_cells(axes, record.get("seeds", [0]), record.get("command", "pretrain"), folder), [a.name for a in axes]
 
 
 def table_command(raw: dict[str, Any]) -> str:
@@ -317,7 +342,6 @@ def run_sweep(
         RunDirError: If the folder holds a different sweep.
     """
     from tqdm import tqdm
-
 
     note_commit()
     spec = load_spec(spec_path)

@@ -67,8 +67,6 @@ class MeanTeacher(PiModel):
 
     def after_optimizer_step(self, batch: Batch) -> None:
         """Move the teacher towards the student."""
-        decay = two_phase_decay(
-            batch.step, batch.epoch, self.rampup_epochs, self.ema_decay_rampup, self.ema_decay
-        )
+        decay = two_phase_decay(batch.step, batch.epoch, self.rampup_epochs, self.ema_decay_rampup, self.ema_decay)
         ema_update(self.teacher_backbone, self.backbone, decay)
         ema_update(self.teacher_classifier, self.classifier, decay)

@@ -33,11 +33,12 @@ from ..augment import ViewAugment, resolve_augment, view_configs
 from ..checkpoint import save_checkpoint
 from ..config import Config, copy_config
 from ..data import DataSplits, channel_stats, class_balanced_indices
-from ..distributed import all_reduce_mean, any_rank, rank, world_size
+from ..distributed import all_reduce_mean, any_rank, broadcast_object, rank, world_size
 from ..errors import ConfigError, TrainingDivergedError
 from ..methods import Method, method_class
 from ..optim import lr_factor, scaled_lr, set_lr
 from ..runtime import step_seed
+from .plan import REPLAN_TOLERANCE, REPLANS_PER_RUN, record_replan, replan_total
 from .recorder import Recorder
 from .sampler import StepSampler
 from .state import TrainState
@@ -198,11 +199,42 @@ class _Loop:
         self.last_checkpoint = time.monotonic()
         self.interval_start, self.interval_views = time.perf_counter(), 0
         self.final_loss: float | None = None
+        # A time budget is re-planned every replan_every steps (a multiple of log_every,
+        # where the step time is exact on a GPU too), from the pace since the last look.
+        self.budget_s = 60 * t.time_budget if (t.time_budget is not None and t.replan) else None
+        looks = max(t.log_every, total // REPLANS_PER_RUN // t.log_every * t.log_every)
+        self.replan_every = looks
+        self.looked_at = (state.step, state.train_time)
 
     def overdue(self) -> bool:
         """Whether ``train.checkpoint_minutes`` have passed since the last checkpoint."""
         minutes = self.cfg.train.checkpoint_minutes
         return minutes > 0 and time.monotonic() - self.last_checkpoint > 60 * minutes
+
+    def replan(self) -> bool:
+        """Move the end of a time-budgeted run to where the budget ends at the recent pace.
+
+        Every rank follows rank 0's new total. Returns whether the total moved (by more
+        than :data:`~selfsup.train.plan.REPLAN_TOLERANCE`); then it is recorded in
+        ``plan.json`` and the caller saves a checkpoint, which holds it for ``--resume``.
+        """
+        s = self.state
+        if self.budget_s is None or s.step % self.replan_every or s.step == self.looked_at[0]:
+            return False
+        pace = (s.train_time - self.looked_at[1]) / (s.step - self.looked_at[0])
+        self.looked_at = (s.step, s.train_time)
+        total = int(broadcast_object(replan_total(s.step, s.train_time, self.budget_s, pace)))
+        if abs(total - self.total) <= max(1, REPLAN_TOLERANCE * self.total):
+            return False
+        before, self.total = self.total, total
+        self.recorder.set_total(total)
+        if self.leader:
+            entry = {"step": s.step, "total_steps": total, "seconds_per_step": pace, "train_time_s": s.train_time}
+            record_replan(self.run_dir, entry)
+            self.recorder.write(
+                f"time budget: {pace:.3f} s per step lately; the run now ends at step {total} (was {before})"
+            )
+        return True
 
     def lr_at(self, step: int) -> float:
         """The learning rate of ``step`` (warm-up, then the schedule)."""
@@ -328,21 +360,23 @@ def run_loop(
             while state.step < loop.total:
                 t0 = time.perf_counter()
                 loop.step(images, labels, images.device, bf16)
-                end_of_epoch = state.step % loop.spe == 0 or state.step == loop.total
-                logging = state.step % t.log_every == 0 or end_of_epoch
+                logging = state.step % t.log_every == 0 or state.step % loop.spe == 0 or state.step == loop.total
                 if logging and images.device.type == "cuda":
                     # Steps are queued, not done, when the host returns: the timed region
                     # of a logging step ends when the device has finished every queued step.
                     torch.cuda.synchronize(images.device)
                 state.train_time += time.perf_counter() - t0
                 loop.recorder.advance()
+                replanned = logging and loop.replan()  # may move loop.total, even to this step
+                end_of_epoch = state.step % loop.spe == 0 or state.step == loop.total
+                logging = logging or end_of_epoch
                 if logging:
                     loop.log_interval()
                 if end_of_epoch:
                     loop.log_epoch()
                 # Stopping must be agreed by every rank; they compare notes when they log.
                 stopping = any_rank(bool(stop), images.device) if (multi and logging) else (not multi and bool(stop))
-                if end_of_epoch or loop.overdue() or stopping:  # every epoch ends with a rolling checkpoint
+                if end_of_epoch or loop.overdue() or stopping or replanned:  # every epoch ends with one
                     whole, epoch = state.step % loop.spe == 0, state.step // loop.spe
                     loop.save(whole and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0)
                 if stopping:

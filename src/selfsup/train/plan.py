@@ -7,6 +7,14 @@ the budget, and saves it in ``RUN_DIR/plan.json``. Every schedule follows that n
 ``Batch.progress``, ramp-ups through the epoch), so they all end when the budget does;
 ``--resume`` reads the saved plan and continues the same schedule. Evaluation is not
 part of the budget.
+
+A plan measured once can be wrong: another process may share the cores while the
+steps are timed, or start later. With ``train.replan`` (the default) the loop looks
+again about 20 times in the run: from the seconds per step since its last look and the
+budget left, it moves the end of the run (and with it every schedule) when that changes
+the total by more than :data:`REPLAN_TOLERANCE`, records the new total in ``plan.json``
+(``replans``) and saves a checkpoint, which holds the total too; ``--resume`` continues
+from the total of the checkpoint it loads.
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ import torch
 from ..fileio import write_atomic
 
 PLAN = "plan.json"
+#: A re-plan that moves the total by this fraction or less (or by one step) is not worth a checkpoint.
+REPLAN_TOLERANCE = 0.02
+#: About this many looks at the step time in a budgeted run.
+REPLANS_PER_RUN = 20
 #: Untimed steps (allocator, kernels, caches warm up), then timed ones.
 WARMUP_STEPS, TIMED_STEPS = 2, 4
 
@@ -81,3 +93,26 @@ def throwaway(
     """A copy of a model and a fresh optimizer for it, to time steps on, leaving the run's untouched."""
     twin = copy.deepcopy(model)
     return twin, make_optimizer(twin)
+
+
+def replan_total(step: int, train_time: float, budget_s: float, seconds_per_step: float) -> int:
+    """The total number of steps that ends the run when the budget does, at the measured pace.
+
+    Args:
+        step: Steps done.
+        train_time: Seconds of training so far.
+        budget_s: The budget in seconds.
+        seconds_per_step: The recent pace.
+
+    Returns:
+        ``step`` plus the whole steps that fit the time left (``step`` when none does).
+    """
+    left = budget_s - train_time
+    return step + max(0, math.floor(left / max(seconds_per_step, 1e-9)))
+
+
+def record_replan(run_dir: Path, entry: dict[str, Any]) -> None:
+    """Append one re-plan (step, new total, pace) to ``plan.json``'s ``replans``."""
+    plan = read_plan(run_dir) or {}
+    plan.setdefault("replans", []).append(entry)
+    write_atomic(run_dir / PLAN, (json.dumps(plan, indent=2) + "\n").encode())

@@ -44,6 +44,11 @@ class Recorder:
             leave=True,
         )
 
+    def set_total(self, total: int) -> None:
+        """A new end of the run (a re-planned time budget) for the progress bar."""
+        self.bar.total = total
+        self.bar.refresh()
+
     def advance(self) -> None:
         """One more step done."""
         self.bar.update(1)

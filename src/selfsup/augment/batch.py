@@ -1,0 +1,134 @@
+"""The batch augmenter: sampled parameters applied to a batch of uint8 images on its device.
+
+:func:`apply_params` runs one ``grid_sample`` for crop, resize, flip and translation
+together, then the colour operations, and returns normalised float images in
+channels_last layout; :class:`BatchAugment` samples and applies one pipeline,
+:class:`ViewAugment` one per view of a method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..config import AugmentConfig
+from .ops import (
+    add_noise,
+    blur_kernel_for,
+    color_jitter,
+    gaussian_blur,
+    grayscale,
+    normalize,
+    rotate_quarters,
+    sobel,
+    solarize,
+    to_float,
+)
+from .params import AugmentParams, sample_params
+from .presets import AugmentSpec
+
+
+def apply_params(images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec) -> torch.Tensor:
+    """Augment a batch with the given parameters.
+
+    Args:
+        images: uint8 (B, H, W, 3) on the training device.
+        params: From :func:`sample_params` with ``n == B``.
+        cfg: The augmentation that produced ``params`` (op settings, mean, std).
+
+    Returns:
+        float32 (B, 3, H, W), normalised, channels_last.
+    """
+    x = to_float(images)
+    b, _, h, w = x.shape
+    if cfg.crop != "none" or bool(params.flip.any()):
+        theta = params.theta.to(x.device, non_blocking=True)
+        grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
+        # 'reflection' pads translations by mirroring; crops stay inside the image.
+        mode = "reflection" if cfg.crop == "pad" else "border"
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode=mode, align_corners=False)
+    if params.rotate is not None and bool(params.rotate.any()):
+        x = rotate_quarters(x, params.rotate)
+    x = color_jitter(x, params)
+    if bool(params.gray.any()):
+        g = params.gray.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+        x = torch.where(g, grayscale(x).expand_as(x), x)
+    if bool((params.blur_sigma > 0).any()):
+        x = gaussian_blur(x, params.blur_sigma, cfg.blur_kernel or blur_kernel_for(min(h, w)))
+    if bool(params.solarize.any()):
+        x = solarize(x, params.solarize.to(x.device, non_blocking=True))
+    if params.sobel is not None and bool(params.sobel.any()):
+        x = sobel(x, params.sobel.to(x.device, non_blocking=True))
+    if params.noise is not None:
+        x = add_noise(x, params.noise)
+    if params.randaugment is not None:
+        from .randaugment import apply as randaugment
+
+        x = randaugment(x, params.randaugment)
+    mean = torch.tensor(cfg.mean, device=x.device)
+    std = torch.tensor(cfg.std, device=x.device)
+    return normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
+
+
+class ViewAugment:
+    """Augments a batch once per view, each view with its own spec; views stacked on dim 0.
+
+    Views that share one spec (the usual case) are drawn in a single call, exactly as
+    :class:`BatchAugment` with ``n_views`` does.
+    """
+
+    def __init__(self, specs: Sequence[AugmentConfig | AugmentSpec]) -> None:
+        self.augments = [BatchAugment(s) for s in specs]
+        self.shared = all(a.cfg == self.augments[0].cfg for a in self.augments)
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        gen: torch.Generator,
+        positions: torch.Tensor | None = None,
+        total: int | None = None,
+    ) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (V * B, 3, H, W) normalised: view v of image i at row v * B + i."""
+        if self.shared:
+            return self.augments[0](images, gen, len(self.augments), positions, total)
+        return torch.cat([a(images, gen, 1, positions, total) for a in self.augments])
+
+
+class BatchAugment:
+    """Callable that augments uint8 batches into normalised float views.
+
+    Example:
+        >>> aug = BatchAugment(resolved_cfg)
+        >>> views = aug(images_u8, generator, n_views=2)  # (2B, 3, H, W), views stacked
+    """
+
+    def __init__(self, cfg: AugmentConfig | AugmentSpec) -> None:
+        self.cfg = cfg if isinstance(cfg, AugmentSpec) else AugmentSpec.from_config(cfg)
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        gen: torch.Generator,
+        n_views: int = 1,
+        positions: torch.Tensor | None = None,
+        total: int | None = None,
+    ) -> torch.Tensor:
+        """Augment ``images`` (B, H, W, 3) uint8 ``n_views`` times, views stacked on dim 0.
+
+        With ``positions`` (B,) and ``total``, ``images`` are the samples at those
+        positions of a global batch of ``total``: parameters are drawn for the whole global
+        batch and these samples' rows kept, so that several processes together augment
+        exactly as one process would.
+        """
+        b, h, w = images.shape[:3]
+        n = b if total is None else total
+        params = sample_params(self.cfg, n_views * n, h, w, gen)
+        if positions is not None:
+            rows = torch.cat([v * n + positions.cpu() for v in range(n_views)])
+            params = params.select(rows)
+
+        if n_views > 1:
+            images = images.repeat(n_views, 1, 1, 1)
+        return apply_params(images, params, self.cfg)

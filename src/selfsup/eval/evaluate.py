@@ -1,0 +1,327 @@
+"""Evaluating a run: rebuild its encoder, extract features once, kNN and a linear probe, milestones.
+
+Results land in ``RUN_DIR/metrics.json``; every process also appends its entry to
+``RUN_DIR/machine.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import checkpoint_step, find_checkpoint, load_checkpoint, load_latest, milestone_paths
+from ..config import Config, EvalConfig, apply_section_overrides
+from ..data import DataSplits, load_data, with_subset
+from ..errors import RunDirError
+from ..machine import record_machine
+from ..methods import build_method
+from ..rundir import load_run_config, locked, update_metrics_json
+from ..runtime import resolve_device, set_threads
+from .features import extract_features, feature_options
+from .knn import knn_accuracy
+from .linear import linear_probe
+
+
+def load_run_model(
+    run_dir: str | Path, device: torch.device | str = "cpu", random_init: bool = False, step: int | None = None
+) -> tuple[Config, nn.Module, dict[str, Any]]:
+    """Rebuild a run's method from its config and newest checkpoint (or the one of ``step``).
+
+    Args:
+        run_dir: A run directory.
+        device: Where to put the model.
+        random_init: Skip the checkpoint: the same architecture at its seeded initialisation.
+        step: Load the checkpoint of this training step instead of the newest.
+
+    Returns:
+        (config, model in eval mode, checkpoint state or ``{}``).
+
+    Raises:
+        RunDirError: If the run has no checkpoint (and ``random_init`` is false).
+        CheckpointError: If it has none of ``step``.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    state: dict[str, Any] = {}
+    if step is not None and not random_init:
+        state = load_checkpoint(find_checkpoint(run_dir, step))
+    elif not random_init:
+        loaded = load_latest(run_dir)
+        if loaded is None:
+            raise RunDirError(f"{run_dir} has no checkpoint yet; train it first (selfsup pretrain --out {run_dir})")
+        state = loaded[0]
+    torch.manual_seed(cfg.train.seed)
+    model = build_method(cfg, len(state.get("classes", [])) or 10)
+    if state:
+        model.load_state_dict(state["model"])
+    return cfg, model.to(device).eval(), state
+
+
+def evaluate_features(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    cfg: EvalConfig,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """KNN and linear-probe accuracy of cached features (fractions)."""
+    knn = knn_accuracy(
+        train_features, train_labels, test_features, test_labels, num_classes, cfg.knn_k, cfg.knn_temperature
+    )
+    probe = linear_probe(
+        train_features,
+        train_labels,
+        test_features,
+        test_labels,
+        num_classes,
+        epochs=cfg.linear_epochs,
+        lr=cfg.linear_lr,
+        batch_size=cfg.linear_batch_size,
+        optimizer=cfg.linear_optimizer,
+        weight_decay=cfg.linear_weight_decay,
+        seed=seed,
+    )
+    return {
+        "knn_top1": knn,
+        "linear_top1": probe.test_top1,
+        "linear_train_top1": probe.train_top1,
+        "linear_loss": probe.final_loss,
+    }
+
+
+def evaluate_encoder(
+    encoder: nn.Module, splits: DataSplits, cfg: EvalConfig, options: dict[str, Any], seed: int = 0
+) -> dict[str, Any]:
+    """Extract features of both splits once, then run :func:`evaluate_features`.
+
+    Args:
+        encoder: Maps normalised images to features.
+        splits: Train split (kNN bank, probe training data) and test split.
+        cfg: kNN and linear-probe settings.
+        options: Keyword arguments of :func:`extract_features` (see :func:`feature_options`).
+        seed: Seed of the linear probe.
+    """
+    t0 = time.perf_counter()
+    train_f = extract_features(encoder, splits.train.images, **options)
+    test_f = extract_features(encoder, splits.test.images, **options)
+    t_feat = time.perf_counter() - t0
+    out = evaluate_features(
+        train_f,
+        torch.from_numpy(splits.train.labels),
+        test_f,
+        torch.from_numpy(splits.test.labels),
+        len(splits.train.classes),
+        cfg,
+        seed,
+    )
+    out.update(
+        n_train=len(splits.train),
+        n_test=len(splits.test),
+        feature_dim=int(train_f.shape[1]),
+        feature_time_s=t_feat,
+        eval_time_s=time.perf_counter() - t0,
+    )
+    return out
+
+
+def classifier_accuracies(model: nn.Module, splits: DataSplits, options: dict[str, Any]) -> dict[str, float]:
+    """Test accuracy of each classifier a method has (``model.classifiers()``), as fractions.
+
+    Args:
+        model: A method; one without ``classifiers()`` gives an empty dict.
+        splits: The data; only the test split is used.
+        options: Keyword arguments of :func:`extract_features` (see :func:`feature_options`).
+    """
+    get = getattr(model, "classifiers", None)
+    if get is None:  # any module can be evaluated; methods have classifiers()
+        return {}
+    labels = torch.from_numpy(splits.test.labels)
+    out = {}
+    for name, module in get().items():
+        logits = extract_features(module, splits.test.images, **options)
+        out[name] = float((logits.argmax(1).cpu() == labels).float().mean())
+    return out
+
+
+def _load_splits(cfg: Config, data: DataSplits | None = None) -> DataSplits:
+    """The run's whole data (``data`` when the caller holds it) with the eval subset, if any."""
+    splits = data if data is not None else load_data(cfg.data, progress=cfg.train.progress, subset=False)
+    return with_subset(splits, cfg.eval.train_subset, 0)
+
+
+@locked("selfsup eval")
+def evaluate_classifiers(
+    run_dir: str | Path,
+    model: nn.Module | None = None,
+    step: int | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+    data: DataSplits | None = None,
+) -> dict[str, Any]:
+    """Test accuracy of a run's own classifier(s) (supervised, Pi-model, Mean Teacher).
+
+    Results (``test_top1``, and ``student_test_top1`` for Mean Teacher) are merged into
+    ``RUN_DIR/metrics.json``.
+
+    Raises:
+        RunDirError: If the run's method has no classifier.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    dev = resolve_device(device or cfg.train.device)
+    if model is None:
+        _, model, state = load_run_model(run_dir, dev)
+        step = state.get("step")
+    if not model.classifiers():  # type: ignore[operator]
+        raise RunDirError(f"method {cfg.method.name!r} of {run_dir} has no classifier; use 'selfsup eval'")
+    splits = _load_splits(cfg, data)
+    t0 = time.perf_counter()
+    result: dict[str, Any] = dict(classifier_accuracies(model, splits, feature_options(cfg, dev)))
+    result.update(n_test=len(splits.test), eval_time_s=time.perf_counter() - t0)
+    if cfg.semi.labels is not None:
+        result["labels"] = cfg.semi.labels
+    if step is not None:
+        result["checkpoint_step"] = step
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in result.items() if k.endswith("top1"))
+    log(f"classifier: {parts} (test set: {result['n_test']} images)")
+    update_metrics_json(run_dir, result)
+    record_machine(run_dir, "eval", result["eval_time_s"], dev)
+    return result
+
+
+@locked("selfsup eval")
+def evaluate_milestones(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Evaluate every milestone checkpoint of a run (``train.checkpoint_every``) and the last one.
+
+    Accuracy against epochs from one run: seed 000's epochs table without a run per row.
+    The rows go into ``RUN_DIR/metrics.json`` under ``milestones`` (keyed by step).
+
+    Returns:
+        One dict per checkpoint, oldest first: epoch, step, kNN and linear top-1, and
+        the test top-1 of the method's own classifiers (``test_top1``...) where it has any.
+
+    Raises:
+        RunDirError: If the run has no checkpoint.
+    """
+    run_dir = Path(run_dir)
+    cfg = apply_section_overrides(load_run_config(run_dir), overrides, "eval", "at evaluation time")
+    set_threads(cfg.train.num_threads)
+    dev = resolve_device(device or cfg.train.device)
+    steps = [checkpoint_step(p) for p in milestone_paths(run_dir)]
+    latest = load_latest(run_dir)
+    if latest is None:
+        raise RunDirError(f"{run_dir} has no checkpoint yet; train it first (selfsup pretrain --out {run_dir})")
+    if checkpoint_step(latest[1]) not in steps:
+        steps.append(checkpoint_step(latest[1]))
+    splits = _load_splits(cfg)
+    options = feature_options(cfg, dev)
+    rows = []
+    for step in steps:
+        _, model, state = load_run_model(run_dir, dev, step=step)
+        encoder = model.backbone
+        assert isinstance(encoder, nn.Module)
+        result = evaluate_encoder(encoder, splits, cfg.eval, options, cfg.train.seed)
+        row = {
+            "epoch": state.get("epoch"),
+            "step": step,
+            "knn_top1": result["knn_top1"],
+            "linear_top1": result["linear_top1"],
+            "n_test": result["n_test"],
+        }
+        row.update(classifier_accuracies(model, splits, options))  # a few-label run's own classifiers
+        rows.append(row)
+        log(
+            f"epoch {state.get('epoch')} (step {step}): "
+            + " | ".join(
+                f"{k.replace('_top1', '').replace('_', ' ')} top-1 {v:.4f}"
+                for k, v in row.items()
+                if k.endswith("top1")
+            )
+        )
+    update_metrics_json(run_dir, {str(r["step"]): r for r in rows}, section="milestones")
+    return rows
+
+
+def result_line(what: str, result: dict[str, Any]) -> str:
+    """The line evaluation prints (also what the docs quote): kNN and linear top-1, test size, time."""
+    return (
+        f"{what}: kNN top-1 {result['knn_top1']:.4f} | linear top-1 {result['linear_top1']:.4f} "
+        f"(test set: {result['n_test']} images, {result['eval_time_s']:.0f} s)"
+    )
+
+
+@locked("selfsup eval")
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    random_init: bool = False,
+    model: nn.Module | None = None,
+    step: int | None = None,
+    log: Callable[[str], None] = print,
+    checkpoint: int | None = None,
+    data: DataSplits | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run's encoder and record the result in ``RUN_DIR/metrics.json``.
+
+    Args:
+        run_dir: The run directory.
+        overrides: Dotted ``eval.*`` keys replacing the run's eval settings, e.g.
+            ``{"eval.linear_epochs": 100}``.
+        device: Device name (default: the run's ``train.device``).
+        random_init: Evaluate the architecture at its seeded random initialisation
+            instead (stored under ``"random_init"``), the baseline for the trained figures.
+        model: An already loaded method (skips loading the checkpoint).
+        step: The training step ``model`` has reached (recorded with the results).
+        log: Where the one-line result goes.
+        checkpoint: Evaluate the checkpoint of this step instead of the newest (its
+            results go under ``steps`` in metrics.json, the run's own stay).
+        data: The run's dataset, whole (pretraining hands over what it loaded).
+
+    Returns:
+        ``knn_top1`` and ``linear_top1`` (fractions, on the full test split) and details.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    cfg = apply_section_overrides(cfg, overrides, "eval", "at evaluation time")
+    set_threads(cfg.train.num_threads)
+    dev = resolve_device(device or cfg.train.device)
+    if model is None or random_init or checkpoint is not None:
+        _, model, state = load_run_model(run_dir, dev, random_init=random_init, step=checkpoint)
+        step = state.get("step")
+    splits = _load_splits(cfg, data)
+    encoder = model.backbone  # type: ignore[union-attr]
+    assert isinstance(encoder, nn.Module)
+    options = feature_options(cfg, dev)
+    result = evaluate_encoder(encoder, splits, cfg.eval, options, cfg.train.seed)
+    result.update(
+        knn_k=cfg.eval.knn_k,
+        knn_temperature=cfg.eval.knn_temperature,
+        linear_protocol=f"{cfg.eval.linear_optimizer} lr={cfg.eval.linear_lr} "
+        f"epochs={cfg.eval.linear_epochs} batch={cfg.eval.linear_batch_size}",
+    )
+    if not random_init:
+        result.update(classifier_accuracies(model, splits, options))
+    if step is not None:
+        result["checkpoint_step"] = step
+    log(result_line("random init" if random_init else "encoder", result))
+    record_machine(run_dir, "eval-random-init" if random_init else "eval", result["eval_time_s"], dev, step=step)
+    if random_init:
+        update_metrics_json(run_dir, {"random_init": result})
+    elif checkpoint is not None:
+        update_metrics_json(run_dir, {str(checkpoint): result}, section="steps")
+    else:
+        update_metrics_json(run_dir, result)
+    return result

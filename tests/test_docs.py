@@ -1,0 +1,97 @@
+"""Docs from data: the generated blocks of README.md and docs/ equal what results/ gives."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from selfsup.cli import main
+from selfsup.config import load_config, save_config
+from selfsup.errors import ConfigError
+from selfsup.experiments.docs import BLOCK, doc_files, update_docs
+from selfsup.machine import record_machine
+
+
+def test_docs_match_the_committed_results() -> None:
+    differences = update_docs(REPO, check=True)
+    assert differences == [], "run 'selfsup docs' and commit: " + ", ".join(
+        f"{d.file.name} {d.kind} {d.name}" for d in differences
+    )
+    blocks = [m for p in doc_files(REPO) for m in BLOCK.finditer(p.read_text())]
+    assert any(m.group(2) == "run" and m.group(3) == "main-job" for m in blocks)
+    assert any(m.group(2) == "table" for m in blocks)
+
+
+def test_relative_links_in_the_docs_resolve() -> None:
+    missing = []
+    for path in doc_files(REPO):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if "://" not in target and not (path.parent / target).exists():
+                missing.append(f"{path.relative_to(REPO)} -> {target}")
+    assert missing == []
+
+
+def _copy(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "docs", root / "docs")
+    shutil.copy(REPO / "README.md", root / "README.md")
+    shutil.copytree(REPO / "results", root / "results", ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    return root
+
+
+def test_a_planted_difference_fails_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _copy(tmp_path)
+    readme = root / "README.md"
+    text = readme.read_text()
+    block = next(m for m in BLOCK.finditer(text) if m.group(3) == "main-job")
+    planted = block.group(4).replace("kNN top-1 0.", "kNN top-1 9.", 1)
+    assert planted != block.group(4)
+    readme.write_text(text.replace(block.group(4), planted))
+    assert main(["docs", "--check", "--root", str(root)]) == 1
+    assert "README.md: block 'run main-job' differs from results/main-job" in capsys.readouterr().out
+    assert readme.read_text() != text  # --check changed nothing ...
+    assert main(["docs", "--root", str(root)]) == 0  # ... regenerating puts the records' figure back
+    assert readme.read_text() == text and update_docs(root, check=True) == []
+
+    # A record changed without regenerating the docs fails too.
+    metrics = root / "results" / "main-job" / "metrics.json"
+    values = json.loads(metrics.read_text())
+    values["linear_top1"] += 0.01
+    metrics.write_text(json.dumps(values))
+    assert [(d.file.name, d.name) for d in update_docs(root, check=True)] == [("README.md", "main-job")]
+
+
+def test_block_kinds_from_synthetic_records(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    run = root / "results" / "trials" / "budget-10"
+    run.mkdir(parents=True)
+    save_config(load_config(), run / "config.yaml")
+    summary = {"summary": True, "step": 390, "epochs": 2, "train_time_s": 600.0, "views_per_s": 300.0,
+               "final_loss": 4.5, "bf16": True}  # fmt: skip
+    (run / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
+    milestones = {"195": {"epoch": 1, "step": 195, "knn_top1": 0.45, "linear_top1": 0.47},
+                  "390": {"epoch": 2, "step": 390, "knn_top1": 0.5, "linear_top1": 0.52}}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps({"knn_top1": 0.5, "linear_top1": 0.52, "milestones": milestones}))
+    record_machine(run, "train", 600.0, steps=[0, 390], bf16=True)
+    (root / "docs").mkdir()
+    page = root / "docs" / "page.md"
+    page.write_text(
+        "# Trials\n\n<!-- results runs trials -->\nstale\n<!-- /results -->\n\n"
+        "<!-- results milestones trials/budget-10 -->\n<!-- /results -->\n"
+    )
+    assert len(update_docs(root)) == 2
+    text = page.read_text()
+    assert "| budget-10 | 50.0 | 52.0 | 390 | 10.0 |" in text and "| bf16 |" in text
+    assert "| 1 | 195 | 45.0 | 47.0 |" in text and "| 2 | 390 | 50.0 | 52.0 |" in text
+    assert update_docs(root, check=True) == []
+    page.write_text("<!-- results nosuch trials -->\n<!-- /results -->\n")
+    with pytest.raises(ConfigError, match="unknown results block kind 'nosuch'"):
+        update_docs(root, check=True)
+    page.write_text("<!-- results table missing-folder -->\n<!-- /results -->\n")
+    with pytest.raises(ConfigError, match="does not exist"):
+        update_docs(root, check=True)
