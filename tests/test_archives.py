@@ -133,8 +133,10 @@ def test_folder_link_leaving_the_folder_is_named_not_followed(
     secret = tmp_path / "secret.png"
     secret.write_bytes(_png_bytes())
     (root / "train" / "cat" / "leak.png").symlink_to(secret)
+    before = _snapshot(tmp_path)
     code, err = _pretrain(root, tmp_path / "run", capsys)
     assert code == 2 and "entry 'train/cat/leak.png' is a symbolic link to" in err and "outside the data folder" in err
+    assert err.count("\n") == 1 and {k: v for k, v in _snapshot(tmp_path).items() if "/run/" not in k} == before
     # A link that stays inside the folder is an ordinary file.
     (root / "train" / "cat" / "leak.png").unlink()
     (root / "train" / "cat" / "again.png").symlink_to(root / "train" / "cat" / "0000.png")
@@ -145,8 +147,10 @@ def test_folder_link_leaving_the_folder_is_named_not_followed(
 def test_folder_special_files_and_folder_links(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _folder_with(tmp_path)
     os.mkfifo(root / "train" / "cat" / "pipe.png")  # reading it would block forever
+    before = _snapshot(tmp_path)
     code, err = _pretrain(root, tmp_path / "run", capsys)
-    assert code == 2 and "'train/cat/pipe.png' is not a regular file" in err
+    assert code == 2 and "'train/cat/pipe.png' is not a regular file" in err and err.count("\n") == 1
+    assert {k: v for k, v in _snapshot(tmp_path).items() if "/run/" not in k} == before
     (root / "train" / "cat" / "pipe.png").unlink()
     (root / "train" / "dog" / "more").symlink_to(root / "train" / "cat", target_is_directory=True)
     code, err = _pretrain(root, tmp_path / "run2", capsys)

@@ -84,6 +84,17 @@ def test_sync_bn_on_cpu_is_a_clear_error(shared_folder: Path, tmp_path: Path) ->
         pretrain(cfg, out=tmp_path / "r", log=lambda s: None)
 
 
+def test_a_batch_of_one_per_process_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Barlow Twins, VICReg and BatchNorm need two images per process; four processes of a batch of 4 have one."""
+    import selfsup.pretraining as pretraining
+
+    monkeypatch.setattr(pretraining, "world_size", lambda: 4)
+    cfg = load_config(None, {"method.name": "barlow-twins", "train.batch_size": 4})
+    with pytest.raises(ConfigError, match="fewer than 2 images"):
+        pretraining._check_distributed(cfg, torch.device("cpu"))
+    pretraining._check_distributed(load_config(None, {"train.batch_size": 8}), torch.device("cpu"))
+
+
 @pytest.mark.slow
 def test_torchrun_pretrain_and_resume(shared_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -176,19 +176,24 @@ def _budget_run(shared_folder: Path, out: Path, minutes: float, **extra: Any) ->
     return {**json.loads((out / PLAN).read_text()), "summary": result.summary}
 
 
+def _plant_delay(monkeypatch: pytest.MonkeyPatch, module: Any, seconds: float) -> None:
+    """Make ``module.train_step`` sleep ``seconds`` before each step."""
+    real = module.train_step
+
+    def delayed(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "train_step", delayed)
+
+
 def test_time_budget_holds_when_steps_slow_down_after_the_plan(
     shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A planted slowdown: the steps get 0.5 s slower after the plan is measured."""
     import selfsup.train.loop as loop_module
 
-    real = loop_module.train_step
-
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.5)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop_module, "train_step", slow)  # the loop's steps, not the plan's timing
+    _plant_delay(monkeypatch, loop_module, 0.5)  # the loop's steps, not the plan's timing
     budget_s = 60 * 0.06
     run = _budget_run(shared_folder, tmp_path / "run", 0.06, **{"train.keep_checkpoints": 1000})
     assert run["total_steps"] * 0.5 > 2 * budget_s  # the first plan alone would overrun by more than 2x
@@ -223,13 +228,7 @@ def test_time_budget_uses_the_time_when_the_plan_was_measured_too_slow(
     """The other way round: the plan is timed while the machine is busy (a planted 0.5 s per step)."""
     import selfsup.train.step as step_module
 
-    real = step_module.train_step
-
-    def busy(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.5)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(step_module, "train_step", busy)  # what the plan times; the loop keeps its own
+    _plant_delay(monkeypatch, step_module, 0.5)  # what the plan times; the loop keeps its own
     budget_s = 60 * 0.06
     run = _budget_run(shared_folder, tmp_path / "run", 0.06)
     assert run["replans"] and run["replans"][-1]["total_steps"] > run["total_steps"]
