@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from selfsup.losses import (
     barlow_twins,
     dino,
+    dino_teacher_entropy,
     embedding_std,
     fixmatch_unlabeled,
     info_nce,
@@ -366,3 +367,19 @@ def test_contrastive_top1_signals() -> None:
     assert float(simclr_top1(z[:3], z[[1, 2, 0]])) == 0.0  # every twin is another image
     q = torch.eye(4)
     assert float(info_nce_top1(q, q, -q)) == 1.0 and float(info_nce_top1(q, -q, q)) == 0.0
+
+
+def test_dino_teacher_entropy_closed_forms() -> None:
+    k = 16
+    center = torch.zeros(k)
+    uniform = torch.zeros(5, k)  # equal logits: every target uniform, entropy log K
+    assert float(dino_teacher_entropy(uniform, center, 0.04)) == pytest.approx(1.0, abs=1e-6)
+    peaked = torch.zeros(5, k)
+    peaked[:, 3] = 10.0  # one logit far ahead at temperature 0.04: one-hot targets
+    assert float(dino_teacher_entropy(peaked, center, 0.04)) == pytest.approx(0.0, abs=1e-6)
+    # Centring removes what every sample shares: the same peaked outputs, centred on themselves, are uniform.
+    assert float(dino_teacher_entropy(peaked, peaked[0], 0.04)) == pytest.approx(1.0, abs=1e-6)
+    # Two equal logits ahead: entropy log 2.
+    two = torch.zeros(5, k)
+    two[:, :2] = 10.0
+    assert float(dino_teacher_entropy(two, center, 0.04)) == pytest.approx(math.log(2) / math.log(k), abs=1e-6)

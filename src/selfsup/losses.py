@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -357,6 +359,28 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     unit vectors give about ``1 / sqrt(D)`` (the BYOL and SimSiam papers' monitor).
     """
     return F.normalize(z.detach().float(), dim=1).std(0).mean()
+
+
+@torch.no_grad()
+def dino_teacher_entropy(teacher: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    """Mean entropy of DINO's teacher targets, as a fraction of its maximum ``log K``.
+
+    DINO's two ways to collapse show here (Caron et al. 2021, Figure 7): every target
+    uniform (sharpening too weak; the fraction goes to 1) or every target the same one-hot
+    (centring too weak; it goes to 0). A healthy run sits in between and falls as the
+    teacher sharpens.
+
+    Args:
+        teacher: (N, K) teacher outputs.
+        center: (K,) the centre subtracted before the softmax.
+        teacher_temp: The teacher temperature.
+
+    Returns:
+        Scalar in [0, 1].
+    """
+    log_q = F.log_softmax((teacher.float() - center) / teacher_temp, dim=1)
+    entropy = -(log_q.exp() * log_q).sum(1).mean()
+    return entropy / math.log(teacher.shape[1])
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import Config
 from ..ema import cosine_decay, ema_update, frozen_copy
-from ..losses import dino, embedding_std
+from ..losses import dino, dino_teacher_entropy, embedding_std
 from ..models import ProjectionHead, feature_dim
 from .base import Batch, Method
 from .common import build_encoder
@@ -95,9 +95,15 @@ class DINO(Method):
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_backbone(batch.views[: 2 * b]))  # the global crops
         loss = dino(student, list(teacher.split(b)), self.center, self.student_temp, temp)
+        entropy = dino_teacher_entropy(teacher, self.center, temp)  # the collapse signal, before the centre moves
         with torch.no_grad():  # the targets above used the old centre; nothing differentiates through it
             self.center.lerp_(teacher.float().mean(0), 1 - self.center_momentum)
-        return {"loss": loss, "embedding_std": embedding_std(student[0]), "teacher_temp": loss.new_tensor(temp)}
+        return {
+            "loss": loss,
+            "embedding_std": embedding_std(student[0]),
+            "teacher_temp": loss.new_tensor(temp),
+            "teacher_entropy": entropy,
+        }
 
     def after_optimizer_step(self, batch: Batch) -> None:
         """The teacher follows the student, its decay rising to 1 by a cosine."""
