@@ -537,3 +537,20 @@ def test_projection_heads_follow_the_model_section(name: str, shared_folder: Pat
         heads = [m for m in model.modules() if isinstance(m, ProjectionHead) and m.sizes[1:] == [24, 12]]
         has_bn = [any("BatchNorm" in type(x).__name__ for x in h) for h in heads]  # MoCo's is split BN
         assert heads and all(b == bn for b in has_bn), name
+
+
+def test_dino_head_norm_last_layer() -> None:
+    from selfsup.methods.dino import DINOHead
+
+    torch.manual_seed(0)
+    fixed, free = DINOHead([8, 16, 4], 32, norm_last=True), DINOHead([8, 16, 4], 32, norm_last=False)
+    x = torch.randn(6, 8)
+    assert fixed(x).abs().max() <= 1 + 1e-6  # unit-norm rows on unit-norm bottlenecks: cosines
+    for head, trainable in ((fixed, False), (free, True)):
+        magnitude = head.last.parametrizations.weight.original0
+        assert magnitude.requires_grad is trainable
+        before = magnitude.detach().clone()
+        opt = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=1.0)
+        head(x).pow(2).sum().backward()
+        opt.step()
+        assert torch.equal(magnitude.detach(), before) is not trainable

@@ -177,6 +177,9 @@ class MethodConfig:
     center_momentum: float = 0.9
     #: DINO: small crops (area 5-40 %, same resolution) seen by the student only, beside the two global crops.
     local_crops: int = 0
+    #: DINO: fix the norm of each output's weight vector at 1 (the paper's norm_last_layer);
+    #: false lets it grow, so the logits, bounded by 1 / temperature otherwise, can sharpen.
+    norm_last_layer: bool = True
 
 
 @dataclass

@@ -19,24 +19,26 @@ from .common import build_encoder
 class DINOHead(nn.Module):
     """MLP to a bottleneck, L2 normalisation, then a weight-normalised linear layer to K outputs.
 
-    The last layer's weight norm is fixed at 1 (the paper's ``norm_last_layer``), so only
-    its direction is learned.
+    With ``norm_last`` (the paper's ``norm_last_layer``) the last layer's weight norm is
+    fixed at 1, so only its direction is learned and every output lies in [-1, 1];
+    without it the norm starts at 1 and is learned too.
 
     Args:
         sizes: Input size, hidden sizes..., bottleneck size (an MLP with BatchNorm-free GELU
             in the paper; ReLU and BatchNorm here, as the other heads of selfsup).
         out_dim: K, the number of outputs ("prototypes").
         batch_norm: BatchNorm after the MLP's hidden layers (``model.head_bn``).
+        norm_last: Fix the last layer's weight norms at 1 (``method.norm_last_layer``).
     """
 
-    def __init__(self, sizes: list[int], out_dim: int, batch_norm: bool = True) -> None:
+    def __init__(self, sizes: list[int], out_dim: int, batch_norm: bool = True, norm_last: bool = True) -> None:
         super().__init__()
         self.mlp = ProjectionHead(sizes, batch_norm=batch_norm)
         last = nn.Linear(sizes[-1], out_dim, bias=False)
         self.last = nn.utils.parametrizations.weight_norm(last)
         magnitude = self.last.parametrizations.weight.original0
         magnitude.data.fill_(1.0)
-        magnitude.requires_grad_(False)
+        magnitude.requires_grad_(not norm_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in) -> (B, out_dim)."""
@@ -78,7 +80,8 @@ class DINO(Method):
     def from_config(cls, cfg: Config, num_classes: int) -> DINO:
         """Head ``[features, *model.head_dims]`` (the last size the bottleneck) to ``method.out_dim`` outputs."""
         backbone = build_encoder(cfg)
-        head = DINOHead([feature_dim(backbone), *cfg.model.head_dims], cfg.method.out_dim, cfg.model.head_bn)
+        sizes = [feature_dim(backbone), *cfg.model.head_dims]
+        head = DINOHead(sizes, cfg.method.out_dim, cfg.model.head_bn, cfg.method.norm_last_layer)
         return cls(backbone, head, cfg)
 
     def teacher_temperature(self, epoch: float) -> float:
