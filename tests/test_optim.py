@@ -103,3 +103,57 @@ def test_learning_rate_multipliers_by_parameter_name() -> None:
     # Without multipliers the groups are what they always were: weights, then biases.
     plain = build_optimizer(model, OptimConfig(name="sgd", lr=0.4, lr_scaling="none"), 64)
     assert [g["weight_decay"] for g in plain.param_groups] == [1e-6, 0.0]
+
+
+def _lrs(opt: torch.optim.Optimizer) -> dict[int, float]:
+    return {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+
+
+def test_fixed_groups_keep_their_peak_rate() -> None:
+    from selfsup.optim import set_lr
+
+    model = nn.ModuleDict({"backbone": nn.Linear(3, 4), "predictor": nn.Linear(4, 4)})
+    opt = build_optimizer(model, OptimConfig(name="sgd", lr=0.4, lr_scaling="none"), 64, fixed=("predictor.",))
+    # Weight decay still follows the parameter kind inside the held group.
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay[id(model["predictor"].weight)] == 1e-6 and decay[id(model["predictor"].bias)] == 0.0
+    set_lr(opt, 0.1)
+    lrs = _lrs(opt)
+    assert lrs[id(model["backbone"].weight)] == pytest.approx(0.1)
+    assert lrs[id(model["predictor"].weight)] == lrs[id(model["predictor"].bias)] == pytest.approx(0.4)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 4
+
+
+@pytest.mark.parametrize("method", ["simsiam", "byol"])
+def test_predictor_learning_rate_options(method: str) -> None:
+    from selfsup.config import Config
+    from selfsup.methods import build_method
+    from selfsup.optim import method_optimizer, set_lr
+
+    cfg = Config()
+    cfg.method.name, cfg.model.backbone = method, "preact_resnet8"
+    cfg.optim.name, cfg.optim.lr, cfg.optim.lr_scaling = "sgd", 0.2, "none"
+    model = build_method(cfg, 10)
+    pred, back = model.predictor.parameters().__next__(), model.backbone.parameters().__next__()
+    assert len(_lrs(method_optimizer(model, cfg))) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert set(_lrs(method_optimizer(model, cfg)).values()) == {0.2}  # the defaults change nothing
+    cfg.method.predictor_lr, cfg.method.predictor_fixed_lr = 10.0, True
+    opt = method_optimizer(model, cfg)
+    set_lr(opt, 0.05)  # the schedule has moved on; the predictor stays at 10 x the peak
+    assert _lrs(opt)[id(back)] == pytest.approx(0.05) and _lrs(opt)[id(pred)] == pytest.approx(2.0)
+    cfg.method.predictor_fixed_lr = False
+    opt = method_optimizer(model, cfg)
+    set_lr(opt, 0.05)
+    assert _lrs(opt)[id(pred)] == pytest.approx(0.5)
+
+
+def test_predictor_options_ignored_without_a_predictor() -> None:
+    from selfsup.config import Config
+    from selfsup.methods import build_method
+    from selfsup.optim import method_optimizer
+
+    cfg = Config()
+    cfg.model.backbone = "preact_resnet8"
+    cfg.method.predictor_lr, cfg.method.predictor_fixed_lr = 10.0, True
+    opt = method_optimizer(build_method(cfg, 10), cfg)  # SimCLR: one schedule for all
+    assert not any(g.get("fixed_lr") or g.get("lr_mult") for g in opt.param_groups)

@@ -159,6 +159,13 @@ class MethodConfig:
     bn_splits: int = 8
     #: BYOL, SimSiam: hidden size of the predictor MLP (BYOL: 4096; SimSiam: 512).
     predictor_hidden: int = 512
+    #: BYOL, SimSiam: the predictor's learning rate as a multiple of the others' (Tian et al.
+    #: 2021, "Understanding self-supervised learning dynamics without contrastive pairs",
+    #: find the predictor's relative rate decides how fast these methods start).
+    predictor_lr: float = 1.0
+    #: BYOL, SimSiam: keep the predictor at its peak learning rate, without warm-up or decay
+    #: (SimSiam's paper and code: "fix_pred_lr", slightly better in its Table).
+    predictor_fixed_lr: bool = False
     #: Barlow Twins: weight of the off-diagonal (redundancy) term (the paper: 5e-3).
     lambd: float = 0.005
     #: VICReg: weights of invariance, variance and covariance (the paper: 25, 25, 1).
@@ -667,6 +674,7 @@ def validate(cfg: Config) -> None:
     need(0 <= m.momentum < 1, "method.momentum", "must lie in [0, 1)")
     need(m.bn_splits > 0, "method.bn_splits", "must be a positive integer")
     need(m.predictor_hidden > 0 and m.out_dim > 0, "method.predictor_hidden", "and out_dim must be positive")
+    need(m.predictor_lr > 0, "method.predictor_lr", "must be positive")
     need(m.lambd >= 0, "method.lambd", "must not be negative")
     need(len(m.vicreg_weights) == 3 and min(m.vicreg_weights) >= 0, "method.vicreg_weights",
          "needs three weights, none negative")  # fmt: skip

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from .config import Config, OptimConfig
 
 
 class LARS(torch.optim.Optimizer):
@@ -114,6 +114,18 @@ def param_groups(model: nn.Module, weight_decay: float, lr_mult: dict[str, float
     return groups
 
 
+def _split_fixed(model: nn.Module, groups: list[dict], fixed: tuple[str, ...]) -> list[dict]:
+    """Each group split in two: the parameters named with a ``fixed`` prefix get ``fixed_lr``."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = []
+    for g in groups:
+        keep = [p for p in g["params"] if not names[id(p)].startswith(fixed)]
+        held = [p for p in g["params"] if names[id(p)].startswith(fixed)]
+        out += [{**g, "params": keep}] if keep else []
+        out += [{**g, "params": held, "fixed_lr": True}] if held else []
+    return out or groups
+
+
 def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
     """The peak learning rate: ``cfg.lr`` scaled by the batch size relative to 256."""
     if cfg.lr_scaling == "linear":
@@ -124,16 +136,23 @@ def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimConfig, batch_size: int, lr_mult: dict[str, float] | None = None
+    model: nn.Module,
+    cfg: OptimConfig,
+    batch_size: int,
+    lr_mult: dict[str, float] | None = None,
+    fixed: tuple[str, ...] = (),
 ) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` over ``model``'s trainable parameters.
 
     Weight decay never applies to biases and BatchNorm parameters; for LARS they are
     also excluded from the trust-ratio adaptation. ``lr_mult`` scales the learning rate
-    of parameters by name prefix (see :func:`param_groups`).
+    of parameters by name prefix (see :func:`param_groups`); parameters whose names start
+    with a prefix in ``fixed`` keep their peak learning rate (:func:`set_lr` leaves them).
     """
     lr = scaled_lr(cfg, batch_size)
     groups = param_groups(model, cfg.weight_decay, lr_mult)
+    if fixed:
+        groups = _split_fixed(model, groups, fixed)
     for g in groups:
         g["lr"] = lr * g.get("lr_mult", 1.0)
     if cfg.name == "lars":
@@ -147,6 +166,19 @@ def build_optimizer(
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def method_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The pretraining optimizer: ``cfg.optim`` over a method, its predictor per ``cfg.method``.
+
+    A method with a ``predictor`` (BYOL, SimSiam) gets ``method.predictor_lr`` times the
+    learning rate there, held at its peak when ``method.predictor_fixed_lr``.
+    """
+    m = cfg.method
+    has_predictor = isinstance(getattr(model, "predictor", None), nn.Module)
+    lr_mult = {"predictor.": m.predictor_lr} if has_predictor and m.predictor_lr != 1.0 else None
+    fixed = ("predictor.",) if has_predictor and m.predictor_fixed_lr else ()
+    return build_optimizer(model, cfg.optim, cfg.train.batch_size, lr_mult, fixed)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "cosine") -> float:
@@ -168,6 +200,10 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "c
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's learning rate (one schedule; a group's ``lr_mult`` scales it)."""
+    """Set every group's learning rate (one schedule; a group's ``lr_mult`` scales it).
+
+    Groups marked ``fixed_lr`` (see :func:`build_optimizer`) keep the rate they were built with.
+    """
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_mult", 1.0)
+        if not group.get("fixed_lr"):
+            group["lr"] = lr * group.get("lr_mult", 1.0)

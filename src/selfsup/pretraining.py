@@ -25,7 +25,7 @@ from .eval import evaluate_classifiers, evaluate_run
 from .eval.monitor import Monitor
 from .machine import note_commit, record_machine
 from .methods import Method, build_method, method_class
-from .optim import build_optimizer
+from .optim import method_optimizer
 from .rundir import (
     CHECKPOINTS,
     CONFIG,
@@ -169,7 +169,7 @@ def _train_and_evaluate(
         model.to(memory_format=torch.channels_last)
     if distributed and t.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, cfg.optim, t.batch_size)
+    optimizer = method_optimizer(model, cfg)
     state = TrainState(device)
     images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
     labels = torch.from_numpy(splits.train.labels).to(device)
@@ -236,7 +236,7 @@ def _plan(
     device = images.device
 
     def seconds_per_step() -> float:
-        twin, opt = throwaway(model, lambda m: build_optimizer(m, cfg.optim, t.batch_size))
+        twin, opt = throwaway(model, lambda m: method_optimizer(m, cfg))
         augment = view_augment(cfg, twin)
         rng = torch.get_rng_state()  # timing must not change what the run draws
 
