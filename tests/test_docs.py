@@ -86,7 +86,7 @@ def test_block_kinds_from_synthetic_records(tmp_path: Path) -> None:
     )
     assert len(update_docs(root)) == 2
     text = page.read_text()
-    assert "| budget-10 | 50.0 | 52.0 | 390 | 10.0 |" in text and "| bf16 |" in text
+    assert "| budget-10 | 50.0 | 52.0 | 4.500 | - | 390 | 10.0 |" in text and "| bf16 |" in text
     assert "| 1 | 195 | 45.0 | 47.0 |" in text and "| 2 | 390 | 50.0 | 52.0 |" in text
     assert update_docs(root, check=True) == []
     page.write_text("<!-- results nosuch trials -->\n<!-- /results -->\n")

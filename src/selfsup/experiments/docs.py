@@ -142,10 +142,17 @@ def render_milestones(folder: Path, root: Path) -> str:
 
 
 def render_runs(folder: Path, root: Path) -> str:
-    """The ``runs`` block: one row per run directly under ``folder``."""
+    """The ``runs`` block: one row per run directly under ``folder``.
+
+    Besides accuracy and cost, each row has the run's health: its final loss and the last
+    logged embedding std (the collapse signal).
+    """
     runs = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
-    head = "| run | kNN top-1 (%) | linear top-1 (%) | steps | training (min) | machine | precision |"
-    out = [head, "|---|---:|---:|---:|---:|---|---|"]
+    head = (
+        "| run | kNN top-1 (%) | linear top-1 (%) | final loss | embedding std | steps | training (min) "
+        "| machine | precision |"
+    )
+    out = [head, "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for run in runs:
         row = run_row(run)
         records = read_jsonl(run / METRICS_JSONL)
@@ -154,9 +161,13 @@ def render_runs(folder: Path, root: Path) -> str:
         def pct(key: str, row: dict[str, Any] = row) -> str:
             return f"{100 * row[key]:.1f}" if key in row else "-"
 
+        def num(key: str, digits: int, row: dict[str, Any] = row) -> str:
+            return f"{row[key]:.{digits}f}" if row.get(key) is not None else "-"
+
         minutes = f"{row['train_time_s'] / 60:.1f}" if row.get("train_time_s") is not None else "-"
         out.append(
-            f"| {run.name} | {pct('knn_top1')} | {pct('linear_top1')} | {summary.get('step', '-')} | {minutes} "
+            f"| {run.name} | {pct('knn_top1')} | {pct('linear_top1')} | {num('final_loss', 3)} "
+            f"| {num('embedding_std', 4)} | {summary.get('step', '-')} | {minutes} "
             f"| {row.get('machine', '-')} | {row.get('precision', '-')} |"
         )
     return "\n".join(out) + "\n"
