@@ -88,7 +88,9 @@ def _excluded(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr_mult: dict[str, float] | None = None) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_mult: dict[str, float] | None = None, fixed: tuple[str, ...] = ()
+) -> list[dict]:
     """Weights (decayed, LARS-adapted) and biases/BN (neither), per learning-rate multiplier.
 
     Args:
@@ -96,34 +98,27 @@ def param_groups(model: nn.Module, weight_decay: float, lr_mult: dict[str, float
         weight_decay: Of the weights.
         lr_mult: Parameter-name prefix -> multiplier of the learning rate (``set_lr``
             applies it), e.g. ``{"backbone.": 0.1}``; the rest get 1.
+        fixed: Parameter-name prefixes whose groups are marked ``fixed_lr`` (``set_lr``
+            leaves their rate as built).
     """
     mults = lr_mult or {}
-    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    buckets: dict[tuple[bool, float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             mult = next((m for prefix, m in mults.items() if name.startswith(prefix)), 1.0)
-            buckets.setdefault((_excluded(name, p), mult), []).append(p)
+            held = bool(fixed) and name.startswith(fixed)
+            buckets.setdefault((_excluded(name, p), mult, held), []).append(p)
     groups = []
-    for (excluded, mult), params in sorted(buckets.items(), key=lambda kv: kv[0]):
+    for (excluded, mult, held), params in sorted(buckets.items(), key=lambda kv: kv[0]):
         group = {"params": params, "weight_decay": 0.0 if excluded else weight_decay, "lars": not excluded}
         if mult != 1.0:
             group["lr_mult"] = mult
+        if held:
+            group["fixed_lr"] = True
         groups.append(group)
     if not groups:
         groups = [{"params": [], "weight_decay": weight_decay, "lars": True}]
     return groups
-
-
-def _split_fixed(model: nn.Module, groups: list[dict], fixed: tuple[str, ...]) -> list[dict]:
-    """Each group split in two: the parameters named with a ``fixed`` prefix get ``fixed_lr``."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    out = []
-    for g in groups:
-        keep = [p for p in g["params"] if not names[id(p)].startswith(fixed)]
-        held = [p for p in g["params"] if names[id(p)].startswith(fixed)]
-        out += [{**g, "params": keep}] if keep else []
-        out += [{**g, "params": held, "fixed_lr": True}] if held else []
-    return out or groups
 
 
 def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
@@ -150,9 +145,7 @@ def build_optimizer(
     with a prefix in ``fixed`` keep their peak learning rate (:func:`set_lr` leaves them).
     """
     lr = scaled_lr(cfg, batch_size)
-    groups = param_groups(model, cfg.weight_decay, lr_mult)
-    if fixed:
-        groups = _split_fixed(model, groups, fixed)
+    groups = param_groups(model, cfg.weight_decay, lr_mult, fixed)
     for g in groups:
         g["lr"] = lr * g.get("lr_mult", 1.0)
     if cfg.name == "lars":
