@@ -415,9 +415,10 @@ def report_sweep(sweep_dir: Path) -> Path:
     table = markdown_table(rows, axes, command).split("\n")
     head = [c.strip() for c in table[0].strip("|").split("|")]
     body_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:] if line.startswith("|")]
+    seeds = ((spec.get("scale") or {}).get(spec.get("use_scale")) or {}).get("seeds") or spec.get("seeds")
     body = [
         f"<p class='muted'>{html.escape(str(sweep_dir))}: {command} sweep over "
-        f"{html.escape(', '.join(axes))}, seeds {spec.get('seeds')}, scale {spec.get('use_scale') or 'full'}</p>",
+        f"{html.escape(', '.join(axes))}, seeds {seeds}, scale {spec.get('use_scale') or 'full'}</p>",
         "<h2>Results (mean ± std over seeds)</h2>",
         _table(head, body_rows),
     ]

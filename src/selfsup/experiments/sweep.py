@@ -15,6 +15,7 @@ A spec (YAML)::
     seeds: [0, 1]
     scale:                       # named size profiles, chosen with --scale NAME
       cpu: {train.epochs: 6, data.subset: 5000}
+      cpu50k: {train.epochs: 3, seeds: [0, 1, 2]}   # a profile may set its own seeds
     encoder:                     # finetune sweeps only: what to fine-tune, per seed
       base: ../quick.yaml
       overrides: {}
@@ -129,14 +130,24 @@ class SweepSpec:
         cfg = load_config(base if base is not None else self.base)
         merged = dict(self.overrides if overrides is None else overrides)
         if scale is not None:
-            merged.update({k: v for k, v in self.scale[scale].items() if k != "grid"})
+            merged.update({k: v for k, v in self.scale[scale].items() if k not in ("grid", "seeds")})
         merged.update(extra)
         return apply_overrides(cfg, merged, source=str(self.path)) if merged else cfg
+
+    def scaled_seeds(self, scale: str | None) -> list[int]:
+        """The seeds: the scale profile's own where it gives ``seeds``, else the spec's."""
+        return list((self.scale.get(scale) or {}).get("seeds") or self.seeds) if scale else self.seeds
 
     def scaled_axes(self, scale: str | None) -> list[Axis]:
         """The axes, with values replaced where the scale profile gives a ``grid``."""
         replaced = ((self.scale.get(scale) or {}).get("grid") or {}) if scale else {}
         return [_parse_axes({a.name: replaced[a.name]}, self.path)[0] if a.name in replaced else a for a in self.axes]
+
+
+def _check_seeds(seeds: Any, where: str) -> None:
+    integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not integers or not seeds:
+        raise ConfigError(f"{where}: seeds must be a non-empty list of integers")
 
 
 def _check_key(key: str, where: str) -> None:
@@ -187,6 +198,8 @@ def _check_scale(scale: dict[str, Any], axis_names: list[str], path: Path) -> No
                 for name in value or {}:
                     if name not in axis_names:
                         raise ConfigError(f"{path}: scale '{profile}' changes grid axis '{name}', which the grid lacks")
+            elif key == "seeds":  # ... or measure more (or fewer) seeds than the full setting
+                _check_seeds(value, f"{path}: scale '{profile}'")
             else:
                 _check_key(key, f"{path}: scale '{profile}'")
 
@@ -224,8 +237,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if "heatmap" in raw and raw["heatmap"] not in [a.name for a in axes]:
         raise ConfigError(f"{path}: heatmap must name a grid axis, got {raw['heatmap']!r}")
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
-        raise ConfigError(f"{path}: seeds must be a list of integers")
+    _check_seeds(seeds, str(path))
     encoder = raw.get("encoder")
     cell_commands = {sets.get("command", command) for a in axes for _, sets in a.values}
     if "finetune" in cell_commands and not encoder:
@@ -264,7 +276,7 @@ def grid_cells(axes: list[Axis], seeds: list[int], command: str, out: Path) -> l
 
 def cells(spec: SweepSpec, out: Path, scale: str | None = None) -> list[Cell]:
     """Every (grid point, seed) of the spec, with its run directory under ``out``."""
-    return grid_cells(spec.scaled_axes(scale), spec.seeds, spec.command, out)
+    return grid_cells(spec.scaled_axes(scale), spec.scaled_seeds(scale), spec.command, out)
 
 
 def recorded_cells(folder: Path) -> tuple[list[Cell], list[str]]:
@@ -275,9 +287,11 @@ def recorded_cells(folder: Path) -> tuple[list[Cell], list[str]]:
     where = folder / SPEC_FILE
     record = yaml.safe_load(where.read_text()) or {}
     axes = _parse_axes(record.get("grid"), where)
-    replaced = ((record.get("scale") or {}).get(record.get("use_scale")) or {}).get("grid") or {}
+    profile = (record.get("scale") or {}).get(record.get("use_scale")) or {}
+    replaced = profile.get("grid") or {}
     axes = [_parse_axes({a.name: replaced[a.name]}, where)[0] if a.name in replaced else a for a in axes]
-    return grid_cells(axes, record.get("seeds", [0]), record.get("command", "pretrain"), folder), [a.name for a in axes]
+    seeds = profile.get("seeds") or record.get("seeds", [0])
+    return grid_cells(axes, seeds, record.get("command", "pretrain"), folder), [a.name for a in axes]
 
 
 def table_command(raw: dict[str, Any]) -> str:
@@ -357,7 +371,7 @@ def run_sweep(
 
     configs = {c.dir: spec.config({**c.overrides, _seed_key(c.command): c.seed}, scale) for c in all_cells}
     if any(c.command == "finetune" for c in all_cells):  # the encoders' configs must load too
-        for seed in spec.seeds:
+        for seed in spec.scaled_seeds(scale):
             _encoder_config(spec, seed, scale)
     if plan:
         lines = _plan(spec_path, scale, out, all_cells, log)
@@ -444,7 +458,7 @@ def _cells_to_run(
             log(f"cell {c.dir.name}: config changed since its record ({describe(state.changes)}); running it again")
         if state.status != "done":
             todo.append(c)
-    encoders = {encoder_dir(folder, seed).name for seed in spec.seeds}
+    encoders = {encoder_dir(folder, seed).name for seed in spec.scaled_seeds(scale)}
     stale = stale_cells(folder, {c.dir.name for c in all_cells}, encoders)
     if stale:
         log(f"{len(stale)} run(s) in {folder} are not cells of this spec any more (kept, left out of the table): "
