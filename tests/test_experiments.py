@@ -20,7 +20,7 @@ from selfsup.errors import ConfigError, RunDirError
 from selfsup.experiments import load_spec, run_sweep
 from selfsup.experiments.report import make_report
 from selfsup.experiments.results import markdown_table, mean_std
-from selfsup.experiments.sweep import cells
+from selfsup.experiments.sweep import cells, recorded_cells
 
 
 def write_recipe(path: Path, data: Path, **extra: Any) -> Path:
@@ -241,6 +241,23 @@ def test_scale_profiles_change_axes(shared_folder: Path, tmp_path: Path) -> None
     assert len(cells(s, tmp_path)) == 4
 
 
+def test_scale_profile_sets_its_own_seeds(shared_folder: Path, tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path, shared_folder, scale={"noise": {"grid": {"method.temperature": [0.2]}, "seeds": [4, 5, 6]}}
+    )
+    s = load_spec(spec)
+    assert [c.dir.name for c in cells(s, tmp_path, "noise")] == [f"method.temperature=0.2,seed={k}" for k in (4, 5, 6)]
+    assert [c.seed for c in cells(s, tmp_path)] == [0, 1, 0, 1]  # the full setting keeps the spec's seeds
+    # The seeds are not a config key: the cell's config differs only in its own seed.
+    assert s.config({"train.seed": 5}, "noise").train.seed == 5
+    # A committed folder is read back with the profile's seeds (the docs generator's view).
+    run_sweep(spec, out=tmp_path / "sweep", scale="noise", plan=True, log=lambda s: None)
+    lines = (tmp_path / "sweep" / "plan.sh").read_text().splitlines()
+    assert len(lines) == 3 and all("--scale noise" in line for line in lines) and "seed=6" in lines[2]
+    recorded, axes = recorded_cells(tmp_path / "sweep")
+    assert axes == ["method.temperature"] and [c.seed for c in recorded] == [4, 5, 6]
+
+
 @pytest.mark.parametrize(
     "fields,message",
     [
@@ -249,7 +266,9 @@ def test_scale_profiles_change_axes(shared_folder: Path, tmp_path: Path) -> None
         ({"grid": {"method.temperature": []}}, "needs a non-empty list"),
         ({"base": "missing.yaml"}, "base recipe missing.yaml not found"),
         ({"command": "dance"}, "command must be one of"),
-        ({"seeds": "zero"}, "seeds must be a list of integers"),
+        ({"seeds": "zero"}, "seeds must be a non-empty list of integers"),
+        ({"seeds": []}, "seeds must be a non-empty list of integers"),
+        ({"scale": {"cpu": {"seeds": [0, "one"]}}}, "scale 'cpu': seeds must be a non-empty list"),
         ({"command": "finetune"}, "needs an encoder"),
         ({"scale": {"cpu": {"grid": {"train.epochs": [1]}}}}, "changes grid axis 'train.epochs'"),
     ],
