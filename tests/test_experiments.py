@@ -19,7 +19,7 @@ from conftest import REPO, subprocess_env, tiny_overrides
 from selfsup.errors import ConfigError, RunDirError
 from selfsup.experiments import load_spec, run_sweep
 from selfsup.experiments.report import make_report
-from selfsup.experiments.results import markdown_table, mean_std
+from selfsup.experiments.results import markdown_table, mean_std, noise
 from selfsup.experiments.sweep import cells, recorded_cells
 
 
@@ -58,7 +58,8 @@ def images_exist(report: Path) -> list[str]:
 
 
 def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, shared_folder)
+    reference = {"source": "paper kNN", "metric": "knn_top1", "values": {0.1: 61, 0.5: 66.5}}
+    spec = write_spec(tmp_path, shared_folder, reference=reference)
     lines: list[str] = []
     result = run_sweep(spec, out=tmp_path / "sweep", log=lines.append)
     assert len(result.rows) == 4 and all(r["status"] == "done" for r in result.rows)
@@ -80,10 +81,12 @@ def test_sweep_end_to_end_and_report(shared_folder: Path, tmp_path: Path) -> Non
     } <= set(rows[0])
     assert 0 < float(rows[0]["embedding_std"]) < 1  # SimCLR's logged spread, the collapse signal
     table = [line for line in result.table.splitlines() if line.startswith("|")]
-    assert result.table.splitlines()[-3].startswith("Best kNN top-1: ")  # what stands out of seed noise
+    assert result.table.splitlines()[-5].startswith("Best kNN top-1: ")  # what stands out of seed noise
+    assert result.table.splitlines()[-3].startswith("Seed noise (kNN top-1): std ")  # and how large it is
     assert result.table.splitlines()[-1].startswith("Measured ")  # the machine and date of the cells
-    assert table[0].startswith("| method.temperature | seeds | kNN top-1 (%) | linear top-1 (%)")
+    assert table[0].startswith("| method.temperature | seeds | kNN top-1 (%) | linear top-1 (%) | paper kNN (%) |")
     assert len(table) == 4 and all("±" in line for line in table[2:]) and "| 0.5 | 2 |" in table[3]
+    assert [line.split(" | ")[4] for line in table[2:]] == ["61", "66.5"]  # the published values beside ours
     assert (tmp_path / "sweep" / "table.md").read_text().strip() == result.table
     # Running it again redoes nothing.
     again = run_sweep(spec, out=tmp_path / "sweep", log=lines.append)
@@ -270,6 +273,10 @@ def test_scale_profile_sets_its_own_seeds(shared_folder: Path, tmp_path: Path) -
         ({"seeds": []}, "seeds must be a non-empty list of integers"),
         ({"scale": {"cpu": {"seeds": [0, "one"]}}}, "scale 'cpu': seeds must be a non-empty list"),
         ({"command": "finetune"}, "needs an encoder"),
+        ({"reference": {"metric": "knn_top1", "values": {0.3: 50}}}, "0.3 is not a value of grid axis"),
+        ({"reference": {"metric": "knn", "values": {0.1: 50}}}, "metric must be one of"),
+        ({"reference": {"metric": "knn_top1", "values": {0.1: 0.5e3}}}, "must be an accuracy in %"),
+        ({"reference": {"metric": "knn_top1"}}, "needs values"),
         ({"scale": {"cpu": {"grid": {"train.epochs": [1]}}}}, "changes grid axis 'train.epochs'"),
     ],
 )
@@ -316,6 +323,35 @@ def test_every_ablation_spec_loads() -> None:
         for scale in (None, "cpu"):
             for c in cells(s, Path("x"), scale):  # every cell's config is a valid one
                 s.config({**c.overrides, "train.seed": c.seed}, scale)
+
+
+def test_noise_line_pools_the_seed_variance() -> None:
+    rows = [
+        {"t": t, "seed": k, "status": "done", "knn_top1": v}
+        for t, vals in (("a", [0.50, 0.52]), ("b", [0.40, 0.46]), ("c", [0.3]))
+        for k, v in enumerate(vals)
+    ]
+    # std 1.41 and 4.24 points; pooled sqrt((2 + 18) / 2) = 3.16; the one-seed point is left out.
+    assert noise(rows, ["t"], "knn_top1") == (
+        "Seed noise (kNN top-1): std 1.4 to 4.2 points over 2 grid point(s), pooled 3.2; "
+        "a difference separates from it above about 6.3 points."
+    )
+    assert noise(rows[4:], ["t"], "knn_top1") == ""
+
+
+def test_reference_values_are_drawn_beside_ours(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from selfsup.experiments import report
+
+    groups = [{"t": t, "n": 2, "values": {"knn_top1": [0.4, 0.42]}} for t in ("0.1", "0.5")]
+    drawn: list[Any] = []
+    monkeypatch.setattr(report, "_save", lambda fig, folder, name: drawn.append(fig) or name)
+    ref = {"source": "seed 000", "metric": "knn_top1", "values": {0.07: 64, 0.5: 66}}
+    assert report._accuracy_plot(groups, ["t"], "knn_top1", tmp_path, ref) == "accuracy_knn_top1.png"
+    line = next(ln for ln in drawn[0].axes[0].get_lines() if ln.get_label() == "seed 000")
+    assert list(line.get_xdata()) == [0.07, 0.5] and list(line.get_ydata()) == [64, 66]
+    report._accuracy_plot(groups, ["t"], "linear_top1", tmp_path, ref)  # another metric: nothing drawn
+    report._accuracy_plot(groups, ["t"], "knn_top1", tmp_path, {**ref, "metric": "linear_top1"})
+    assert not any(ln.get_label() == "seed 000" for ln in drawn[-1].axes[0].get_lines())
 
 
 def test_markdown_table_statistics() -> None:

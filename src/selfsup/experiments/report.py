@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import RunDirError
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
-from .results import COLUMNS, aggregate, mean_std, read_csv
+from .results import COLUMNS, aggregate, mean_std, read_csv, reference_title
 from .sweep import SPEC_FILE, table_command
 
 FIGURES = "report"
@@ -273,7 +273,13 @@ def _numeric(labels: list[str]) -> list[float] | None:
         return None
 
 
-def _accuracy_plot(groups: list[dict[str, Any]], axes: list[str], metric: str, folder: Path) -> str | None:
+def _accuracy_plot(
+    groups: list[dict[str, Any]],
+    axes: list[str],
+    metric: str,
+    folder: Path,
+    reference: dict[str, Any] | None = None,
+) -> str | None:
     plt = _plt()
     first, rest = axes[0], axes[1:]
     series: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -290,6 +296,17 @@ def _accuracy_plot(groups: list[dict[str, Any]], axes: list[str], metric: str, f
         xs = [float(g[first]) for g in gs] if xs_num else [all_labels.index(g[first]) for g in gs]
         label = ", ".join(f"{a}={v}" for a, v in zip(rest, key, strict=True)) or None
         ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=4, label=label)
+    ref = reference if reference and reference.get("metric") == metric else None
+    if ref:  # the published table beside ours: same axis, so the gap in level shows too
+        points = [(str(k), float(v)) for k, v in ref["values"].items()]
+        if xs_num:
+            extra = [(float(k), v) for k, v in points]
+            xs_num = sorted(set(xs_num) | {x for x, _ in extra})
+            all_labels = [f"{x:g}" for x in xs_num]
+        else:
+            extra = [(all_labels.index(k), v) for k, v in points if k in all_labels]
+        extra.sort()
+        ax.plot([x for x, _ in extra], [v for _, v in extra], "s--", color="grey", label=reference_title(ref))
     if xs_num:
         if min(xs_num) > 0 and max(xs_num) / min(xs_num) >= 20:
             ax.set_xscale("log")
@@ -298,7 +315,7 @@ def _accuracy_plot(groups: list[dict[str, Any]], axes: list[str], metric: str, f
         ax.set_xticks(range(len(all_labels)), all_labels, rotation=20)
     name = metric.replace("_top1", " top-1").replace("_", " ")
     ax.set(xlabel=first, ylabel=f"{name} (%)", title=f"{name} against {first} (mean ± std over seeds)")
-    if rest:
+    if rest or ref:
         ax.legend(fontsize=8)
     return _save(fig, folder, f"accuracy_{metric}.png")
 
@@ -412,7 +429,7 @@ def report_sweep(sweep_dir: Path) -> Path:
     folder = sweep_dir / FIGURES
     groups = aggregate(rows, axes)
     command = table_command(spec)
-    table = markdown_table(rows, axes, command).split("\n")
+    table = markdown_table(rows, axes, command, spec.get("reference")).split("\n")
     head = [c.strip() for c in table[0].strip("|").split("|")]
     body_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:] if line.startswith("|")]
     seeds = ((spec.get("scale") or {}).get(spec.get("use_scale")) or {}).get("seeds") or spec.get("seeds")
@@ -422,7 +439,9 @@ def report_sweep(sweep_dir: Path) -> Path:
         "<h2>Results (mean ± std over seeds)</h2>",
         _table(head, body_rows),
     ]
-    plots = [_accuracy_plot(groups, axes, m, folder) for m in ("knn_top1", "linear_top1", "test_top1")]
+    plots = [
+        _accuracy_plot(groups, axes, m, folder, spec.get("reference")) for m in ("knn_top1", "linear_top1", "test_top1")
+    ]
     if spec.get("heatmap"):
         plots = [_heatmap(groups, spec["heatmap"], m, folder) for m in ("linear_top1", "knn_top1")] + plots
     plots += [_sweep_loss_plot(sweep_dir, rows, axes, folder), _time_plot(groups, axes, folder)]

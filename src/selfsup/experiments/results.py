@@ -183,20 +183,38 @@ def provenance(rows: list[dict[str, Any]]) -> str:
     return f"Measured {when} on {per_machine}; precision {', '.join(precisions) or 'unrecorded'}."
 
 
-def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "pretrain") -> str:
+def markdown_table(
+    rows: list[dict[str, Any]],
+    axes: list[str],
+    command: str = "pretrain",
+    reference: dict[str, Any] | None = None,
+) -> str:
     """Mean ± std over seeds of accuracy (%), final loss and wall time per grid point.
 
     Wall time is a column only when every finished cell ran on one machine: times from
     different machines do not average (accuracy does, for one precision). The table
-    ends with the significance line (:func:`separation`) and the machines line
-    (:func:`provenance`).
+    ends with the significance line (:func:`separation`), the seed-noise line
+    (:func:`noise`) and the machines line (:func:`provenance`).
+
+    Args:
+        rows: One per cell (:func:`collect`), 'missing' ones counted at the end.
+        axes: The grid's axis names, the first one the compared one.
+        command: Whose accuracy columns to show (see ``table_command``).
+        reference: A spec's ``reference`` (``source`` and ``values`` by first-axis
+            label, in %): the published table the sweep reproduces, as a column beside ours.
     """
     metrics = [("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)")]
     if command in ("semi", "finetune"):
         metrics = [("test_top1", "test top-1 (%)")] + (metrics if command == "finetune" else [])
     spread = any(r.get("embedding_std") is not None for r in rows)
     one_machine = len(machines(rows)) <= 1
-    head = [*axes, "seeds", *(name for _, name in metrics), "final loss"]
+    head = [*axes, "seeds", *(name for _, name in metrics)]
+    ref = {str(k): v for k, v in ((reference or {}).get("values") or {}).items()}
+    if not any(str(r.get(axes[0])) in ref for r in rows):  # a scale whose values the reference lacks
+        ref = {}
+    if ref:
+        head.append(f"{reference_title(reference or {})} (%)")
+    head.append("final loss")
     numbers = [("final_loss", "{:.3f} ± {:.3f}")]
     if one_machine:
         head.append("wall time (s)")
@@ -210,6 +228,8 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "
         for key, _ in metrics:
             vals = g["values"].get(key)
             cells.append("{:.1f} ± {:.1f}".format(*mean_std([100 * v for v in vals])) if vals else "-")
+        if ref:
+            cells.append(f"{ref[g[axes[0]]]:g}" if g[axes[0]] in ref else "-")
         for key, fmt in numbers:
             vals = g["values"].get(key)
             cells.append(fmt.format(*mean_std(vals)) if vals else "-")
@@ -217,6 +237,9 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "
     note = separation(rows, axes, metrics[0][0])
     if note:
         lines.append(f"\n{note}")
+    spread_line = noise(rows, axes, metrics[0][0])
+    if spread_line:
+        lines.append(f"\n{spread_line}")
     where = provenance(rows)
     if where:
         lines.append(f"\n{where}" + ("" if one_machine else " Wall times are not averaged across machines."))
@@ -224,6 +247,33 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], command: str = "
     if missing:
         lines.append(f"\n{missing} cell(s) not finished.")
     return "\n".join(lines)
+
+
+def reference_title(reference: dict[str, Any]) -> str:
+    """The column title of a spec's reference values: its ``source``, else 'reference'."""
+    return str(reference.get("source") or "reference")
+
+
+def noise(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
+    """One line: the seed noise of the table, its range over grid points and pooled over them.
+
+    The pooled standard deviation is the root of the mean variance over grid points
+    with at least two seeds; a difference of two means counts (:func:`separation`)
+    when it exceeds about twice that. '' when no grid point has two seeds.
+    """
+    stds = []
+    for g in aggregate(rows, axes):
+        vals = [100 * v for v in g["values"].get(metric, [])]
+        if len(vals) >= 2:
+            stds.append(mean_std(vals)[1])
+    if not stds:
+        return ""
+    pooled = math.sqrt(sum(s**2 for s in stds) / len(stds))
+    label = metric.replace("_top1", " top-1").replace("knn", "kNN").replace("_", " ")
+    return (
+        f"Seed noise ({label}): std {min(stds):.1f} to {max(stds):.1f} points over {len(stds)} grid point(s), "
+        f"pooled {pooled:.1f}; a difference separates from it above about {2 * pooled:.1f} points."
+    )
 
 
 def separation(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:

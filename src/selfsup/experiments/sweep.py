@@ -21,6 +21,10 @@ A spec (YAML)::
       overrides: {}
     heatmap: pair                # optional: an axis labelled "a" and "a+b", drawn by
                                  # `selfsup report` as a symmetric matrix (aug_pairs.yaml)
+    reference:                   # optional: the published table the sweep reproduces, by
+      source: seed 000 linear    # first-axis label (in %), a column beside ours in the
+      metric: linear_top1        # table and a line in `selfsup report`'s figure of metric
+      values: {0.01: 65, 0.5: 66}
 
 A labelled grid value may also set ``command`` (``{label: fixmatch, command: semi, ...}``):
 that cell runs as that command, so one spec can hold the rows of one table made by
@@ -73,7 +77,9 @@ _SPEC_KEYS = {
     "out",
     "description",
     "heatmap",
+    "reference",
 }
+REFERENCE_METRICS = ("knn_top1", "linear_top1", "test_top1")
 
 
 @dataclass
@@ -142,6 +148,21 @@ class SweepSpec:
         """The axes, with values replaced where the scale profile gives a ``grid``."""
         replaced = ((self.scale.get(scale) or {}).get("grid") or {}) if scale else {}
         return [_parse_axes({a.name: replaced[a.name]}, self.path)[0] if a.name in replaced else a for a in self.axes]
+
+
+def _check_reference(reference: Any, first: Axis, path: Path) -> None:
+    """A reference names its source and metric and gives numbers for labels of the first axis."""
+    where = f"{path}: reference"
+    if not isinstance(reference, dict) or not isinstance(reference.get("values"), dict) or not reference["values"]:
+        raise ConfigError(f"{where} needs values: a mapping of {first.name} values to accuracy (%)")
+    if reference.get("metric") not in REFERENCE_METRICS:
+        raise ConfigError(f"{where}: metric must be one of {', '.join(REFERENCE_METRICS)}")
+    labels = {label for label, _ in first.values}
+    for key, value in reference["values"].items():
+        if _label(key) not in labels:
+            raise ConfigError(f"{where}: {key!r} is not a value of grid axis '{first.name}'")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise ConfigError(f"{where}: the value for {key!r} must be an accuracy in % (0-100), got {value!r}")
 
 
 def _check_seeds(seeds: Any, where: str) -> None:
@@ -238,6 +259,8 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ConfigError(f"{path}: heatmap must name a grid axis, got {raw['heatmap']!r}")
     seeds = raw.get("seeds", [0])
     _check_seeds(seeds, str(path))
+    if "reference" in raw:
+        _check_reference(raw["reference"], axes[0], path)
     encoder = raw.get("encoder")
     cell_commands = {sets.get("command", command) for a in axes for _, sets in a.values}
     if "finetune" in cell_commands and not encoder:
@@ -410,7 +433,7 @@ def run_sweep(
             bar.close()
     rows = collect(spec, all_cells, {c.dir: record_config(spec, c, configs[c.dir], scale) for c in all_cells})
     write_csv(folder / "results.csv", rows, [a.name for a in spec.axes])
-    table = markdown_table(rows, [a.name for a in spec.axes], table_command(spec.raw))
+    table = markdown_table(rows, [a.name for a in spec.axes], table_command(spec.raw), spec.raw.get("reference"))
     write_atomic(folder / TABLE_FILE, (table + "\n").encode())
     log(table)
     return SweepResult(folder, rows, table)
