@@ -294,7 +294,7 @@ def _accuracy_plot(
     for key, gs in series.items():
         stats = [mean_std([100 * v for v in g["values"][metric]]) for g in gs]
         xs = [float(g[first]) for g in gs] if xs_num else [all_labels.index(g[first]) for g in gs]
-        label = ", ".join(f"{a}={v}" for a, v in zip(rest, key, strict=True)) or None
+        label = ", ".join(f"{a}={v}" for a, v in zip(rest, key, strict=True)) or ("selfsup" if reference else None)
         ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=4, label=label)
     ref = reference if reference and reference.get("metric") == metric else None
     if ref:  # the published table beside ours: same axis, so the gap in level shows too

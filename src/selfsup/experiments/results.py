@@ -258,8 +258,9 @@ def noise(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
     """One line: the seed noise of the table, its range over grid points and pooled over them.
 
     The pooled standard deviation is the root of the mean variance over grid points
-    with at least two seeds; a difference of two means counts (:func:`separation`)
-    when it exceeds about twice that. '' when no grid point has two seeds.
+    with at least two seeds: the table's typical noise, for choosing a scale. Whether a
+    given difference counts is :func:`separation`'s, which pools the two grid points
+    compared. '' when no grid point has two seeds.
     """
     stds = []
     for g in aggregate(rows, axes):
@@ -272,7 +273,7 @@ def noise(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
     label = metric.replace("_top1", " top-1").replace("knn", "kNN").replace("_", " ")
     return (
         f"Seed noise ({label}): std {min(stds):.1f} to {max(stds):.1f} points over {len(stds)} grid point(s), "
-        f"pooled {pooled:.1f}; a difference separates from it above about {2 * pooled:.1f} points."
+        f"pooled over all {pooled:.1f} (twice that: {2 * pooled:.1f} points; the line above pools each pair's own two)."
     )
 
 
