@@ -8,10 +8,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from conftest import REPO
 from selfsup.config import apply_overrides, load_config
+from selfsup.errors import ConfigError
 from selfsup.experiments import run_sweep
 from selfsup.experiments.records import config_changes, describe, resolved
 from selfsup.experiments.results import markdown_table, provenance
@@ -129,3 +131,47 @@ def test_committed_sweep_continues_in_a_clone_and_reruns_changed_cells(shared_fo
     assert (clone / out / "t=a,seed=0" / "metrics.json").read_bytes() == before
     saved = yaml.safe_load((clone / out / "t=b,seed=0" / "config.yaml").read_text())
     assert saved["method"]["temperature"] == 0.7
+
+
+def test_reuse_copies_cells_whose_config_another_sweep_finished(shared_folder: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    first.mkdir()
+    spec = _spec(first, shared_folder, 0.5)
+    run_sweep(spec, scale="small", out=first / "sweep", only="t=b,seed=0", log=lambda _m: None)
+    # A second sweep whose 'c' cells ask for exactly what the first sweep's 'b' cells ran.
+    second = tmp_path / "second"
+    second.mkdir()
+    write_recipe(second / "tiny.yaml", shared_folder)
+    grid = {"t": [{"label": "c", "method.temperature": 0.5}, {"label": "d", "method.temperature": 0.7}]}
+    (second / "spec.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "other",
+                "base": "tiny.yaml",
+                "grid": grid,
+                "seeds": [0, 1],
+                "scale": {"small": {"train.epochs": 1}},
+            }
+        )
+    )
+    lines: list[str] = []
+    kept = run_sweep(
+        second / "spec.yaml", scale="small", out=second / "sweep", only="t=c,seed=1", reuse=[first / "sweep"],
+        log=lines.append,
+    )  # fmt: skip
+    assert not any("copied" in line for line in lines)  # seed 1 of 'b' never ran: nothing to copy
+    assert [r["status"] for r in kept.rows] == ["missing", "done", "missing", "missing"]
+    lines.clear()
+    result = run_sweep(
+        second / "spec.yaml", scale="small", out=second / "sweep", only="t=c,seed=0", reuse=[first / "sweep"],
+        log=lines.append,
+    )  # fmt: skip
+    copied = [line for line in lines if "copied, not run again" in line]
+    assert len(copied) == 1 and copied[0].startswith("cell t=c,seed=0: the same config finished in ")
+    assert "0 to run" in " ".join(lines)  # nothing trained
+    source = first / "sweep" / "t=b,seed=0"
+    target = second / "sweep" / "t=c,seed=0"
+    assert (target / "metrics.json").read_bytes() == (source / "metrics.json").read_bytes()
+    assert not (target / ".lock").exists() and [r["status"] for r in result.rows][:2] == ["done", "done"]
+    with pytest.raises(ConfigError, match="--reuse .*nowhere: no such folder"):
+        run_sweep(second / "spec.yaml", scale="small", out=second / "sweep", reuse=[tmp_path / "nowhere"])

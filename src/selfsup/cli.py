@@ -162,6 +162,12 @@ def _add_sweep_parsers(sub: Any) -> None:
     s.add_argument("--plan", action="store_true", help="print one command per cell instead of running")
     s.add_argument("--cell", metavar="NAME", help="run only this cell (names as --plan prints them)")
     s.add_argument(
+        "--reuse",
+        metavar="DIR",
+        action="append",
+        help="another sweep folder: a cell with exactly the same config finished there is copied, not run (repeatable)",
+    )
+    s.add_argument(
         "--launcher",
         choices=["local", "ray"],
         default="local",
@@ -338,6 +344,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         cpus_per_cell=args.cpus_per_cell,
         gpus_per_cell=args.gpus_per_cell,
+        reuse=args.reuse,
     )
     if not args.plan:
         print(f"results: {result.dir / 'results.csv'}")

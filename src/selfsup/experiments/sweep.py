@@ -354,6 +354,7 @@ def run_sweep(
     ray_address: str | None = None,
     cpus_per_cell: float | None = None,
     gpus_per_cell: float | None = None,
+    reuse: list[str | Path] | None = None,
 ) -> SweepResult:
     """Run (or continue) every cell of a sweep, then write ``results.csv`` and the table.
 
@@ -370,6 +371,10 @@ def run_sweep(
         ray_address: The Ray cluster (default ``$RAY_ADDRESS``).
         cpus_per_cell: CPUs each Ray task asks for (default ``train.num_threads`` or 1).
         gpus_per_cell: GPUs each Ray task asks for (default 1 where the cluster has GPUs).
+        reuse: Other sweep folders whose finished cells may stand in for this sweep's: a
+            cell not yet run here is copied from the first run directory there whose
+            saved config is exactly the one this cell asks for (e.g. the base cell that
+            several tables share), instead of being trained again.
 
     Returns:
         The folder, the per-cell rows and the aggregated markdown table.
@@ -406,6 +411,8 @@ def run_sweep(
         if only not in names:
             raise ConfigError(f"no cell {only!r} in this sweep (see --plan for the names)")
         todo = [c for c in todo if c.dir.name == only]
+    if reuse:
+        todo = _adopt(spec, todo, configs, scale, [Path(r) for r in reuse], log)
     if launcher not in ("local", "ray"):
         raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
     log(f"sweep {spec.name}: {len(all_cells)} cells, {len(all_cells) - len(todo)} done, {len(todo)} to run -> {folder}")
@@ -487,6 +494,43 @@ def _cells_to_run(
         log(f"{len(stale)} run(s) in {folder} are not cells of this spec any more (kept, left out of the table): "
             + ", ".join(stale[:3]) + (" ..." if len(stale) > 3 else ""))  # fmt: skip
     return todo
+
+
+def _adopt(
+    spec: SweepSpec,
+    todo: list[Cell],
+    configs: dict[Path, Config],
+    scale: str | None,
+    folders: list[Path],
+    log: Callable[[str], None],
+) -> list[Cell]:
+    """Copy finished run directories with exactly a cell's config into this sweep; the cells still to run."""
+    import shutil
+
+    for folder in folders:
+        if not folder.is_dir():
+            raise ConfigError(f"--reuse {folder}: no such folder")
+    left = []
+    for c in todo:
+        if c.dir.exists() and any(c.dir.iterdir()):  # begun here: resume it, do not overwrite
+            left.append(c)
+            continue
+        wanted = record_config(spec, c, configs[c.dir], scale)
+        found = next(
+            (
+                run
+                for folder in folders
+                for run in sorted(p for p in folder.iterdir() if p.is_dir())
+                if cell_state(run, c.command, wanted).status == "done"
+            ),
+            None,
+        )
+        if found is None:
+            left.append(c)
+            continue
+        shutil.copytree(found, c.dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
+        log(f"cell {c.dir.name}: the same config finished in {found}; copied, not run again")
+    return left
 
 
 def _claim_folder(folder: Path, record: dict[str, Any]) -> None:
