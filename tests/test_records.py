@@ -168,7 +168,7 @@ def test_reuse_copies_cells_whose_config_another_sweep_finished(shared_folder: P
     )  # fmt: skip
     copied = [line for line in lines if "copied, not run again" in line]
     assert len(copied) == 1 and copied[0].startswith("cell t=c,seed=0: the same config finished in ")
-    assert "0 to run" in " ".join(lines)  # nothing trained
+    assert "4 cells, 2 done, 0 to run (--cell t=c,seed=0)" in " ".join(lines)  # nothing trained
     source = first / "sweep" / "t=b,seed=0"
     target = second / "sweep" / "t=c,seed=0"
     assert (target / "metrics.json").read_bytes() == (source / "metrics.json").read_bytes()

@@ -405,17 +405,23 @@ def run_sweep(
         lines = _plan(spec_path, scale, out, all_cells, log)
         write_atomic(folder / "plan.sh", ("\n".join(lines) + "\n").encode())
         return SweepResult(folder, [], "")
-    todo = _cells_to_run(spec, folder, all_cells, configs, scale, log)
+    unfinished = _cells_to_run(spec, folder, all_cells, configs, scale, log)
+    todo = unfinished
     if only is not None:
         names = [c.dir.name for c in all_cells]
         if only not in names:
             raise ConfigError(f"no cell {only!r} in this sweep (see --plan for the names)")
         todo = [c for c in todo if c.dir.name == only]
+    adopted = 0
     if reuse:
+        before = len(todo)
         todo = _adopt(spec, todo, configs, scale, [Path(r) for r in reuse], log)
+        adopted = before - len(todo)
     if launcher not in ("local", "ray"):
         raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
-    log(f"sweep {spec.name}: {len(all_cells)} cells, {len(all_cells) - len(todo)} done, {len(todo)} to run -> {folder}")
+    done = len(all_cells) - len(unfinished) + adopted
+    what = f"{len(todo)} to run" + (f" (--cell {only})" if only is not None else "")
+    log(f"sweep {spec.name}: {len(all_cells)} cells, {done} done, {what} -> {folder}")
     if launcher == "ray":
         from .ray_launcher import run_cells_on_ray
 
