@@ -333,8 +333,10 @@ def test_noise_line_pools_the_seed_variance() -> None:
     ]
     # std 1.41 and 4.24 points; pooled sqrt((2 + 18) / 2) = 3.16; the one-seed point is left out.
     assert noise(rows, ["t"], "knn_top1") == (
-        "Seed noise (kNN top-1): std 1.4 to 4.2 points over 2 grid point(s), pooled over all 3.2 "
-        "(twice that: 6.3 points; the line above pools each pair's own two)."
+        "Seed noise (kNN top-1): std 1.4 to 4.2 points over 2 grid points, pooled 3.2 (twice that: 6.3)."
+    )
+    assert (
+        noise(rows[:2], ["t"], "knn_top1") == "Seed noise (kNN top-1): std 1.4 points over 2 seeds (twice that: 2.8)."
     )
     assert noise(rows[4:], ["t"], "knn_top1") == ""
 

@@ -262,18 +262,21 @@ def noise(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
     given difference counts is :func:`separation`'s, which pools the two grid points
     compared. '' when no grid point has two seeds.
     """
-    stds = []
+    stds, seeds = [], []
     for g in aggregate(rows, axes):
         vals = [100 * v for v in g["values"].get(metric, [])]
         if len(vals) >= 2:
             stds.append(mean_std(vals)[1])
+            seeds.append(len(vals))
     if not stds:
         return ""
-    pooled = math.sqrt(sum(s**2 for s in stds) / len(stds))
     label = metric.replace("_top1", " top-1").replace("knn", "kNN").replace("_", " ")
+    if len(stds) == 1:
+        return f"Seed noise ({label}): std {stds[0]:.1f} points over {seeds[0]} seeds (twice that: {2 * stds[0]:.1f})."
+    pooled = math.sqrt(sum(s**2 for s in stds) / len(stds))
     return (
-        f"Seed noise ({label}): std {min(stds):.1f} to {max(stds):.1f} points over {len(stds)} grid point(s), "
-        f"pooled over all {pooled:.1f} (twice that: {2 * pooled:.1f} points; the line above pools each pair's own two)."
+        f"Seed noise ({label}): std {min(stds):.1f} to {max(stds):.1f} points over {len(stds)} grid points, "
+        f"pooled {pooled:.1f} (twice that: {2 * pooled:.1f})."
     )
 
 
