@@ -150,7 +150,13 @@ def _add_eval_parsers(sub: Any) -> None:
 
 
 def _add_sweep_parsers(sub: Any) -> None:
-    """``selfsup sweep``, ``selfsup report`` and ``selfsup export``."""
+    """``selfsup sweep``, ``selfsup report``, ``selfsup docs`` and ``selfsup export``."""
+    _add_sweep_parser(sub)
+    _add_report_parsers(sub)
+
+
+def _add_sweep_parser(sub: Any) -> None:
+    """``selfsup sweep``."""
     s = sub.add_parser(
         "sweep",
         help="run a grid of configs x seeds (resumable), write results.csv and a table",
@@ -178,6 +184,9 @@ def _add_sweep_parsers(sub: Any) -> None:
     s.add_argument("--gpus-per-cell", type=float, help="GPUs a Ray task asks for (default 1 if the cluster has GPUs)")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
 
+
+def _add_report_parsers(sub: Any) -> None:
+    """``selfsup report``, ``selfsup docs`` and ``selfsup export``."""
     r = sub.add_parser(
         "report",
         help="write report.html with plots for a run or a sweep",

@@ -405,23 +405,9 @@ def run_sweep(
         lines = _plan(spec_path, scale, out, all_cells, log)
         write_atomic(folder / "plan.sh", ("\n".join(lines) + "\n").encode())
         return SweepResult(folder, [], "")
-    unfinished = _cells_to_run(spec, folder, all_cells, configs, scale, log)
-    todo = unfinished
-    if only is not None:
-        names = [c.dir.name for c in all_cells]
-        if only not in names:
-            raise ConfigError(f"no cell {only!r} in this sweep (see --plan for the names)")
-        todo = [c for c in todo if c.dir.name == only]
-    adopted = 0
-    if reuse:
-        before = len(todo)
-        todo = _adopt(spec, todo, configs, scale, [Path(r) for r in reuse], log)
-        adopted = before - len(todo)
     if launcher not in ("local", "ray"):
         raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
-    done = len(all_cells) - len(unfinished) + adopted
-    what = f"{len(todo)} to run" + (f" (--cell {only})" if only is not None else "")
-    log(f"sweep {spec.name}: {len(all_cells)} cells, {done} done, {what} -> {folder}")
+    todo = _select(spec, folder, all_cells, configs, scale, only, reuse, log)
     if launcher == "ray":
         from .ray_launcher import run_cells_on_ray
 
@@ -499,6 +485,34 @@ def _cells_to_run(
     if stale:
         log(f"{len(stale)} run(s) in {folder} are not cells of this spec any more (kept, left out of the table): "
             + ", ".join(stale[:3]) + (" ..." if len(stale) > 3 else ""))  # fmt: skip
+    return todo
+
+
+def _select(
+    spec: SweepSpec,
+    folder: Path,
+    all_cells: list[Cell],
+    configs: dict[Path, Config],
+    scale: str | None,
+    only: str | None,
+    reuse: list[str | Path] | None,
+    log: Callable[[str], None],
+) -> list[Cell]:
+    """The cells to run now: unfinished ones (only ``only`` if given), less those copied from ``reuse``."""
+    unfinished = _cells_to_run(spec, folder, all_cells, configs, scale, log)
+    todo = unfinished
+    if only is not None:
+        if only not in [c.dir.name for c in all_cells]:
+            raise ConfigError(f"no cell {only!r} in this sweep (see --plan for the names)")
+        todo = [c for c in todo if c.dir.name == only]
+    adopted = 0
+    if reuse:
+        before = len(todo)
+        todo = _adopt(spec, todo, configs, scale, [Path(r) for r in reuse], log)
+        adopted = before - len(todo)
+    done = len(all_cells) - len(unfinished) + adopted
+    what = f"{len(todo)} to run" + (f" (--cell {only})" if only is not None else "")
+    log(f"sweep {spec.name}: {len(all_cells)} cells, {done} done, {what} -> {folder}")
     return todo
 
 
