@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import RunDirError
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
 from .results import COLUMNS, aggregate, mean_std, read_csv, reference_title
-from .sweep import SPEC_FILE, table_command
+from .sweep import SPEC_FILE, record_seeds, table_command
 
 FIGURES = "report"
 _STYLE = """
@@ -432,10 +432,9 @@ def report_sweep(sweep_dir: Path) -> Path:
     table = markdown_table(rows, axes, command, spec.get("reference")).split("\n")
     head = [c.strip() for c in table[0].strip("|").split("|")]
     body_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:] if line.startswith("|")]
-    seeds = ((spec.get("scale") or {}).get(spec.get("use_scale")) or {}).get("seeds") or spec.get("seeds")
     body = [
         f"<p class='muted'>{html.escape(str(sweep_dir))}: {command} sweep over "
-        f"{html.escape(', '.join(axes))}, seeds {seeds}, scale {spec.get('use_scale') or 'full'}</p>",
+        f"{html.escape(', '.join(axes))}, seeds {record_seeds(spec)}, scale {spec.get('use_scale') or 'full'}</p>",
         "<h2>Results (mean ± std over seeds)</h2>",
         _table(head, body_rows),
     ]

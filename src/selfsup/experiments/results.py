@@ -254,6 +254,11 @@ def reference_title(reference: dict[str, Any]) -> str:
     return str(reference.get("source") or "reference")
 
 
+def _metric_label(metric: str) -> str:
+    """'knn_top1' -> 'kNN top-1', as the table's lines name a metric."""
+    return metric.replace("_top1", " top-1").replace("knn", "kNN").replace("_", " ")
+
+
 def noise(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
     """One line: the seed noise of the table, its range over grid points and pooled over them.
 
@@ -270,7 +275,7 @@ def noise(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
             seeds.append(len(vals))
     if not stds:
         return ""
-    label = metric.replace("_top1", " top-1").replace("knn", "kNN").replace("_", " ")
+    label = _metric_label(metric)
     if len(stds) == 1:
         return f"Seed noise ({label}): std {stds[0]:.1f} points over {seeds[0]} seeds (twice that: {2 * stds[0]:.1f})."
     pooled = math.sqrt(sum(s**2 for s in stds) / len(stds))
@@ -296,7 +301,7 @@ def separation(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
         vals = [100 * v for v in g["values"].get(metric, [])]
         if len(vals) >= 2:
             by_rest.setdefault(tuple(f"{a}={g[a]}" for a in axes[1:]), []).append((str(g[axes[0]]), *mean_std(vals)))
-    label = metric.replace("_top1", " top-1").replace("knn", "kNN").replace("_", " ")
+    label = _metric_label(metric)
     notes = []
     for rest, stats in by_rest.items():
         if len(stats) < 2:

@@ -310,11 +310,15 @@ def recorded_cells(folder: Path) -> tuple[list[Cell], list[str]]:
     where = folder / SPEC_FILE
     record = yaml.safe_load(where.read_text()) or {}
     axes = _parse_axes(record.get("grid"), where)
-    profile = (record.get("scale") or {}).get(record.get("use_scale")) or {}
-    replaced = profile.get("grid") or {}
+    replaced = ((record.get("scale") or {}).get(record.get("use_scale")) or {}).get("grid") or {}
     axes = [_parse_axes({a.name: replaced[a.name]}, where)[0] if a.name in replaced else a for a in axes]
-    seeds = profile.get("seeds") or record.get("seeds", [0])
-    return grid_cells(axes, seeds, record.get("command", "pretrain"), folder), [a.name for a in axes]
+    return grid_cells(axes, record_seeds(record), record.get("command", "pretrain"), folder), [a.name for a in axes]
+
+
+def record_seeds(record: dict[str, Any]) -> list[int]:
+    """The seeds a sweep folder's ``sweep.yaml`` ran: its scale profile's own, else the spec's."""
+    profile = (record.get("scale") or {}).get(record.get("use_scale")) or {}
+    return list(profile.get("seeds") or record.get("seeds", [0]))
 
 
 def table_command(raw: dict[str, Any]) -> str:
