@@ -356,6 +356,22 @@ def test_reference_values_are_drawn_beside_ours(monkeypatch: pytest.MonkeyPatch,
     assert not any(ln.get_label() == "seed 000" for ln in drawn[-1].axes[0].get_lines())
 
 
+def test_time_plot_only_for_cells_of_one_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Wall times of two machines do not compare: no bars then, as the table drops its column."""
+    from selfsup.experiments import report
+
+    rows = [{"t": t, "seed": 0, "status": "done", "wall_time_s": 60.0, "machine": "Zen 3"} for t in ("a", "b")]
+    groups = [{"t": t, "n": 1, "values": {"wall_time_s": [60.0]}} for t in ("a", "b")]
+    drawn: list[Any] = []
+    monkeypatch.setattr(report, "_save", lambda fig, folder, name: drawn.append(fig) or name)
+    assert report._time_plot(rows, groups, ["t"], tmp_path) == "time.png"
+    assert drawn[0].axes[0].get_title().endswith("on Zen 3")
+    rows[1]["machine"] = "Zen 5"
+    assert report._time_plot(rows, groups, ["t"], tmp_path) is None
+    rows[1]["status"] = "missing"  # an unfinished cell's machine does not count
+    assert report._time_plot(rows, groups, ["t"], tmp_path) == "time.png"
+
+
 def test_markdown_table_statistics() -> None:
     rows = [
         {"t": "a", "seed": 0, "status": "done", "knn_top1": 0.50, "linear_top1": 0.60, "final_loss": 1.0},

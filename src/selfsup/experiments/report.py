@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import RunDirError
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
-from .results import COLUMNS, aggregate, mean_std, read_csv, reference_title
+from .results import COLUMNS, aggregate, machines, mean_std, read_csv, reference_title
 from .sweep import SPEC_FILE, record_seeds, table_command
 
 FIGURES = "report"
@@ -400,17 +400,20 @@ def _heatmap(groups: list[dict[str, Any]], axis: str, metric: str, folder: Path)
     return _save(fig, folder, f"heatmap_{metric}.png")
 
 
-def _time_plot(groups: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
+def _time_plot(rows: list[dict[str, Any]], groups: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
+    """Wall time per grid point; only when every finished cell ran on one machine (as the table's column)."""
     plt = _plt()
     gs = [g for g in groups if g["values"].get("wall_time_s")]
-    if not gs:
+    ran_on = machines(rows)
+    if not gs or len(ran_on) > 1:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     stats = [mean_std(g["values"]["wall_time_s"]) for g in gs]
     names = [",".join(str(g[a]) for a in axes) for g in gs]
     ax.bar(range(len(gs)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="C1")
     ax.set_xticks(range(len(gs)), names, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="wall time (s)", title="Time per run (training + evaluation)")
+    where = next(iter(ran_on), "unrecorded")
+    ax.set(ylabel="wall time (s)", title=f"Time per run (training + evaluation) on {where}")
     return _save(fig, folder, "time.png")
 
 
@@ -443,7 +446,7 @@ def report_sweep(sweep_dir: Path) -> Path:
     ]
     if spec.get("heatmap"):
         plots = [_heatmap(groups, spec["heatmap"], m, folder) for m in ("linear_top1", "knn_top1")] + plots
-    plots += [_sweep_loss_plot(sweep_dir, rows, axes, folder), _time_plot(groups, axes, folder)]
+    plots += [_sweep_loss_plot(sweep_dir, rows, axes, folder), _time_plot(rows, groups, axes, folder)]
     body += ["<h2>Plots</h2>"] + [_img(p, p) for p in plots if p]
     cols = ["cell", "seed", "status", *COLUMNS]
     body += ["<h2>Every run</h2>", _table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows])]
