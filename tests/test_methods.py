@@ -89,6 +89,26 @@ def test_checkpoint_and_resume(name: str, shared_folder: Path, tmp_path: Path) -
 # ---- EMA and split BatchNorm ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["byol", "simsiam"])
+def test_bn_per_view_keeps_each_view_in_its_own_batchnorm_batch(name: str, shared_folder: Path) -> None:
+    """With method.bn_per_view the first view's projections do not depend on the second view's images."""
+
+    def first_view_projection(apart: bool, second_view_seed: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_method(method_cfg(name, shared_folder, **{"method.bn_per_view": apart}), 3)
+        seen: list[torch.Tensor] = []
+        model.projector.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+        batch = fake_batch(model)
+        n = batch.views.shape[0] // 2
+        batch.views[n:] = torch.randn(batch.views[n:].shape, generator=torch.Generator().manual_seed(second_view_seed))
+        out = model.training_step(batch)
+        assert torch.isfinite(out["loss"])
+        return seen[0][:n]
+
+    assert torch.allclose(first_view_projection(True, 1), first_view_projection(True, 2))
+    assert not torch.allclose(first_view_projection(False, 1), first_view_projection(False, 2))
+
+
 def test_ema_update_arithmetic() -> None:
     src = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     tgt = frozen_copy(src)

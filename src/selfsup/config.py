@@ -166,6 +166,11 @@ class MethodConfig:
     #: BYOL, SimSiam: keep the predictor at its peak learning rate, without warm-up or decay
     #: (SimSiam's paper and code: "fix_pred_lr", slightly better in its Table).
     predictor_fixed_lr: bool = False
+    #: BYOL, SimSiam: pass each view through the networks on its own, so that BatchNorm
+    #: normalises each view over its own batch, as the papers' code does (BYOL's and
+    #: SimSiam's forward the two views separately); false: both views in one pass, BatchNorm
+    #: over all 2B of them (one larger batch, a little faster on a CPU).
+    bn_per_view: bool = False
     #: Barlow Twins: weight of the off-diagonal (redundancy) term (the paper: 5e-3).
     lambd: float = 0.005
     #: VICReg: weights of invariance, variance and covariance (the paper: 25, 25, 1).

@@ -9,7 +9,7 @@ from ..config import Config
 from ..ema import cosine_decay, ema_update, frozen_copy
 from ..losses import embedding_std, normalized_mse
 from .base import Batch, Method
-from .common import build_encoder, predictor_head, projection_head
+from .common import build_encoder, per_view, predictor_head, projection_head
 
 
 class BYOL(Method):
@@ -27,6 +27,7 @@ class BYOL(Method):
         projector: Online projection head.
         predictor: Maps projections to predictions of the target's projections.
         base_momentum: Target decay at the start (the paper: 0.996; CIFAR: 0.99).
+        bn_per_view: Pass each view through on its own (BatchNorm per view), as the paper's code.
     """
 
     # The paper's blur (1.0 / 0.1) is for 224-pixel ImageNet crops; CIFAR setups (solo-learn's
@@ -34,26 +35,36 @@ class BYOL(Method):
     # 'simclr'). Measured at one epoch (seed 0): kNN 36.7 % with the paper's blur, see byol.yaml.
     view_augment = ({"solarize_p": 0.0}, {"solarize_p": 0.2})
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module, base_momentum: float) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        predictor: nn.Module,
+        base_momentum: float,
+        bn_per_view: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone, self.projector, self.predictor = backbone, projector, predictor
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(projector)
         self.base_momentum = base_momentum
+        self.bn_per_view = bn_per_view
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> BYOL:
         """Projector per ``model.head_dims`` and ``model.head_bn``; predictor per ``method.predictor_hidden``."""
         backbone = build_encoder(cfg)
         projector = projection_head(cfg, backbone)
-        return cls(backbone, projector, predictor_head(cfg, projector.sizes[-1]), cfg.method.momentum)
+        predictor = predictor_head(cfg, projector.sizes[-1])
+        return cls(backbone, projector, predictor, cfg.method.momentum, cfg.method.bn_per_view)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``normalized_mse(p1, t2) + normalized_mse(p2, t1)``; logs the projections' spread."""
-        z = self.projector(self.backbone(batch.views))  # (2B, D): both views in one pass
-        p1, p2 = self.predictor(z).chunk(2)
+        apart = self.bn_per_view  # each view its own BatchNorm batch, or both in one pass
+        z = per_view(lambda x: self.projector(self.backbone(x)), batch.views, apart)  # (2B, D)
+        p1, p2 = per_view(self.predictor, z, apart).chunk(2)
         with torch.no_grad():
-            t1, t2 = self.target_projector(self.target_backbone(batch.views)).chunk(2)
+            t1, t2 = per_view(lambda x: self.target_projector(self.target_backbone(x)), batch.views, apart).chunk(2)
         loss = normalized_mse(p1, t2) + normalized_mse(p2, t1)
         return {"loss": loss, "embedding_std": embedding_std(z)}
 

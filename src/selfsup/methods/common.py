@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..config import Config
@@ -60,3 +62,15 @@ def predictor_head(cfg: Config, dim: int) -> ProjectionHead:
 def linear_classifier(backbone: nn.Module, num_classes: int) -> nn.Linear:
     """A linear layer from the backbone's features to ``num_classes`` logits."""
     return nn.Linear(feature_dim(backbone), num_classes)
+
+
+def per_view(fn: Callable[[torch.Tensor], torch.Tensor], views: torch.Tensor, separately: bool) -> torch.Tensor:
+    """``fn`` on both views stacked (2B, ...) in one call, or on each view's half on its own.
+
+    Separately, every BatchNorm inside ``fn`` normalises one view over its own B images
+    (the BYOL and SimSiam papers' code); in one call, over all 2B. The output is (2B, ...)
+    either way, the first view's rows first.
+    """
+    if not separately:
+        return fn(views)
+    return torch.cat([fn(v) for v in views.chunk(2)])

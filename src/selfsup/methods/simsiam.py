@@ -8,7 +8,7 @@ from torch import nn
 from ..config import Config
 from ..losses import embedding_std, negative_cosine
 from .base import Batch, Method
-from .common import build_encoder, predictor_head, projection_head
+from .common import build_encoder, per_view, predictor_head, projection_head
 
 
 class SimSiam(Method):
@@ -21,11 +21,15 @@ class SimSiam(Method):
         backbone: Encoder.
         projector: Projection MLP, ending in BatchNorm.
         predictor: Bottleneck MLP from projections to predictions.
+        bn_per_view: Pass each view through on its own (BatchNorm per view), as the paper's code.
     """
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module) -> None:
+    def __init__(
+        self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module, bn_per_view: bool = False
+    ) -> None:
         super().__init__()
         self.backbone, self.projector, self.predictor = backbone, projector, predictor
+        self.bn_per_view = bn_per_view
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> SimSiam:
@@ -35,12 +39,13 @@ class SimSiam(Method):
         out = head.sizes[-1]
         # The paper's projector: BN after every fc, the output fc included (no ReLU there).
         projector = nn.Sequential(head, nn.BatchNorm1d(out))
-        return cls(backbone, projector, predictor_head(cfg, out))
+        return cls(backbone, projector, predictor_head(cfg, out), cfg.method.bn_per_view)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Symmetric negative cosine of predictions against the other view's projections."""
-        z = self.projector(self.backbone(batch.views))  # (2B, D)
-        p1, p2 = self.predictor(z).chunk(2)
+        apart = self.bn_per_view  # each view its own BatchNorm batch, or both in one pass
+        z = per_view(lambda x: self.projector(self.backbone(x)), batch.views, apart)  # (2B, D)
+        p1, p2 = per_view(self.predictor, z, apart).chunk(2)
         z1, z2 = z.chunk(2)
         loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
         return {"loss": loss, "embedding_std": embedding_std(z1)}
