@@ -38,6 +38,9 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
     assert cfg.model.head_dims == [64, 32]
     assert apply_overrides(cfg, {"model.head_dims": "128,64"}).model.head_dims == [128, 64]
     assert apply_overrides(cfg, {"data.name": "123"}).data.name == "123"  # strings stay strings
+    # A value that is not YAML is its own string, not a parser traceback.
+    assert apply_overrides(cfg, {"model.init": "@encoder"}).model.init == "@encoder"
+    assert apply_overrides(cfg, {"model.init": "null"}).model.init is None
 
 
 def test_unknown_and_mistyped_keys_name_the_key_and_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import signal
 import subprocess
@@ -231,6 +232,53 @@ def test_one_table_from_fine_tuning_and_semi_supervised_cells(shared_folder: Pat
     bad["grid"]["row"][1]["command"] = "dance"
     spec.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="command must be one of"):
+        load_spec(spec)
+
+
+def test_semi_cell_started_from_the_sweeps_encoder(
+    shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from selfsup.methods import common
+
+    loaded: list[str] = []
+    real_load = common.load_backbone_weights
+    monkeypatch.setattr(common, "load_backbone_weights", lambda b, src: (loaded.append(str(src)), real_load(b, src)))
+    write_recipe(tmp_path / "tiny.yaml", shared_folder)
+    row = {"label": "from-encoder", "command": "semi", "method.name": "supervised", "model.init": "@encoder"}
+    raw = {
+        "name": "le",
+        "command": "finetune",
+        "base": "tiny.yaml",
+        "encoder": {"base": "tiny.yaml"},
+        "grid": {"row": [{**row, "semi.labels": 6, "semi.labeled_batch_size": 4}]},
+        "seeds": [0],
+    }
+    spec = tmp_path / "le.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "sweep"
+    result = run_sweep(spec, out=out, log=lambda s: None)
+    (cell,) = result.rows
+    assert cell["status"] == "done" and 0 <= cell["test_top1"] <= 1
+    encoder = out / "encoder,seed=0"
+    saved = yaml.safe_load((out / "row=from-encoder,seed=0" / "config.yaml").read_text())
+    assert saved["model"]["init"] == str(encoder)
+    # The cell's cost counts the encoder's pretraining.
+    enc_train = [r for r in map(json.loads, (encoder / "metrics.jsonl").read_text().splitlines()) if r.get("summary")]
+    assert cell["wall_time_s"] >= enc_train[-1]["train_time_s"] > 0
+    # It started from the encoder's weights (the sweep pretrained it first).
+    assert loaded == [str(encoder)]
+    # The record still answers the cell when the folder moves (another clone, another --out).
+    moved = tmp_path / "elsewhere" / "sweep"
+    shutil.copytree(out, moved)
+    messages: list[str] = []
+    again = run_sweep(spec, out=moved, log=messages.append)
+    assert again.rows[0]["status"] == "done" and any("1 done, 0 to run" in m for m in messages)
+    # A row that starts from the encoder needs the encoder: section.
+    del raw["encoder"]
+    spec.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="needs an encoder"):
         load_spec(spec)
 
 

@@ -555,7 +555,10 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "overr
         if section not in SECTIONS or key not in field_types(section):
             raise ConfigError(f"{source}: unknown config key '{dotted}'{_suggest(dotted, all_keys())}")
         if isinstance(value, str):
-            parsed = yaml.safe_load(value) if value.strip() else value
+            try:
+                parsed = yaml.safe_load(value) if value.strip() else value
+            except yaml.YAMLError:  # not YAML ('@encoder', 'a: b: c'): the string itself
+                parsed = value
             # Keep strings that YAML would turn into something else for str fields.
             value = value if field_types(section)[key] is str else parsed
         setattr(getattr(out, section), key, coerce(value, field_types(section)[key], f"{source} {dotted}"))

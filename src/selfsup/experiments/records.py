@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, flatten, resume_free_keys
+from ..config import Config, apply_overrides, flatten, resume_free_keys
 from ..errors import RunDirError
 from ..rundir import CONFIG, METRICS_JSON, load_run_config
 
@@ -96,10 +96,23 @@ def cell_state(run_dir: Path, command: str, wanted: Config) -> CellState:
         saved = load_run_config(run_dir)
     except RunDirError:
         return CellState("changed", {"config.yaml": ("unreadable", "the cell's config")})
-    changes = config_changes(saved, wanted)
+    changes = config_changes(_init_in_folder(saved, run_dir.parent), _init_in_folder(wanted, run_dir.parent))
     if changes:
         return CellState("changed", changes)
     return CellState("done" if cell_done(run_dir, command) else "partial", {})
+
+
+def _init_in_folder(cfg: Config, folder: Path) -> Config:
+    """``cfg`` with a ``model.init`` inside ``folder`` named by the run's name alone.
+
+    A sweep cell started from the sweep's own encoder saves that encoder's path, which
+    depends on where the folder was when it ran (``--out results/x`` or an absolute path,
+    another clone): the record still answers the cell wherever the folder is now.
+    """
+    init = cfg.model.init
+    if not init or Path(init).parent.name != folder.name:
+        return cfg
+    return apply_overrides(cfg, {"model.init": f"<sweep folder>/{Path(init).name}"})
 
 
 def has_checkpoint(run_dir: Path) -> bool:

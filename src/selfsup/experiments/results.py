@@ -103,6 +103,10 @@ def collect(spec: Any, cells: list[Any], configs: dict[Path, Any] | None = None)
                 encoder = run_row(encoder_dir(cell.dir.parent, cell.seed))
                 metrics = {**{k: v for k, v in encoder.items() if k != "eval_time_s"}, **metrics}
                 metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("eval_time_s") or 0)
+            elif configs is not None and configs[cell.dir].model.init == str(encoder_dir(cell.dir.parent, cell.seed)):
+                # started from the sweep's encoder: its cost includes the encoder's pretraining
+                encoder = run_row(encoder_dir(cell.dir.parent, cell.seed))
+                metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("wall_time_s") or 0)
             row.update(metrics)
         rows.append(row)
     return rows

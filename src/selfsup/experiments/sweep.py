@@ -16,8 +16,8 @@ A spec (YAML)::
     scale:                       # named size profiles, chosen with --scale NAME
       cpu: {train.epochs: 6, data.subset: 5000}
       cpu50k: {train.epochs: 3, seeds: [0, 1, 2]}   # a profile may set its own seeds
-    encoder:                     # finetune sweeps only: what to fine-tune, per seed
-      base: ../quick.yaml
+    encoder:                     # what finetune cells fine-tune, per seed, and what a
+      base: ../quick.yaml        # cell with model.init: "@encoder" starts from
       overrides: {}
     heatmap: pair                # optional: an axis labelled "a" and "a+b", drawn by
                                  # `selfsup report` as a symmetric matrix (aug_pairs.yaml)
@@ -29,6 +29,9 @@ A spec (YAML)::
 A labelled grid value may also set ``command`` (``{label: fixmatch, command: semi, ...}``):
 that cell runs as that command, so one spec can hold the rows of one table made by
 different commands (label_efficiency.yaml: fine-tuning and semi-supervised rows).
+A pretrain or semi cell that sets ``model.init: "@encoder"`` starts from the sweep's
+encoder for its seed (pretrained once, shared with the fine-tuning cells): FixMatch
+started from a SimCLR encoder beside FixMatch from scratch, in one table.
 
 Cells run one after another; a finished cell is skipped and an interrupted one resumes
 (from its own checkpoints), so a killed sweep is continued by running it again. A
@@ -63,6 +66,8 @@ from .records import cell_state, describe, has_checkpoint, stale_cells
 from .results import collect, encoder_dir, markdown_table, write_csv
 
 SPEC_FILE = "sweep.yaml"
+#: ``model.init`` value that means "this sweep's encoder for the cell's seed".
+SWEEP_ENCODER = "@encoder"
 TABLE_FILE = "table.md"
 COMMANDS = ("pretrain", "semi", "finetune")
 _SPEC_KEYS = {
@@ -265,6 +270,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     cell_commands = {sets.get("command", command) for a in axes for _, sets in a.values}
     if "finetune" in cell_commands and not encoder:
         raise ConfigError(f"{path}: a finetune sweep needs an encoder: section (base and overrides)")
+    inits = [overrides.get("model.init")] + [sets.get("model.init") for a in axes for _, sets in a.values]
+    if SWEEP_ENCODER in inits and not encoder:
+        raise ConfigError(f"{path}: model.init {SWEEP_ENCODER!r} needs an encoder: section (base and overrides)")
     spec = SweepSpec(
         name=str(raw.get("name", path.stem)),
         command=command,
@@ -402,7 +410,7 @@ def run_sweep(
     all_cells = cells(spec, folder, scale)
 
     configs = {c.dir: spec.config({**c.overrides, _seed_key(c.command): c.seed}, scale) for c in all_cells}
-    if any(c.command == "finetune" for c in all_cells):  # the encoders' configs must load too
+    if any(_uses_encoder(c, configs[c.dir]) for c in all_cells):  # the encoders' configs must load too
         for seed in spec.scaled_seeds(scale):
             _encoder_config(spec, seed, scale)
     if plan:
@@ -456,13 +464,27 @@ def run_cell(
         prepare_run_dir(cell.dir, resume=False, overwrite=True)
     if cell.command == "finetune":
         _run_finetune_cell(spec, cell, cfg, folder, scale, log)
-    else:
-        pretrain(cfg, out=cell.dir, resume=True, log=log)
+        return
+    if _uses_encoder(cell, cfg):
+        _ensure_encoder(spec, cell.seed, folder, scale, log)
+    pretrain(record_config(spec, cell, cfg, scale), out=cell.dir, resume=True, log=log)
+
+
+def _uses_encoder(cell: Cell, cfg: Config) -> bool:
+    """Whether a cell needs the sweep's encoder: it fine-tunes it, or starts from it (``model.init``)."""
+    return cell.command == "finetune" or cfg.model.init == SWEEP_ENCODER
 
 
 def record_config(spec: SweepSpec, cell: Cell, cfg: Config, scale: str | None) -> Config:
-    """The config a cell's record must hold: ``cfg``, or for a fine-tuning cell its encoder's plus ``finetune.*``."""
+    """The config a cell's record must hold.
+
+    ``cfg`` itself, with ``model.init: "@encoder"`` replaced by the path of the sweep's
+    encoder for the cell's seed; for a fine-tuning cell, its encoder's config plus
+    ``finetune.*``.
+    """
     if cell.command != "finetune":
+        if cfg.model.init == SWEEP_ENCODER:
+            return apply_overrides(cfg, {"model.init": str(encoder_dir(cell.dir.parent, cell.seed))})
         return cfg
     ft = {k: v for k, v in flatten(cfg).items() if k.startswith("finetune.")}
     return apply_overrides(_encoder_config(spec, cell.seed, scale), ft)
@@ -539,6 +561,9 @@ def _adopt(
         if c.dir.exists() and any(c.dir.iterdir()):  # begun here: resume it, do not overwrite
             left.append(c)
             continue
+        if configs[c.dir].model.init == SWEEP_ENCODER:  # another sweep's encoder is not this one's
+            left.append(c)
+            continue
         wanted = record_config(spec, c, configs[c.dir], scale)
         found = next(
             (
@@ -590,18 +615,14 @@ def _encoder_config(spec: SweepSpec, seed: int, scale: str | None) -> Config:
     return spec.config({"train.seed": seed}, scale, base=base, overrides=dict(enc.get("overrides") or {}))
 
 
-def _run_finetune_cell(
-    spec: SweepSpec, cell: Cell, cfg: Config, folder: Path, scale: str | None, log: Callable[[str], None]
-) -> None:
-    """Pretrain (or continue) the seed's encoder, fine-tune it as the cell says, record the cell."""
-    from ..eval.finetune import finetune
-    from ..machine import record_machine
+def _ensure_encoder(
+    spec: SweepSpec, seed: int, folder: Path, scale: str | None, log: Callable[[str], None]
+) -> tuple[Path, Config]:
+    """The seed's encoder, pretrained (or continued) until it is current and has its weights here."""
     from ..pretraining import pretrain
-    from ..rundir import update_metrics_json
-    from ..runtime import resolve_device
 
-    encoder = encoder_dir(folder, cell.seed)
-    enc_cfg = _encoder_config(spec, cell.seed, scale)
+    encoder = encoder_dir(folder, seed)
+    enc_cfg = _encoder_config(spec, seed, scale)
     state = cell_state(encoder, "pretrain", enc_cfg)
     if state.status == "changed":
         log(f"{encoder.name}: config changed since its record ({describe(state.changes)}); pretraining it again")
@@ -609,8 +630,21 @@ def _run_finetune_cell(
     elif state.status != "done":
         pretrain(enc_cfg, out=encoder, resume=True, log=log)
     elif not has_checkpoint(encoder):  # a committed record: the weights stayed on the machine that trained them
-        log(f"{encoder.name} has a record but no checkpoint here; pretraining it again to fine-tune it")
+        log(f"{encoder.name} has a record but no checkpoint here; pretraining it again to start from it")
         pretrain(enc_cfg, out=encoder, overwrite=True, log=log)
+    return encoder, enc_cfg
+
+
+def _run_finetune_cell(
+    spec: SweepSpec, cell: Cell, cfg: Config, folder: Path, scale: str | None, log: Callable[[str], None]
+) -> None:
+    """Pretrain (or continue) the seed's encoder, fine-tune it as the cell says, record the cell."""
+    from ..eval.finetune import finetune
+    from ..machine import record_machine
+    from ..rundir import update_metrics_json
+    from ..runtime import resolve_device
+
+    encoder, enc_cfg = _ensure_encoder(spec, cell.seed, folder, scale, log)
     ft = {k: v for k, v in flatten(cfg).items() if k.startswith("finetune.")}
     results = finetune(encoder, ft, log=log)
     (result,) = results.values()
