@@ -420,6 +420,34 @@ def test_time_plot_only_for_cells_of_one_machine(monkeypatch: pytest.MonkeyPatch
     assert report._time_plot(rows, groups, ["t"], tmp_path) == "time.png"
 
 
+def test_milestone_curves_against_minutes_or_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each cell's evaluated milestones: by training minutes on one machine, by step across machines."""
+    from selfsup.experiments import report
+
+    for cell, slow in (("t=a,seed=0", 1.0), ("t=b,seed=0", 2.0)):
+        d = tmp_path / cell
+        d.mkdir()
+        log = [{"step": s, "train_time_s": slow * 6 * s} for s in (10, 20, 30, 40)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        stones = {str(s): {"step": s, "knn_top1": 0.3 + s / 1000} for s in (20, 40)}
+        (d / "metrics.json").write_text(json.dumps({"milestones": stones}))
+    assert report.milestone_curve(tmp_path / "t=b,seed=0") == [(20, 32.0, 4.0), (40, 34.0, 8.0)]
+    rows = [{"cell": f"t={t},seed=0", "t": t, "seed": 0, "status": "done", "machine": "Zen 3"} for t in "ab"]
+    drawn: list[Any] = []
+    monkeypatch.setattr(report, "_save", lambda fig, folder, name: drawn.append(fig) or name)
+    assert report._milestone_plot(tmp_path, rows, ["t"], tmp_path) == "milestones.png"
+    ax = drawn[-1].axes[0]
+    assert ax.get_xlabel() == "training minutes on Zen 3"
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[2.0, 4.0], [4.0, 8.0]]
+    rows[1]["machine"] = "Zen 5"  # minutes of two machines do not compare: steps instead
+    report._milestone_plot(tmp_path, rows, ["t"], tmp_path)
+    ax = drawn[-1].axes[0]
+    assert ax.get_xlabel() == "step" and list(ax.get_lines()[1].get_xdata()) == [20, 40]
+    for r in rows:
+        (tmp_path / r["cell"] / "metrics.json").write_text("{}")
+    assert report._milestone_plot(tmp_path, rows, ["t"], tmp_path) is None
+
+
 def test_markdown_table_statistics() -> None:
     rows = [
         {"t": "a", "seed": 0, "status": "done", "knn_top1": 0.50, "linear_top1": 0.60, "final_loss": 1.0},

@@ -6,7 +6,9 @@ Writes ``DIR/report.html`` (no external resources) and the PNGs it shows in
 * A run: its metrics, loss, learning-rate and kNN-monitor curves, a t-SNE map of test
   features coloured by class, a grid of nearest-neighbour retrievals, its config.
 * A sweep: the results table (mean ± std over seeds), accuracy against the swept value
-  with error bars, loss curves of every cell, wall time per grid point, every cell's row.
+  with error bars, kNN of every cell's evaluated milestones against training minutes
+  (``selfsup eval CELL --milestones``), loss curves of every cell, wall time per grid
+  point, every cell's row.
 """
 
 from __future__ import annotations
@@ -417,6 +419,56 @@ def _time_plot(rows: list[dict[str, Any]], groups: list[dict[str, Any]], axes: l
     return _save(fig, folder, "time.png")
 
 
+def milestone_curve(run_dir: Path, metric: str = "knn_top1") -> list[tuple[int, float, float | None]]:
+    """A run's evaluated milestones (``selfsup eval RUN --milestones``) as (step, %, training minutes).
+
+    The minutes are interpolated from the run's step log (``train_time_s``); None where it
+    logged no time.
+    """
+    path = run_dir / METRICS_JSON
+    if not path.is_file():
+        return []
+    milestones = (json.loads(path.read_text()).get("milestones") or {}).values()
+    points = sorted((int(m["step"]), 100 * float(m[metric])) for m in milestones if m.get(metric) is not None)
+    log = [(r["step"], r["train_time_s"]) for r in read_jsonl(run_dir / METRICS_JSONL) if "train_time_s" in r]
+    if len(log) < 2:
+        return [(step, value, None) for step, value in points]
+    steps, seconds = zip(*sorted(log), strict=True)
+    return [(step, value, float(np.interp(step, steps, seconds)) / 60) for step, value in points]
+
+
+def _milestone_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
+    """The kNN top-1 of every cell's milestones against training minutes (one machine) or steps.
+
+    Equal-time comparisons (``--time-budget`` with milestones) and the epochs table from
+    one long run: one line per cell, one colour per grid point.
+    """
+    done = [r for r in rows if r.get("status") == "done"]
+    curves = {r["cell"]: milestone_curve(sweep_dir / r["cell"]) for r in done}
+    if not any(len(c) > 1 for c in curves.values()):
+        return None
+    ran_on = machines(rows)
+    by_time = len(ran_on) == 1 and all(t is not None for c in curves.values() for _, _, t in c)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    names = list(dict.fromkeys(",".join(str(r[a]) for a in axes) for r in done))
+    drawn = set()
+    for row in done:
+        curve = curves[row["cell"]]
+        if not curve:
+            continue
+        name = ",".join(str(row[a]) for a in axes)
+        xs = [t if by_time else step for step, _, t in curve]
+        label = name if name not in drawn else None
+        drawn.add(name)
+        ax.plot(xs, [v for _, v, _ in curve], "o-", ms=3, lw=1.2, color=f"C{names.index(name) % 10}", label=label)
+    where = next(iter(ran_on), "unrecorded")
+    xlabel = f"training minutes on {where}" if by_time else "step"
+    ax.set(xlabel=xlabel, ylabel="kNN top-1 (%)", title="kNN top-1 of each milestone (one line per seed)")
+    ax.legend(fontsize=7)
+    return _save(fig, folder, "milestones.png")
+
+
 def report_sweep(sweep_dir: Path) -> Path:
     """Write ``sweep_dir/report.html`` from its results.csv (see the module docstring)."""
     import yaml
@@ -446,7 +498,11 @@ def report_sweep(sweep_dir: Path) -> Path:
     ]
     if spec.get("heatmap"):
         plots = [_heatmap(groups, spec["heatmap"], m, folder) for m in ("linear_top1", "knn_top1")] + plots
-    plots += [_sweep_loss_plot(sweep_dir, rows, axes, folder), _time_plot(rows, groups, axes, folder)]
+    plots += [
+        _milestone_plot(sweep_dir, rows, axes, folder),
+        _sweep_loss_plot(sweep_dir, rows, axes, folder),
+        _time_plot(rows, groups, axes, folder),
+    ]
     body += ["<h2>Plots</h2>"] + [_img(p, p) for p in plots if p]
     cols = ["cell", "seed", "status", *COLUMNS]
     body += ["<h2>Every run</h2>", _table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows])]
