@@ -98,6 +98,14 @@ def test_evaluate_run(shared_folder: Path, tmp_path: Path) -> None:
     r = evaluate_run(out, random_init=True, log=lines.append)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["random_init"]["knn_top1"] == r["knn_top1"] and saved["knn_top1"] == m["knn_top1"]
+    # After the projection head: its output's width, stored beside the encoder's results.
+    h = evaluate_run(out, {"eval.linear_epochs": 2, "eval.knn_k": 5}, after_head=True, log=lines.append)
+    saved = json.loads((out / "metrics.json").read_text())
+    cfg = load_config(None, tiny_overrides(shared_folder))
+    assert h["feature_dim"] == cfg.model.head_dims[-1] != m["feature_dim"] and lines[-1].startswith("after the head")
+    assert saved["after_head"]["knn_top1"] == h["knn_top1"] and saved["knn_top1"] == m["knn_top1"]
+    with pytest.raises(ConfigError, match="after-head"):
+        evaluate_run(out, random_init=True, after_head=True)
     with pytest.raises(ConfigError, match=r"only eval\.\* settings can change at evaluation time, not train\.epochs"):
         evaluate_run(out, {"train.epochs": 3})
     with pytest.raises(RunDirError, match="does not exist"):

@@ -69,6 +69,20 @@ def test_two_steps_finite_loss_and_gradients_where_they_belong(name: str, shared
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
+def test_projection_head_of_the_self_supervised_methods(name: str, shared_folder: Path) -> None:
+    """What `selfsup eval --after-head` evaluates: the head that feeds the loss, trained with the encoder."""
+    model = build_method(method_cfg(name, shared_folder), 3)
+    head = model.projection_head()
+    if model.uses_labels:  # the few-label methods classify; they have no projection head
+        assert head is None
+        return
+    assert head is not None and any(p.requires_grad for p in head.parameters())  # DINO fixes one norm
+    model.eval()  # as evaluation runs it (MoCo's split BatchNorm needs whole sub-batches in training)
+    out = head(model.backbone(torch.randn(4, 3, 32, 32)))
+    assert out.shape[0] == 4 and out.ndim == 2
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_checkpoint_and_resume(name: str, shared_folder: Path, tmp_path: Path) -> None:
     cfg = method_cfg(name, shared_folder, **{"train.epochs": 2, "train.keep_checkpoints": 3})
     full = tmp_path / "full"

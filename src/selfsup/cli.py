@@ -126,6 +126,11 @@ def _add_eval_parsers(sub: Any) -> None:
         action="store_true",
         help="evaluate the same architecture at its random initialisation (a baseline)",
     )
+    e.add_argument(
+        "--after-head",
+        action="store_true",
+        help="evaluate the projection head's output instead of the encoder's (SimCLR's Figure 8)",
+    )
     which = e.add_mutually_exclusive_group()
     which.add_argument("--step", type=int, metavar="N", help="evaluate the checkpoint of training step N")
     which.add_argument(
@@ -336,7 +341,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"| {r['epoch']} | {r['step']} | " + " | ".join(f"{r[k]:.4f}" for k in accs) + " |")
         return 0
-    evaluate_run(args.run_dir, overrides, device=args.device, random_init=args.random_init, checkpoint=args.step)
+    evaluate_run(
+        args.run_dir,
+        overrides,
+        device=args.device,
+        random_init=args.random_init,
+        checkpoint=args.step,
+        after_head=args.after_head,
+    )
     return 0
 
 

@@ -17,9 +17,9 @@ from torch import nn
 from ..checkpoint import checkpoint_step, find_checkpoint, load_checkpoint, load_latest, milestone_paths
 from ..config import Config, EvalConfig, apply_section_overrides
 from ..data import DataSplits, load_data, with_subset
-from ..errors import RunDirError
+from ..errors import ConfigError, RunDirError
 from ..machine import record_machine
-from ..methods import build_method
+from ..methods import Method, build_method
 from ..rundir import load_run_config, locked, update_metrics_json
 from ..runtime import resolve_device, set_threads
 from .features import extract_features, feature_options
@@ -273,6 +273,7 @@ def evaluate_run(
     log: Callable[[str], None] = print,
     checkpoint: int | None = None,
     data: DataSplits | None = None,
+    after_head: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run's encoder and record the result in ``RUN_DIR/metrics.json``.
 
@@ -289,11 +290,20 @@ def evaluate_run(
         checkpoint: Evaluate the checkpoint of this step instead of the newest (its
             results go under ``steps`` in metrics.json, the run's own stay).
         data: The run's dataset, whole (pretraining hands over what it loaded).
+        after_head: Evaluate the output of the projection head instead of the encoder's
+            (SimCLR's Figure 8 / B.4: the layer before the head is the better
+            representation); stored under ``"after_head"``, the run's own results stay.
 
     Returns:
         ``knn_top1`` and ``linear_top1`` (fractions, on the full test split) and details.
+
+    Raises:
+        ConfigError: For ``after_head`` with ``random_init`` or ``checkpoint``, or a method
+            without a projection head.
     """
     run_dir = Path(run_dir)
+    if after_head and (random_init or checkpoint is not None):
+        raise ConfigError("--after-head evaluates a trained run's newest checkpoint (not --random-init or --step)")
     cfg = load_run_config(run_dir)
     cfg = apply_section_overrides(cfg, overrides, "eval", "at evaluation time")
     set_threads(cfg.train.num_threads)
@@ -304,6 +314,11 @@ def evaluate_run(
     splits = _load_splits(cfg, data)
     encoder = model.backbone  # type: ignore[union-attr]
     assert isinstance(encoder, nn.Module)
+    if after_head:
+        head = model.projection_head() if isinstance(model, Method) else None
+        if head is None:
+            raise ConfigError(f"method {cfg.method.name!r} of {run_dir} has no projection head to evaluate after")
+        encoder = nn.Sequential(encoder, head)
     options = feature_options(cfg, dev)
     result = evaluate_encoder(encoder, splits, cfg.eval, options, cfg.train.seed)
     result.update(
@@ -312,14 +327,16 @@ def evaluate_run(
         linear_protocol=f"{cfg.eval.linear_optimizer} lr={cfg.eval.linear_lr} "
         f"epochs={cfg.eval.linear_epochs} batch={cfg.eval.linear_batch_size}",
     )
-    if not random_init:
+    if not (random_init or after_head):
         result.update(classifier_accuracies(model, splits, options))
     if step is not None:
         result["checkpoint_step"] = step
-    log(result_line("random init" if random_init else "encoder", result))
+    log(result_line("random init" if random_init else "after the head" if after_head else "encoder", result))
     record_machine(run_dir, "eval-random-init" if random_init else "eval", result["eval_time_s"], dev, step=step)
     if random_init:
         update_metrics_json(run_dir, {"random_init": result})
+    elif after_head:
+        update_metrics_json(run_dir, {"after_head": result})
     elif checkpoint is not None:
         update_metrics_json(run_dir, {str(checkpoint): result}, section="steps")
     else:

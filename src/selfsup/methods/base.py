@@ -73,6 +73,18 @@ class Method(nn.Module):
         """Build the method (encoder, heads) from a config."""
         raise NotImplementedError
 
+    def projection_head(self) -> nn.Module | None:
+        """The head between the encoder and the loss (SimCLR's g), or None for a method without one.
+
+        The methods name it ``head`` (SimCLR, MoCo, DINO) or ``projector`` (BYOL, SimSiam,
+        Barlow Twins, VICReg); ``selfsup eval --after-head`` evaluates its output.
+        """
+        for name in ("head", "projector"):
+            module = getattr(self, name, None)
+            if isinstance(module, nn.Module):
+                return module
+        return None
+
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The loss (``"loss"``, a scalar) and any scalars worth logging (detached)."""
         raise NotImplementedError
