@@ -154,6 +154,9 @@ def test_milestone_checkpoints_are_kept_and_evaluated(
     assert [row.split("|")[1:3] for row in table[2:]] == [[" 2 ", " 12 "], [" 4 ", " 24 "]]
     saved = json.loads((out / "metrics.json").read_text())["milestones"]
     assert set(saved) == {"12", "24"} and saved["12"]["epoch"] == 2
+    # The run's report draws them against epochs.
+    assert main(["report", str(out), "--no-embedding"]) == 0
+    assert "milestones.png" in (out / "report.html").read_text() and (out / "report" / "milestones.png").is_file()
     # One checkpoint by its step; an unknown step names the ones there are.
     assert main(["eval", str(out), "--step", "12", "--eval.knn_k", "5", "--eval.linear_epochs", "1"]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"]["12"]["checkpoint_step"] == 12

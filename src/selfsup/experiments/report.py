@@ -3,7 +3,8 @@
 Writes ``DIR/report.html`` (no external resources) and the PNGs it shows in
 ``DIR/report/``.
 
-* A run: its metrics, loss, learning-rate and kNN-monitor curves, a t-SNE map of test
+* A run: its metrics, loss, learning-rate and kNN-monitor curves, accuracy of its
+  evaluated milestones against epochs, a t-SNE map of test
   features coloured by class, a grid of nearest-neighbour retrievals, its config.
 * A sweep: the results table (mean ± std over seeds), accuracy against the swept value
   with error bars, kNN of every cell's evaluated milestones against training minutes
@@ -224,6 +225,21 @@ def _augmentation(config: dict[str, Any], folder: Path) -> str | None:
     return "augmentation.png"
 
 
+def _run_milestones(metrics: dict[str, Any], folder: Path) -> str | None:
+    """Accuracy of a run's evaluated milestones against epochs (``selfsup eval RUN --milestones``)."""
+    rows = sorted((metrics.get("milestones") or {}).values(), key=lambda r: r["step"])
+    if len(rows) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for key in (k for k in rows[0] if k.endswith("top1")):
+        name = key.replace("knn", "kNN").replace("_top1", " top-1").replace("_", " ")
+        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], "o-", label=name)
+    ax.set(xlabel="epoch", ylabel="top-1 (%)", title="Accuracy of each milestone checkpoint")
+    ax.legend(fontsize=8)
+    return _save(fig, folder, "milestones.png")
+
+
 def report_run(run_dir: Path, samples: int = 2000, embedding: bool = True) -> Path:
     """Write ``run_dir/report.html`` (see the module docstring)."""
     import yaml
@@ -250,6 +266,9 @@ def report_run(run_dir: Path, samples: int = 2000, embedding: bool = True) -> Pa
     curves = _curves(records, folder)
     if curves:
         body += ["<h2>Training curves</h2>"] + [_img(n, n) for n in curves]
+    stones = _run_milestones(metrics, folder)
+    if stones:
+        body += ["<h2>Milestones</h2>", _img(stones, "accuracy of each milestone")]
     views = _augmentation(config, folder)
     if views:
         body += ["<h2>Augmentation</h2>", _img(views, "images and augmented views")]
