@@ -34,7 +34,7 @@ import yaml
 from ..errors import ConfigError
 from ..machine import read_machine
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl
-from .results import markdown_table, run_provenance, run_row
+from .results import markdown_table, milestone_rows, run_provenance, run_row
 
 BLOCK = re.compile(r"(<!-- results (\w+) ([\w.,=+/-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
 
@@ -130,7 +130,7 @@ def render_run(folder: Path, root: Path) -> str:
 def render_milestones(folder: Path, root: Path) -> str:
     """The ``milestones`` block: epoch, step, kNN and linear top-1 of every evaluated milestone."""
     metrics = json.loads((folder / METRICS_JSON).read_text())
-    rows = sorted(metrics.get("milestones", {}).values(), key=lambda r: r["step"])
+    rows = milestone_rows(metrics)
     if not rows:
         raise ConfigError(f"{folder}: no milestones evaluated (selfsup eval {folder} --milestones)")
     accs = [k for k in rows[0] if k.endswith("top1")]

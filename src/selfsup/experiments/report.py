@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import RunDirError
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
-from .results import COLUMNS, aggregate, machines, mean_std, read_csv, reference_title
+from .results import COLUMNS, aggregate, machines, mean_std, metric_label, milestone_rows, read_csv, reference_title
 from .sweep import SPEC_FILE, record_seeds, table_command
 
 FIGURES = "report"
@@ -227,14 +227,13 @@ def _augmentation(config: dict[str, Any], folder: Path) -> str | None:
 
 def _run_milestones(metrics: dict[str, Any], folder: Path) -> str | None:
     """Accuracy of a run's evaluated milestones against epochs (``selfsup eval RUN --milestones``)."""
-    rows = sorted((metrics.get("milestones") or {}).values(), key=lambda r: r["step"])
+    rows = milestone_rows(metrics)
     if len(rows) < 2:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for key in (k for k in rows[0] if k.endswith("top1")):
-        name = key.replace("knn", "kNN").replace("_top1", " top-1").replace("_", " ")
-        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], "o-", label=name)
+        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], "o-", label=metric_label(key))
     ax.set(xlabel="epoch", ylabel="top-1 (%)", title="Accuracy of each milestone checkpoint")
     ax.legend(fontsize=8)
     return _save(fig, folder, "milestones.png")
@@ -447,8 +446,8 @@ def milestone_curve(run_dir: Path, metric: str = "knn_top1") -> list[tuple[int, 
     path = run_dir / METRICS_JSON
     if not path.is_file():
         return []
-    milestones = (json.loads(path.read_text()).get("milestones") or {}).values()
-    points = sorted((int(m["step"]), 100 * float(m[metric])) for m in milestones if m.get(metric) is not None)
+    milestones = milestone_rows(json.loads(path.read_text()))
+    points = [(int(m["step"]), 100 * float(m[metric])) for m in milestones if m.get(metric) is not None]
     log = [(r["step"], r["train_time_s"]) for r in read_jsonl(run_dir / METRICS_JSONL) if "train_time_s" in r]
     if len(log) < 2:
         return [(step, value, None) for step, value in points]

@@ -99,13 +99,14 @@ def collect(spec: Any, cells: list[Any], configs: dict[Path, Any] | None = None)
         row["status"] = "done" if done else "missing"
         if done:
             metrics = run_row(cell.dir)
+            enc_dir = encoder_dir(cell.dir.parent, cell.seed)
             if cell.command == "finetune":  # the encoder's pretraining figures, the cell's test accuracy
-                encoder = run_row(encoder_dir(cell.dir.parent, cell.seed))
+                encoder = run_row(enc_dir)
                 metrics = {**{k: v for k, v in encoder.items() if k != "eval_time_s"}, **metrics}
                 metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("eval_time_s") or 0)
-            elif configs is not None and configs[cell.dir].model.init == str(encoder_dir(cell.dir.parent, cell.seed)):
+            elif configs is not None and configs[cell.dir].model.init == str(enc_dir):
                 # started from the sweep's encoder: its cost includes the encoder's pretraining
-                encoder = run_row(encoder_dir(cell.dir.parent, cell.seed))
+                encoder = run_row(enc_dir)
                 metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("wall_time_s") or 0)
             row.update(metrics)
         rows.append(row)
@@ -253,12 +254,17 @@ def markdown_table(
     return "\n".join(lines)
 
 
+def milestone_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The milestones evaluated into a run's metrics.json (``selfsup eval RUN --milestones``), oldest first."""
+    return sorted((metrics.get("milestones") or {}).values(), key=lambda r: r["step"])
+
+
 def reference_title(reference: dict[str, Any]) -> str:
     """The column title of a spec's reference values: its ``source``, else 'reference'."""
     return str(reference.get("source") or "reference")
 
 
-def _metric_label(metric: str) -> str:
+def metric_label(metric: str) -> str:
     """'knn_top1' -> 'kNN top-1', as the table's lines name a metric."""
     return metric.replace("_top1", " top-1").replace("knn", "kNN").replace("_", " ")
 
@@ -279,7 +285,7 @@ def noise(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
             seeds.append(len(vals))
     if not stds:
         return ""
-    label = _metric_label(metric)
+    label = metric_label(metric)
     if len(stds) == 1:
         return f"Seed noise ({label}): std {stds[0]:.1f} points over {seeds[0]} seeds (twice that: {2 * stds[0]:.1f})."
     pooled = math.sqrt(sum(s**2 for s in stds) / len(stds))
@@ -305,7 +311,7 @@ def separation(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
         vals = [100 * v for v in g["values"].get(metric, [])]
         if len(vals) >= 2:
             by_rest.setdefault(tuple(f"{a}={g[a]}" for a in axes[1:]), []).append((str(g[axes[0]]), *mean_std(vals)))
-    label = _metric_label(metric)
+    label = metric_label(metric)
     notes = []
     for rest, stats in by_rest.items():
         if len(stats) < 2:

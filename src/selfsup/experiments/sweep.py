@@ -460,14 +460,15 @@ def run_cell(
     from ..pretraining import pretrain
     from ..rundir import prepare_run_dir
 
-    if cell_state(cell.dir, cell.command, record_config(spec, cell, cfg, scale)).status == "changed":
+    wanted = record_config(spec, cell, cfg, scale)
+    if cell_state(cell.dir, cell.command, wanted).status == "changed":
         prepare_run_dir(cell.dir, resume=False, overwrite=True)
     if cell.command == "finetune":
         _run_finetune_cell(spec, cell, cfg, folder, scale, log)
         return
     if _uses_encoder(cell, cfg):
         _ensure_encoder(spec, cell.seed, folder, scale, log)
-    pretrain(record_config(spec, cell, cfg, scale), out=cell.dir, resume=True, log=log)
+    pretrain(wanted, out=cell.dir, resume=True, log=log)
 
 
 def _uses_encoder(cell: Cell, cfg: Config) -> bool:
