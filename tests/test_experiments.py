@@ -519,6 +519,43 @@ def test_pair_heatmap_is_symmetric_and_the_spec_names_its_axis(tmp_path: Path) -
         run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
 
 
+def test_x_axis_puts_a_later_axis_on_x_with_a_line_per_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """optimizer.yaml's figure: batch size on x, one line per optimizer (the grid's first axis)."""
+    from selfsup.experiments import report
+    from selfsup.experiments.results import write_csv
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    grid = {"optimizer": ["LARS", "Adam"], "train.batch_size": [64, 256]}
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump({"name": "o", "grid": grid, "x_axis": "train.batch_size"}))
+    rows = [
+        {
+            "cell": f"optimizer={o},train.batch_size={b},seed=0",
+            "optimizer": o,
+            "train.batch_size": b,
+            "seed": 0,
+            "status": "done",
+            "knn_top1": 0.4 + b / 10000 + (o == "LARS") / 100,
+        }
+        for o in ("LARS", "Adam")
+        for b in (64, 256)
+    ]
+    write_csv(sweep / "results.csv", rows, list(grid))
+    drawn: list[Any] = []
+    monkeypatch.setattr(report, "_save", lambda fig, folder, name: drawn.append(fig) or name)
+    report.report_sweep(sweep)
+    ax = next(f.axes[0] for f in drawn if f.axes[0].get_xlabel() == "train.batch_size")
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["optimizer=Adam", "optimizer=LARS"]
+    spec = write_spec(tmp_path, tmp_path, x_axis="optim.lr")
+    with pytest.raises(ConfigError, match="x_axis must name a grid axis"):
+        run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
+    grid2 = {"method.temperature": [0.1, 0.5], "train.batch_size": [64, 128]}
+    reference = {"source": "paper", "metric": "knn_top1", "values": {0.1: 61}}
+    spec = write_spec(tmp_path, tmp_path, grid=grid2, x_axis="train.batch_size", reference=reference)
+    with pytest.raises(ConfigError, match="first grid axis when the spec has a reference"):
+        run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
+
+
 def test_separation_names_what_stands_out_of_seed_noise() -> None:
     from selfsup.experiments.results import separation
 

@@ -511,8 +511,11 @@ def report_sweep(sweep_dir: Path) -> Path:
         "<h2>Results (mean ± std over seeds)</h2>",
         _table(head, body_rows),
     ]
+    x = spec.get("x_axis") or axes[0]
+    plot_axes = [x] + [a for a in axes if a != x]  # the x axis first, a line per value of the rest
     plots = [
-        _accuracy_plot(groups, axes, m, folder, spec.get("reference")) for m in ("knn_top1", "linear_top1", "test_top1")
+        _accuracy_plot(groups, plot_axes, m, folder, spec.get("reference"))
+        for m in ("knn_top1", "linear_top1", "test_top1")
     ]
     if spec.get("heatmap"):
         plots = [_heatmap(groups, spec["heatmap"], m, folder) for m in ("linear_top1", "knn_top1")] + plots

@@ -21,6 +21,9 @@ A spec (YAML)::
       overrides: {}
     heatmap: pair                # optional: an axis labelled "a" and "a+b", drawn by
                                  # `selfsup report` as a symmetric matrix (aug_pairs.yaml)
+    x_axis: train.batch_size     # optional: the axis `selfsup report`'s accuracy figures
+                                 # put on x, one line per value of the others (default:
+                                 # the first; optimizer.yaml: batch on x, a line per optimizer)
     reference:                   # optional: the published table the sweep reproduces, by
       source: seed 000 linear    # first-axis label (in %), a column beside ours in the
       metric: linear_top1        # table and a line in `selfsup report`'s figure of metric
@@ -82,6 +85,7 @@ _SPEC_KEYS = {
     "out",
     "description",
     "heatmap",
+    "x_axis",
     "reference",
 }
 REFERENCE_METRICS = ("knn_top1", "linear_top1", "test_top1")
@@ -262,6 +266,11 @@ def load_spec(path: str | Path) -> SweepSpec:
     _check_scale(scale, [a.name for a in axes], path)
     if "heatmap" in raw and raw["heatmap"] not in [a.name for a in axes]:
         raise ConfigError(f"{path}: heatmap must name a grid axis, got {raw['heatmap']!r}")
+    if "x_axis" in raw:
+        if raw["x_axis"] not in [a.name for a in axes]:
+            raise ConfigError(f"{path}: x_axis must name a grid axis, got {raw['x_axis']!r}")
+        if "reference" in raw and raw["x_axis"] != axes[0].name:  # reference values are by the first axis
+            raise ConfigError(f"{path}: x_axis must be the first grid axis when the spec has a reference")
     seeds = raw.get("seeds", [0])
     _check_seeds(seeds, str(path))
     if "reference" in raw:
