@@ -7,6 +7,8 @@ whichever pipeline ran first. See ``pipelines.py`` for what each pipeline is.
 
     python benchmarks/pretrain_throughput.py                    # all pipelines, 3 rounds
     python benchmarks/pretrain_throughput.py --pipelines bare,selfsup --rounds 5
+    python benchmarks/pretrain_throughput.py --pipelines bare,selfsup \
+        --configs configs/quick.yaml,configs/seed000_simclr.yaml   # two recipes, in turns
 
 Prints one JSON line per measurement, then a table of medians with ratios to ``bare``.
 The same run measures the machine's matrix-product peak (``--peak``: square matmuls in
@@ -40,7 +42,7 @@ def matmul_peak(args: argparse.Namespace) -> dict[str, Any]:
 
     from pipelines import selfsup_model, setup
 
-    ctx = setup(args.backbone, args.batch, args.precision, args.device, args.threads)
+    ctx = setup(args.backbone, args.batch, args.precision, args.device, args.threads, args.config)
     dtype = torch.bfloat16 if ctx.bf16 else torch.float32
     best, n = 0.0, args.peak_size
     a = torch.randn(n, n, device=ctx.device, dtype=dtype)
@@ -76,13 +78,29 @@ def matmul_peak(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_labels(pipelines: list[str], configs: list[str]) -> list[tuple[str, str | None, str]]:
+    """(pipeline, recipe, label) for every measurement of a round, pipelines within each recipe.
+
+    One recipe (or none: the quick recipe) labels rows by pipeline alone; several add the
+    recipe's file name (``bare@seed000_simclr``), each compared with its own bare step.
+    """
+    if not configs:
+        return [(p, None, p) for p in pipelines]
+    if len(configs) == 1:
+        return [(p, configs[0], p) for p in pipelines]
+    stems = [os.path.splitext(os.path.basename(c))[0] for c in configs]
+    if len(set(stems)) < len(stems):
+        raise SystemExit(f"--configs: two recipes share a file name: {configs}")
+    return [(p, c, f"{p}@{stem}") for c, stem in zip(configs, stems, strict=True) for p in pipelines]
+
+
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Time one pipeline in this process."""
     import torch
 
     from pipelines import PIPELINES, setup
 
-    ctx = setup(args.backbone, args.batch, args.precision, args.device, args.threads)
+    ctx = setup(args.backbone, args.batch, args.precision, args.device, args.threads, args.config)
     step = PIPELINES[name](ctx)
     for _ in range(args.warmup):
         step()
@@ -104,6 +122,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         peak, kind = (self_kb + child_kb) / 1024, "rss_main_plus_largest_worker"
     return {
         "pipeline": name,
+        "config": args.config or "configs/quick.yaml",
         "views_per_s": args.steps * 2 * args.batch / seconds,
         "seconds": seconds,
         "steps": args.steps,
@@ -131,14 +150,24 @@ def main() -> None:
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matrices of the peak")
     p.add_argument("--peak-repeats", type=int, default=20, help="timed products (the best one counts)")
     p.add_argument("--no-peak", dest="peak", action="store_false", help="skip the matrix-product peak")
+    p.add_argument(
+        "--configs",
+        default="",
+        help="comma-separated recipes (YAML) whose model and augmentation every pipeline is built from, "
+        "measured in turns like the pipelines (default: the quick recipe)",
+    )
+    p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--only", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.only:
         record = matmul_peak(args) if args.only == "matmul_peak" else measure(args.only, args)
         print(json.dumps(record), flush=True)
         return
-    skip = ("pipelines", "rounds", "only", "peak")
+    skip = ("pipelines", "rounds", "only", "peak", "configs", "config")
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in skip]
+    configs = [c for c in args.configs.split(",") if c]
+    if configs:
+        passthrough.append(f"--config={configs[0]}")  # the peak's step FLOPs: the first recipe's model
     peak = None
     if args.peak:
         out = subprocess.run(
@@ -150,21 +179,28 @@ def main() -> None:
         else:
             print(json.dumps({"pipeline": "matmul_peak", "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
 
-    names = args.pipelines.split(",")
+    jobs_list = run_labels(args.pipelines.split(","), configs)
+    jobs = {label: (name, config) for name, config, label in jobs_list}
+    names = list(jobs)
+    base = [a for a in passthrough if not a.startswith("--config=")]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for name in names:
+            pipeline, config = jobs[name]
+            recipe = [f"--config={config}"] if config else []
             out = subprocess.run(
-                [sys.executable, __file__, *passthrough, "--only", name], capture_output=True, text=True
+                [sys.executable, __file__, *base, *recipe, "--only", pipeline], capture_output=True, text=True
             )
             if out.returncode != 0:
                 print(json.dumps({"pipeline": name, "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
                 continue
             rec = json.loads(out.stdout.strip().splitlines()[-1])
+            rec["label"] = name
             runs[name].append(rec)
             print(json.dumps(rec), flush=True)
     medians = {n: statistics.median(r["views_per_s"] for r in rs) for n, rs in runs.items() if rs}
-    bare = medians.get("bare")
+    bares = {jobs[n][1]: v for n, v in medians.items() if jobs[n][0] == "bare"}  # per recipe
+    bare = bares.get(configs[0] if configs else None)
     print()
     print("| pipeline | views/s (median) | min-max | ratio to bare | peak memory (MB) |")
     print("|---|---:|---:|---:|---:|")
@@ -172,7 +208,8 @@ def main() -> None:
         if not rs:
             continue
         vs = [r["views_per_s"] for r in rs]
-        ratio = f"{medians[n] / bare:.2f}" if bare else "-"
+        own = bares.get(jobs[n][1])  # the bare step of the same recipe
+        ratio = f"{medians[n] / own:.2f}" if own else "-"
         print(
             f"| {n} | {medians[n]:.0f} | {min(vs):.0f}-{max(vs):.0f} | {ratio} | "
             f"{max(r['peak_memory_mb'] for r in rs):.0f} |"
@@ -184,6 +221,12 @@ def main() -> None:
                 print(f"selfsup / {other}: {medians['selfsup'] / medians[other]:.2f}x")
         if bare:
             print(f"bare / physical fp32 limit ({PHYSICAL_LIMIT:.0f} views/s): {bare / PHYSICAL_LIMIT:.2f}")
+    if len(configs) > 1:  # each recipe against the first, pipeline by pipeline, side by side in this run
+        print()
+        firsts = {pl: label for pl, c, label in jobs_list if c == configs[0]}  # each pipeline, first recipe
+        for pl, c, label in jobs_list:
+            if c != configs[0] and label in medians and firsts[pl] in medians:
+                print(f"{label} / {firsts[pl]}: {medians[label] / medians[firsts[pl]]:.2f}x")
     if bare and peak:
         print(
             f"matrix-product peak {peak['gflops']:.0f} GFLOP/s ({peak['dtype']}, {peak['size']}^2); a step costs "

@@ -84,3 +84,20 @@ def test_minutes_to_a_threshold_and_the_marks() -> None:
     # Epoch ends at 1.4, 2.8, ... minutes, a snapshot every 2.5: the first past 2.5, 5, 7.5, and the last.
     ends = [(1.4 * i, i) for i in range(1, 8)]
     assert [k for _, k in _marks(ends, 2.5)] == [2, 4, 6, 7]
+
+
+def test_throughput_labels_each_recipe_and_measures_them_in_turns() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pretrain_throughput import run_labels
+
+    assert run_labels(["bare", "selfsup"], []) == [("bare", None, "bare"), ("selfsup", None, "selfsup")]
+    assert run_labels(["bare"], ["configs/quick.yaml"]) == [("bare", "configs/quick.yaml", "bare")]
+    two = run_labels(["bare", "selfsup"], ["configs/quick.yaml", "configs/seed000_simclr.yaml"])
+    assert [label for *_, label in two] == [
+        "bare@quick",
+        "selfsup@quick",
+        "bare@seed000_simclr",
+        "selfsup@seed000_simclr",
+    ]
+    with pytest.raises(SystemExit, match="share a file name"):
+        run_labels(["bare"], ["a/quick.yaml", "b/quick.yaml"])
