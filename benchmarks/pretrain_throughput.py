@@ -166,12 +166,11 @@ def main() -> None:
     skip = ("pipelines", "rounds", "only", "peak", "configs", "config")
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in skip]
     configs = [c for c in args.configs.split(",") if c]
-    if configs:
-        passthrough.append(f"--config={configs[0]}")  # the peak's step FLOPs: the first recipe's model
     peak = None
     if args.peak:
+        first = [f"--config={configs[0]}"] if configs else []  # the peak's step FLOPs: the first recipe's model
         out = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--only", "matmul_peak"], capture_output=True, text=True
+            [sys.executable, __file__, *passthrough, *first, "--only", "matmul_peak"], capture_output=True, text=True
         )
         if out.returncode == 0:
             peak = json.loads(out.stdout.strip().splitlines()[-1])
@@ -182,14 +181,13 @@ def main() -> None:
     jobs_list = run_labels(args.pipelines.split(","), configs)
     jobs = {label: (name, config) for name, config, label in jobs_list}
     names = list(jobs)
-    base = [a for a in passthrough if not a.startswith("--config=")]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for name in names:
             pipeline, config = jobs[name]
             recipe = [f"--config={config}"] if config else []
             out = subprocess.run(
-                [sys.executable, __file__, *base, *recipe, "--only", pipeline], capture_output=True, text=True
+                [sys.executable, __file__, *passthrough, *recipe, "--only", pipeline], capture_output=True, text=True
             )
             if out.returncode != 0:
                 print(json.dumps({"pipeline": name, "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
