@@ -207,7 +207,7 @@ def recipe_run(key: str, args: argparse.Namespace, runs: Path, data: str) -> dic
     if args.smoke:
         extra.update(
             {
-                "data.subset": min(128, len(ctx.splits.train)),
+                "data.subset": min(32, len(ctx.splits.train)),  # 2 steps an epoch: the code path, in seconds
                 "train.batch_size": batch,
                 "eval.linear_epochs": 2,
                 "eval.train_subset": 256,
