@@ -325,6 +325,8 @@ def test_scale_profile_sets_its_own_seeds(shared_folder: Path, tmp_path: Path) -
         ({"reference": {"metric": "knn", "values": {0.1: 50}}}, "metric must be one of"),
         ({"reference": {"metric": "knn_top1", "values": {0.1: 0.5e3}}}, "must be an accuracy in %"),
         ({"reference": {"metric": "knn_top1"}}, "needs values"),
+        ({"reference": {"metric": "knn_top1", "values": {0.1: {64: 50}}}}, "need a second grid axis"),
+        ({"reference": {"metric": "knn_top1", "values": {0.1: 50, 0.5: {64: 50}}}}, "all numbers or all mappings"),
         ({"scale": {"cpu": {"grid": {"train.epochs": [1]}}}}, "changes grid axis 'train.epochs'"),
     ],
 )
@@ -402,6 +404,43 @@ def test_reference_values_are_drawn_beside_ours(monkeypatch: pytest.MonkeyPatch,
     report._accuracy_plot(groups, ["t"], "linear_top1", tmp_path, ref)  # another metric: nothing drawn
     report._accuracy_plot(groups, ["t"], "knn_top1", tmp_path, {**ref, "metric": "linear_top1"})
     assert not any(ln.get_label() == "seed 000" for ln in drawn[-1].axes[0].get_lines())
+
+
+def test_reference_by_two_axes(monkeypatch: pytest.MonkeyPatch, shared_folder: Path, tmp_path: Path) -> None:
+    """Seed 001's accuracy by labels x batch: a column in the table, a dashed line per batch."""
+    from selfsup.experiments import report
+    from selfsup.experiments.results import markdown_table
+
+    grid = {"method.temperature": [0.1, 0.5], "train.batch_size": [8, 16]}
+    values = {0.1: {8: 61, 16: 62.5}, 0.5: {8: 64}}
+    reference = {"source": "seed 001", "metric": "knn_top1", "values": values}
+    load_spec(write_spec(tmp_path, shared_folder, grid=grid, reference=reference))  # a valid spec
+    for bad, message in (
+        ({0.1: {32: 50}}, "32 is not a value of grid axis 'train.batch_size'"),
+        ({0.1: {8: 500}}, "must be an accuracy in %"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_spec(write_spec(tmp_path, shared_folder, grid=grid, reference={**reference, "values": bad}))
+    axes = list(grid)
+    rows = [
+        {"method.temperature": t, "train.batch_size": b, "seed": 0, "status": "done", "knn_top1": 0.4}
+        for t in ("0.1", "0.5")
+        for b in ("8", "16")
+    ]
+    table = markdown_table(rows, axes, reference=reference).splitlines()
+    assert table[0].split(" | ")[5] == "seed 001 (%)"
+    assert [line.split(" | ")[5] for line in table[2:6]] == ["61", "62.5", "64", "-"]
+    groups = [{**{a: r[a] for a in axes}, "n": 1, "values": {"knn_top1": [0.4]}} for r in rows]
+    drawn: list[Any] = []
+    monkeypatch.setattr(report, "_save", lambda fig, folder, name: drawn.append(fig) or name)
+    report._accuracy_plot(groups, axes, "knn_top1", tmp_path, reference)
+    ax = drawn[0].axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    ours = {c.get_label(): c.lines[0].get_color() for c in ax.containers}  # the error-bar series
+    seed = lines["seed 001, train.batch_size=8"]
+    assert list(seed.get_xdata()) == [0.1, 0.5] and list(seed.get_ydata()) == [61, 64]
+    assert seed.get_color() == ours["train.batch_size=8"] != ours["train.batch_size=16"]
+    assert list(lines["seed 001, train.batch_size=16"].get_ydata()) == [62.5]
 
 
 def test_time_plot_only_for_cells_of_one_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

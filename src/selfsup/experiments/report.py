@@ -23,7 +23,17 @@ import numpy as np
 
 from ..errors import RunDirError
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
-from .results import COLUMNS, aggregate, machines, mean_std, metric_label, milestone_rows, read_csv, reference_title
+from .results import (
+    COLUMNS,
+    aggregate,
+    machines,
+    mean_std,
+    metric_label,
+    milestone_rows,
+    read_csv,
+    reference_points,
+    reference_title,
+)
 from .sweep import SPEC_FILE, record_seeds, table_command
 
 FIGURES = "report"
@@ -311,22 +321,30 @@ def _accuracy_plot(
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     all_labels = list(dict.fromkeys(g[first] for g in groups))
     xs_num = _numeric(all_labels)
+    colours: dict[str, str] = {}  # by the second axis's label: a reference line takes its series' colour
     for key, gs in series.items():
         stats = [mean_std([100 * v for v in g["values"][metric]]) for g in gs]
         xs = [float(g[first]) for g in gs] if xs_num else [all_labels.index(g[first]) for g in gs]
         label = ", ".join(f"{a}={v}" for a, v in zip(rest, key, strict=True)) or ("selfsup" if reference else None)
-        ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=4, label=label)
+        bars = ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=4, label=label)
+        if key:
+            colours[str(key[0])] = bars.lines[0].get_color()
     ref = reference if reference and reference.get("metric") == metric else None
     if ref:  # the published table beside ours: same axis, so the gap in level shows too
-        points = [(str(k), float(v)) for k, v in ref["values"].items()]
+        lines: dict[str | None, list[tuple[str, float]]] = {}  # one line, or one per second-axis label
+        for point, v in reference_points(ref).items():
+            lines.setdefault(point[1] if len(point) > 1 else None, []).append((point[0], v))
         if xs_num:
-            extra = [(float(k), v) for k, v in points]
-            xs_num = sorted(set(xs_num) | {x for x, _ in extra})
+            xs_num = sorted(set(xs_num) | {float(k) for pts in lines.values() for k, _ in pts})
             all_labels = [f"{x:g}" for x in xs_num]
-        else:
-            extra = [(all_labels.index(k), v) for k, v in points if k in all_labels]
-        extra.sort()
-        ax.plot([x for x, _ in extra], [v for _, v in extra], "s--", color="grey", label=reference_title(ref))
+        for second, pts in lines.items():
+            if xs_num:
+                extra = sorted((float(k), v) for k, v in pts)
+            else:
+                extra = sorted((all_labels.index(k), v) for k, v in pts if k in all_labels)
+            title = reference_title(ref) if second is None else f"{reference_title(ref)}, {rest[0]}={second}"
+            colour = colours.get(second, "grey") if second is not None else "grey"
+            ax.plot([x for x, _ in extra], [v for _, v in extra], "s--", color=colour, alpha=0.7, label=title)
     if xs_num:
         if min(xs_num) > 0 and max(xs_num) / min(xs_num) >= 20:
             ax.set_xscale("log")

@@ -206,7 +206,8 @@ def markdown_table(
         axes: The grid's axis names, the first one the compared one.
         command: Whose accuracy columns to show (see ``table_command``).
         reference: A spec's ``reference`` (``source`` and ``values`` by first-axis
-            label, in %): the published table the sweep reproduces, as a column beside ours.
+            label, or by first- and second-axis labels, in %): the published table the
+            sweep reproduces, as a column beside ours.
     """
     metrics = [("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)")]
     if command in ("semi", "finetune"):
@@ -214,8 +215,9 @@ def markdown_table(
     spread = any(r.get("embedding_std") is not None for r in rows)
     one_machine = len(machines(rows)) <= 1
     head = [*axes, "seeds", *(name for _, name in metrics)]
-    ref = {str(k): v for k, v in ((reference or {}).get("values") or {}).items()}
-    if not any(str(r.get(axes[0])) in ref for r in rows):  # a scale whose values the reference lacks
+    ref = reference_points(reference)
+    depth = len(next(iter(ref))) if ref else 0
+    if not any(tuple(str(r.get(a)) for a in axes[:depth]) in ref for r in rows):  # a scale the reference lacks
         ref = {}
     if ref:
         head.append(f"{reference_title(reference or {})} (%)")
@@ -234,7 +236,8 @@ def markdown_table(
             vals = g["values"].get(key)
             cells.append("{:.1f} ± {:.1f}".format(*mean_std([100 * v for v in vals])) if vals else "-")
         if ref:
-            cells.append(f"{ref[g[axes[0]]]:g}" if g[axes[0]] in ref else "-")
+            point = tuple(str(g[a]) for a in axes[:depth])
+            cells.append(f"{ref[point]:g}" if point in ref else "-")
         for key, fmt in numbers:
             vals = g["values"].get(key)
             cells.append(fmt.format(*mean_std(vals)) if vals else "-")
@@ -257,6 +260,20 @@ def markdown_table(
 def milestone_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The milestones evaluated into a run's metrics.json (``selfsup eval RUN --milestones``), oldest first."""
     return sorted((metrics.get("milestones") or {}).values(), key=lambda r: r["step"])
+
+
+def reference_points(reference: dict[str, Any] | None) -> dict[tuple[str, ...], float]:
+    """A spec's reference values (%) keyed by the labels of the first axis, or of the first two.
+
+    ``{64: 66}`` gives ``{("64",): 66.0}``; ``{300: {64: 71.0}}`` gives ``{("300", "64"): 71.0}``.
+    """
+    points: dict[tuple[str, ...], float] = {}
+    for key, value in ((reference or {}).get("values") or {}).items():
+        if isinstance(value, dict):
+            points.update({(str(key), str(k)): float(v) for k, v in value.items()})
+        else:
+            points[(str(key),)] = float(value)
+    return points
 
 
 def reference_title(reference: dict[str, Any]) -> str:

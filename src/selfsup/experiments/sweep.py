@@ -27,7 +27,7 @@ A spec (YAML)::
     reference:                   # optional: the published table the sweep reproduces, by
       source: seed 000 linear    # first-axis label (in %), a column beside ours in the
       metric: linear_top1        # table and a line in `selfsup report`'s figure of metric
-      values: {0.01: 65, 0.5: 66}
+      values: {0.01: 65, 0.5: 66}  # or by the first two axes: {300: {64: 71.0}}
 
 A labelled grid value may also set ``command`` (``{label: fixmatch, command: semi, ...}``):
 that cell runs as that command, so one spec can hold the rows of one table made by
@@ -159,19 +159,37 @@ class SweepSpec:
         return [_parse_axes({a.name: replaced[a.name]}, self.path)[0] if a.name in replaced else a for a in self.axes]
 
 
-def _check_reference(reference: Any, first: Axis, path: Path) -> None:
-    """A reference names its source and metric and gives numbers for labels of the first axis."""
+def _check_reference(reference: Any, axes: list[Axis], path: Path) -> None:
+    """A reference names its source and metric and gives numbers by labels of the first axis.
+
+    A value may itself be a mapping by labels of the second axis (seed 001's accuracy by
+    labels x batch: ``{300: {64: 71.0, 128: 72.1}}``); all values have the same depth.
+    """
+    first = axes[0]
     where = f"{path}: reference"
     if not isinstance(reference, dict) or not isinstance(reference.get("values"), dict) or not reference["values"]:
         raise ConfigError(f"{where} needs values: a mapping of {first.name} values to accuracy (%)")
     if reference.get("metric") not in REFERENCE_METRICS:
         raise ConfigError(f"{where}: metric must be one of {', '.join(REFERENCE_METRICS)}")
-    labels = {label for label, _ in first.values}
-    for key, value in reference["values"].items():
-        if _label(key) not in labels:
-            raise ConfigError(f"{where}: {key!r} is not a value of grid axis '{first.name}'")
+    nested = {isinstance(v, dict) for v in reference["values"].values()}
+    if len(nested) > 1:
+        raise ConfigError(f"{where}: values must be all numbers or all mappings by {axes[-1].name}")
+    if nested == {True} and len(axes) < 2:
+        raise ConfigError(f"{where}: values by two axes need a second grid axis")
+
+    def check(key: Any, value: Any, axis: Axis) -> None:
+        if _label(key) not in {label for label, _ in axis.values}:
+            raise ConfigError(f"{where}: {key!r} is not a value of grid axis '{axis.name}'")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
             raise ConfigError(f"{where}: the value for {key!r} must be an accuracy in % (0-100), got {value!r}")
+
+    for key, value in reference["values"].items():
+        if isinstance(value, dict):
+            check(key, 0, first)
+            for key2, value2 in value.items():
+                check(key2, value2, axes[1])
+        else:
+            check(key, value, first)
 
 
 def _check_seeds(seeds: Any, where: str) -> None:
@@ -274,7 +292,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     seeds = raw.get("seeds", [0])
     _check_seeds(seeds, str(path))
     if "reference" in raw:
-        _check_reference(raw["reference"], axes[0], path)
+        _check_reference(raw["reference"], axes, path)
     encoder = raw.get("encoder")
     cell_commands = {sets.get("command", command) for a in axes for _, sets in a.values}
     if "finetune" in cell_commands and not encoder:
