@@ -351,7 +351,7 @@ def _accuracy_plot(
         ax.set_xticks(xs_num, all_labels)
     else:
         ax.set_xticks(range(len(all_labels)), all_labels, rotation=20)
-    name = metric.replace("_top1", " top-1").replace("_", " ")
+    name = metric_label(metric)
     ax.set(xlabel=first, ylabel=f"{name} (%)", title=f"{name} against {first} (mean ± std over seeds)")
     if rest or ref:
         ax.legend(fontsize=8)
@@ -432,7 +432,7 @@ def _heatmap(groups: list[dict[str, Any]], axis: str, metric: str, folder: Path)
                 )
     ax.set_xticks(range(len(names)), names, rotation=30)
     ax.set_yticks(range(len(names)), names)
-    name = metric.replace("_top1", " top-1").replace("_", " ")
+    name = metric_label(metric)
     ax.set(title=f"{name} (%): one operation (diagonal) or two, mean over seeds")
     fig.colorbar(im, ax=ax, shrink=0.8)
     return _save(fig, folder, f"heatmap_{metric}.png")
