@@ -173,23 +173,26 @@ def _check_reference(reference: Any, axes: list[Axis], path: Path) -> None:
         raise ConfigError(f"{where}: metric must be one of {', '.join(REFERENCE_METRICS)}")
     nested = {isinstance(v, dict) for v in reference["values"].values()}
     if len(nested) > 1:
-        raise ConfigError(f"{where}: values must be all numbers or all mappings by {axes[-1].name}")
+        raise ConfigError(f"{where}: values must be all numbers or all mappings by the second grid axis")
     if nested == {True} and len(axes) < 2:
         raise ConfigError(f"{where}: values by two axes need a second grid axis")
 
-    def check(key: Any, value: Any, axis: Axis) -> None:
+    def check_label(key: Any, axis: Axis) -> None:
         if _label(key) not in {label for label, _ in axis.values}:
             raise ConfigError(f"{where}: {key!r} is not a value of grid axis '{axis.name}'")
+
+    def check_value(key: Any, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
             raise ConfigError(f"{where}: the value for {key!r} must be an accuracy in % (0-100), got {value!r}")
 
     for key, value in reference["values"].items():
+        check_label(key, first)
         if isinstance(value, dict):
-            check(key, 0, first)
             for key2, value2 in value.items():
-                check(key2, value2, axes[1])
+                check_label(key2, axes[1])
+                check_value(key2, value2)
         else:
-            check(key, value, first)
+            check_value(key, value)
 
 
 def _check_seeds(seeds: Any, where: str) -> None:
