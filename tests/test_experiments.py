@@ -22,6 +22,7 @@ from selfsup.experiments import load_spec, run_sweep
 from selfsup.experiments.report import make_report
 from selfsup.experiments.results import markdown_table, mean_std, noise
 from selfsup.experiments.sweep import cells, recorded_cells
+from selfsup.rundir import read_jsonl
 
 
 def write_recipe(path: Path, data: Path, **extra: Any) -> Path:
@@ -184,6 +185,11 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
     result = run_sweep(spec, out=tmp_path / "sweep", log=lambda s: None)
     assert len(result.rows) == 4 and all(0 <= r["test_top1"] <= 1 for r in result.rows)
     assert (tmp_path / "sweep" / "encoder,seed=0" / "checkpoints").is_dir()
+    # Each cell keeps its own per-epoch curve; the encoder's run is only read.
+    for row, log in [("pretrained", "labels-6.jsonl"), ("scratch", "labels-6-random-init.jsonl")]:
+        assert len(read_jsonl(tmp_path / "sweep" / f"finetune.labels=6,init={row},seed=0" / "finetune" / log)) == 2
+    assert not (tmp_path / "sweep" / "encoder,seed=0" / "finetune").exists()
+    assert "finetune" not in json.loads((tmp_path / "sweep" / "encoder,seed=0" / "metrics.json").read_text())
     assert result.table.splitlines()[0].startswith("| finetune.labels | init | seeds | test top-1 (%)")
     images_exist(make_report(tmp_path / "sweep"))
 

@@ -433,6 +433,40 @@ def test_finetune(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert not torch.equal(model.classifier.weight, torch.zeros_like(model.classifier.weight))
 
 
+def test_finetune_into_another_directory_only_reads_the_encoder(simclr_run: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from selfsup.errors import RunDirError
+
+    before = (simclr_run / "metrics.json").read_bytes()
+    # Another process holds the encoder's lock (as a second fine-tuning cell of the same
+    # encoder would): fine-tuning into a directory of its own does not need it.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(simclr_run / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        small = {"finetune.labels": 7, "finetune.val_size": 9, "finetune.epochs": 2, "finetune.batch_size": 8}
+        with pytest.raises(RunDirError, match="in use|another process|held"):
+            finetune(simclr_run, small, log=lambda s: None)  # into the run itself: refused
+        r = finetune(simclr_run, small, log=lambda s: None, out=tmp_path / "cell")["7"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (simclr_run / "metrics.json").read_bytes() == before
+    assert not (simclr_run / "finetune" / "labels-7.jsonl").exists()
+    assert len(read_jsonl(tmp_path / "cell" / "finetune" / "labels-7.jsonl")) == 2
+    m = json.loads((tmp_path / "cell" / "metrics.json").read_text())
+    assert m["finetune"]["7"]["test_top1"] == r["test_top1"]
+    assert json.loads((tmp_path / "cell" / "machine.json").read_text())["entries"][0]["labels"] == 7
+    with pytest.raises(RunDirError):
+        finetune(tmp_path / "not-a-run", small, log=lambda s: None, out=tmp_path / "cell2")
+    assert not (tmp_path / "cell2").exists()
+
+
 def test_finetune_trains_the_head_first_then_every_layer(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import selfsup.eval.finetune as ft_module
     from selfsup.methods.supervised import Supervised

@@ -144,9 +144,15 @@ def _add_eval_parsers(sub: Any) -> None:
         "finetune",
         help="fine-tune a run's encoder with N labels and test it",
         description="Fine-tune a run's encoder with a new linear head on N labelled images, keep the "
-        "epoch with the lowest validation loss, report test top-1 into RUN_DIR/metrics.json.",
+        "epoch with the lowest validation loss, report test top-1 into RUN_DIR/metrics.json "
+        "(or OUT/metrics.json with --out).",
     )
     f.add_argument("run_dir", metavar="RUN_DIR")
+    f.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write the results and per-epoch logs here and only read RUN_DIR (default: RUN_DIR)",
+    )
     f.add_argument("--device", help="device (default: the run's train.device)")
     f.add_argument("--random-init", action="store_true", help="train the same architecture from scratch instead")
     f.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -446,7 +452,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .eval.finetune import finetune
 
-    finetune(args.run_dir, _section_overrides(args, "finetune"), random_init=args.random_init, device=args.device)
+    overrides = _section_overrides(args, "finetune")
+    finetune(args.run_dir, overrides, random_init=args.random_init, device=args.device, out=args.out)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Fine-tuning an encoder with few labels, keeping the epoch with the lowest validation loss.
 
 >>> from selfsup.eval.finetune import finetune
->>> finetune("runs/quick", {"finetune.labels": 1000})["test_top1"]
+>>> finetune("runs/quick", {"finetune.labels": 1000})["1000"]["test_top1"]
 
 The encoder of a run (or the same architecture at random initialisation, the "from
 scratch" reference) gets a new linear head; both are trained with cross-entropy on
@@ -34,19 +34,19 @@ from ..methods.common import load_backbone_weights
 from ..methods.supervised import Supervised
 from ..models import build_backbone
 from ..optim import build_optimizer, lr_factor, set_lr
-from ..rundir import append_jsonl, load_run_config, locked, update_metrics_json
+from ..rundir import append_jsonl, existing_run_lock, load_run_config, run_lock, update_metrics_json
 from ..runtime import resolve_device, set_threads, step_seed, use_bf16
 from ..train.step import train_step
 from .features import extract_features, feature_options
 
 
-@locked("selfsup finetune")
 def finetune(
     run_dir: str | Path,
     overrides: dict[str, Any] | None = None,
     random_init: bool = False,
     device: str | None = None,
     log: Callable[[str], None] = print,
+    out: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Fine-tune a run's encoder (or a random one) with few labels and test it.
 
@@ -56,14 +56,39 @@ def finetune(
         random_init: Train the same architecture from scratch instead.
         device: Device name (default: the run's ``train.device``).
         log: Where the one-line results go.
+        out: Where the results go (created if missing; default ``run_dir``). With it,
+            the encoder's run is only read: several fine-tunings of one encoder (a
+            sweep's cells with the same label count) keep their own records and may
+            run at the same time.
 
     Returns:
         Per number of labels (as a string): ``test_top1`` (fraction, full test split),
         the chosen epoch and its validation loss and accuracy. Also stored in
-        ``RUN_DIR/metrics.json`` under ``finetune`` (or ``finetune_random_init``), with
-        per-epoch records in ``RUN_DIR/finetune/``.
+        ``OUT/metrics.json`` under ``finetune`` (or ``finetune_random_init``), with
+        per-epoch records in ``OUT/finetune/`` and the machine in ``OUT/machine.json``.
+
+    Raises:
+        RunDirError: If ``run_dir`` is not a run, or another process writes to ``out``.
     """
     run_dir = Path(run_dir)
+    if out is None:
+        lock = existing_run_lock(run_dir, "selfsup finetune")
+    else:
+        load_run_config(run_dir)  # a clear error before anything is created
+        lock = run_lock(Path(out), "selfsup finetune")
+    with lock:
+        return _finetune_all(run_dir, Path(out) if out is not None else run_dir, overrides, random_init, device, log)
+
+
+def _finetune_all(
+    run_dir: Path,
+    out: Path,
+    overrides: dict[str, Any] | None,
+    random_init: bool,
+    device: str | None,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
+    """:func:`finetune` once ``out`` is locked."""
     cfg = load_run_config(run_dir)
     cfg = apply_section_overrides(cfg, overrides, "finetune", "for fine-tuning")
     random_init = random_init or cfg.finetune.from_scratch
@@ -73,10 +98,10 @@ def finetune(
     splits = load_data(cfg.data, progress=cfg.train.progress, subset=False)
     results = {}
     for n_labels in cfg.finetune.labels:
-        result = _finetune_one(cfg, splits, n_labels, run_dir, random_init, dev, log)
+        result = _finetune_one(cfg, splits, n_labels, run_dir, out, random_init, dev, log)
         section = "finetune_random_init" if random_init else "finetune"
-        update_metrics_json(run_dir, {str(n_labels): result}, section=section)
-        record_machine(run_dir, section, result.get("time_s", 0.0), dev, labels=n_labels)
+        update_metrics_json(out, {str(n_labels): result}, section=section)
+        record_machine(out, section, result.get("time_s", 0.0), dev, labels=n_labels)
         results[str(n_labels)] = result
     return results
 
@@ -122,11 +147,12 @@ def _finetune_one(
     splits: DataSplits,
     n_labels: int,
     run_dir: Path,
+    out: Path,
     random_init: bool,
     dev: torch.device,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Fine-tune with ``n_labels`` labels, keep the epoch of lowest validation loss, test it."""
+    """Fine-tune ``run_dir``'s encoder with ``n_labels`` labels (per-epoch log in ``out``), test the best epoch."""
     from tqdm import tqdm
 
     ft = cfg.finetune
@@ -139,7 +165,7 @@ def _finetune_one(
     n_batches = len(labeled) // ft.batch_size + (len(labeled) % ft.batch_size > 1)
     total = ft.epochs * n_batches
     name = f"{n_labels}" + ("-random-init" if random_init else "")
-    log_path = run_dir / "finetune" / f"labels-{name}.jsonl"
+    log_path = out / "finetune" / f"labels-{name}.jsonl"
     log_path.parent.mkdir(exist_ok=True)
     log_path.unlink(missing_ok=True)
     best: dict[str, Any] = {"val_loss": float("inf")}

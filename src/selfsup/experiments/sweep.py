@@ -671,19 +671,17 @@ def _run_finetune_cell(
 ) -> None:
     """Pretrain (or continue) the seed's encoder, fine-tune it as the cell says, record the cell."""
     from ..eval.finetune import finetune
-    from ..machine import record_machine
     from ..rundir import update_metrics_json
-    from ..runtime import resolve_device
 
     encoder, enc_cfg = _ensure_encoder(spec, cell.seed, folder, scale, log)
     ft = {k: v for k, v in flatten(cfg).items() if k.startswith("finetune.")}
-    results = finetune(encoder, ft, log=log)
+    # The cell's own directory gets the per-epoch log, the result and the machine: cells
+    # sharing an encoder and a label count (other batch sizes, probe / LP-FT rows) must
+    # not overwrite each other's curves in the encoder's run, nor wait for its lock.
+    results = finetune(encoder, ft, log=log, out=cell.dir)
     (result,) = results.values()
-    cell.dir.mkdir(parents=True, exist_ok=True)
-    cell_cfg = apply_overrides(enc_cfg, ft)
-    save_config(cell_cfg, cell.dir / CONFIG)
-    update_metrics_json(cell.dir, {**result, "encoder": str(encoder)})
-    record_machine(cell.dir, "finetune", result.get("time_s", 0.0), resolve_device(cfg.train.device))
+    save_config(apply_overrides(enc_cfg, ft), cell.dir / CONFIG)
+    update_metrics_json(cell.dir, {**result, "encoder": str(encoder)})  # top-level test_top1: the cell is done
 
 
 def _plan(
