@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -510,19 +511,25 @@ def test_markdown_table_statistics() -> None:
     assert table[0].endswith("| embedding std |") and table[2].endswith("| 0.1100 ± 0.0141 |")
 
 
-@pytest.mark.slow
-def test_ray_launcher_writes_what_the_local_launcher_writes(shared_folder: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray of 2 workers, started once for the tests that use it (it takes seconds)."""
     ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_launcher_writes_what_the_local_launcher_writes(
+    shared_folder: Path, tmp_path: Path, local_ray: None
+) -> None:
     spec = write_spec(tmp_path, shared_folder, seeds=[0])  # 2 cells
     local = run_sweep(spec, out=tmp_path / "local", log=lambda s: None)
     assert len(local.rows) == 2
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local Ray of 2 workers
-    try:
-        remote = run_sweep(spec, out=tmp_path / "ray", launcher="ray", cpus_per_cell=1, log=lambda s: None)
-        # Finished cells are not run again; the table is collected from the run directories.
-        again = run_sweep(spec, out=tmp_path / "ray", launcher="ray", log=lambda s: None)
-    finally:
-        ray.shutdown()
+    remote = run_sweep(spec, out=tmp_path / "ray", launcher="ray", cpus_per_cell=1, log=lambda s: None)
+    # Finished cells are not run again; the table is collected from the run directories.
+    again = run_sweep(spec, out=tmp_path / "ray", launcher="ray", log=lambda s: None)
     with open(tmp_path / "local" / "results.csv") as f:
         local_rows = list(csv.DictReader(f))
     with open(tmp_path / "ray" / "results.csv") as f:
@@ -533,6 +540,26 @@ def test_ray_launcher_writes_what_the_local_launcher_writes(shared_folder: Path,
     # Same config, same seed, same data order: the same final loss on either launcher.
     for a, b in zip(local_rows, ray_rows):
         assert float(a["final_loss"]) == pytest.approx(float(b["final_loss"]), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ray_fine_tuning_cells_wait_for_their_shared_encoder(
+    shared_folder: Path, tmp_path: Path, local_ray: None
+) -> None:
+    write_recipe(tmp_path / "tiny.yaml", shared_folder)
+    spec = tmp_path / "ft.yaml"
+    grid = {"finetune.batch_size": [4, 8]}  # two cells of one encoder and one label count
+    overrides = {"finetune.epochs": 1, "finetune.val_size": 6, "finetune.labels": [6]}
+    body = {"name": "ft", "command": "finetune", "encoder": {"base": "tiny.yaml"}, "grid": grid, "seeds": [0]}
+    spec.write_text(yaml.safe_dump({**body, "overrides": overrides}))
+    # Two workers: without the encoder's own task, both cells would pretrain it at once.
+    result = run_sweep(spec, out=tmp_path / "s", launcher="ray", cpus_per_cell=1, log=lambda s: None)
+    assert [r["status"] for r in result.rows] == ["done", "done"]
+    trained = json.loads((tmp_path / "s" / "encoder,seed=0" / "machine.json").read_text())["entries"]
+    assert [e["what"] for e in trained].count("train") == 1  # pretrained once, by its own task
+    for batch in (4, 8):
+        log = tmp_path / "s" / f"finetune.batch_size={batch},seed=0" / "finetune" / "labels-6.jsonl"
+        assert len(read_jsonl(log)) == 1
 
 
 def test_ray_launcher_without_ray_says_how_to_get_it(

@@ -8,6 +8,11 @@ into the same run directory, so the run directories must lie on a filesystem tha
 node sees. A cell whose worker dies is retried by Ray and resumes from its checkpoint;
 one that still fails is reported, and running the sweep again continues it. Results,
 tables and reports are then written exactly as with the local launcher.
+
+Cells that start from the sweep's encoder of their seed (fine-tuning rows, ``model.init:
+"@encoder"``) wait for one task that pretrains that encoder: without it, every such cell
+would try to pretrain the shared encoder at once, and all but one would be refused its
+lock.
 """
 
 from __future__ import annotations
@@ -23,13 +28,25 @@ from ..errors import ConfigError, SelfsupError
 #: ``run_cell(spec, cell, cfg, folder, scale, log)``, the sweep's own (passed in, so that
 #: this module does not import the sweep that imports it).
 RunCell = Callable[[Any, Any, Config, Path, "str | None", Callable[[str], None]], None]
+#: ``ensure_encoder(spec, seed, folder, scale, log)``: pretrain (or continue) a seed's encoder.
+EnsureEncoder = Callable[[Any, int, Path, "str | None", Callable[[str], None]], Any]
 
 
-def _task(run_cell: RunCell, spec: Any, cell: Any, cfg: Config, folder: Path, scale: str | None) -> str:
-    """What a Ray worker runs: one cell, its progress bar off (worker output is a log)."""
+def _task(run_cell: RunCell, spec: Any, cell: Any, cfg: Config, folder: Path, scale: str | None, *after: Any) -> str:
+    """What a Ray worker runs: one cell, its progress bar off (worker output is a log).
+
+    ``after`` holds the results of the tasks the cell waits for (its encoder's); Ray runs
+    the cell only once they are done.
+    """
     cfg = replace(cfg, train=replace(cfg.train, progress=False))
     run_cell(spec, cell, cfg, folder, scale, lambda _msg: None)
     return str(cell.dir.name)
+
+
+def _encoder_task(ensure: EnsureEncoder, spec: Any, seed: int, folder: Path, scale: str | None) -> int:
+    """What a Ray worker runs for a seed's shared encoder."""
+    ensure(spec, seed, folder, scale, lambda _msg: None)
+    return seed
 
 
 def run_cells_on_ray(
@@ -44,8 +61,13 @@ def run_cells_on_ray(
     cpus: float | None,
     gpus: float | None,
     log: Callable[[str], None],
+    ensure_encoder: EnsureEncoder | None = None,
+    encoder_seeds: dict[Path, int] | None = None,
 ) -> None:
     """Run the cells ``todo`` as Ray tasks (each ``run_cell``) and wait for all of them.
+
+    ``encoder_seeds`` maps the directory of each cell that needs its seed's encoder to
+    that seed; one ``ensure_encoder`` task per seed runs first, and those cells after it.
 
     Raises:
         ConfigError: If Ray is not installed.
@@ -62,7 +84,9 @@ def run_cells_on_ray(
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     try:
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-        remote = ray.remote(_task)
+        remote, remote_encoder = ray.remote(_task), ray.remote(_encoder_task)
+        seeds = encoder_seeds or {}
+        encoders: dict[int, Any] = {}
         futures: dict[Any, Any] = {}
         for cell in todo:
             cfg = configs[cell.dir]
@@ -71,7 +95,14 @@ def run_cells_on_ray(
                 "num_gpus": gpus if gpus is not None else (1 if has_gpus and cfg.train.device != "cpu" else 0),
                 "max_retries": 2,  # a worker that dies is retried; the cell resumes from its checkpoint
             }
-            futures[remote.options(**options).remote(run_cell, spec, cell, cfg, folder.resolve(), scale)] = cell
+            after = []
+            seed = seeds.get(cell.dir)
+            if seed is not None and ensure_encoder is not None:
+                if seed not in encoders:  # the first cell of this encoder submits its task
+                    task = remote_encoder.options(**options)
+                    encoders[seed] = task.remote(ensure_encoder, spec, seed, folder.resolve(), scale)
+                after = [encoders[seed]]
+            futures[remote.options(**options).remote(run_cell, spec, cell, cfg, folder.resolve(), scale, *after)] = cell
         failed: list[str] = []
         with tqdm(total=n_cells, initial=n_cells - len(todo), desc=f"sweep {spec.name} (ray)", unit="cell") as bar:
             pending = list(futures)

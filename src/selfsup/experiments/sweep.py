@@ -453,9 +453,11 @@ def run_sweep(
     if launcher == "ray":
         from .ray_launcher import run_cells_on_ray
 
+        needs = {c.dir: c.seed for c in todo if _uses_encoder(c, configs[c.dir])}
         run_cells_on_ray(
-            run_cell, spec, todo, configs, folder, scale, len(all_cells), ray_address, cpus_per_cell, gpus_per_cell, log
-        )
+            run_cell, spec, todo, configs, folder, scale, len(all_cells), ray_address, cpus_per_cell, gpus_per_cell,
+            log, ensure_encoder=_ensure_encoder, encoder_seeds=needs,
+        )  # fmt: skip
     else:
         bar = tqdm(
             total=len(all_cells),
