@@ -192,6 +192,11 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "sweep" / "encoder,seed=0" / "finetune").exists()
     assert "finetune" not in json.loads((tmp_path / "sweep" / "encoder,seed=0" / "metrics.json").read_text())
     assert result.table.splitlines()[0].startswith("| finetune.labels | init | seeds | test top-1 (%)")
+    # The docs block shows what the sweep's table shows (the encoder's precision and time too).
+    from selfsup.experiments.docs import render_table
+
+    block = render_table(tmp_path / "sweep", tmp_path)
+    assert result.table in block and "precision unrecorded" not in block
     images_exist(make_report(tmp_path / "sweep"))
 
 

@@ -101,7 +101,8 @@ def _finetune_all(
         result = _finetune_one(cfg, splits, n_labels, run_dir, out, random_init, dev, log)
         section = "finetune_random_init" if random_init else "finetune"
         update_metrics_json(out, {str(n_labels): result}, section=section)
-        record_machine(out, section, result.get("time_s", 0.0), dev, labels=n_labels)
+        bf16 = use_bf16(cfg.train.precision, dev)
+        record_machine(out, section, result.get("time_s", 0.0), dev, labels=n_labels, bf16=bf16)
         results[str(n_labels)] = result
     return results
 

@@ -34,7 +34,7 @@ import yaml
 from ..errors import ConfigError
 from ..machine import read_machine
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl
-from .results import markdown_table, milestone_rows, run_provenance, run_row
+from .results import collect, markdown_table, milestone_rows, run_provenance, run_row
 
 BLOCK = re.compile(r"(<!-- results (\w+) ([\w.,=+/-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
 
@@ -54,19 +54,12 @@ def _sweep_rows(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
     Works on a sweep that is still being measured: cells without a finished record are
     'missing' (the table says how many).
     """
-    from .records import cell_done
     from .sweep import recorded_cells
 
     found, axes = recorded_cells(folder)
-    rows = []
-    for cell in found:
-        row: dict[str, Any] = {"cell": cell.dir.name, **cell.labels, "seed": cell.seed}
-        if cell_done(cell.dir, cell.command):
-            row.update(status="done", **run_row(cell.dir))
-        else:
-            row["status"] = "missing"
-        rows.append(row)
-    return rows, axes
+    # The sweep's own collection: a fine-tuning cell gets its encoder's figures (precision,
+    # pretraining time) as in the sweep's table.md.
+    return collect(None, found), axes
 
 
 def _sweep_command(folder: Path, root: Path) -> str:
