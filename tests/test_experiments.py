@@ -516,6 +516,26 @@ def test_markdown_table_statistics() -> None:
     assert table[0].endswith("| embedding std |") and table[2].endswith("| 0.1100 ± 0.0141 |")
 
 
+def test_after_head_accuracy_is_a_column_when_a_cell_has_it(tmp_path: Path) -> None:
+    from selfsup.experiments.results import run_row
+
+    run = tmp_path / "cell"
+    run.mkdir()
+    after = {"knn_top1": 0.30, "linear_top1": 0.35, "eval_time_s": 9.0}
+    (run / "metrics.json").write_text(json.dumps({"knn_top1": 0.4, "linear_top1": 0.45, "after_head": after}))
+    row = run_row(run)
+    assert row["after_head_knn_top1"] == 0.30 and row["after_head_linear_top1"] == 0.35 and row["knn_top1"] == 0.4
+    rows = [
+        {"h": "mlp", "seed": 0, "status": "done", **row},
+        {"h": "none", "seed": 0, "status": "done", "knn_top1": 0.2, "linear_top1": 0.25},
+    ]
+    table = markdown_table(rows, ["h"]).splitlines()
+    assert table[0].startswith("| h | seeds | kNN top-1 (%) | linear top-1 (%) | kNN after the head (%) |")
+    assert table[2].startswith("| mlp | 1 | 40.0 ± 0.0 | 45.0 ± 0.0 | 30.0 ± 0.0 | 35.0 ± 0.0 |")
+    assert table[3].startswith("| none | 1 | 20.0 ± 0.0 | 25.0 ± 0.0 | - | - |")
+    assert "after the head" not in markdown_table(rows[1:], ["h"])  # no cell has it: no column
+
+
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """A local Ray of 2 workers, started once for the tests that use it (it takes seconds)."""

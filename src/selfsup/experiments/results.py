@@ -24,6 +24,15 @@ COLUMNS = [
     "views_per_s",
     "peak_memory_mb",
     "embedding_std",
+    "after_head_knn_top1",
+    "after_head_linear_top1",
+]
+
+#: Accuracy columns a table shows only when some cell has them: the projection head's
+#: output (``selfsup eval RUN --after-head``, SimCLR's Figure 8), beside the encoder's.
+AFTER_HEAD = [
+    ("after_head_knn_top1", "kNN after the head (%)"),
+    ("after_head_linear_top1", "linear after the head (%)"),
 ]
 
 #: Text columns of results.csv: the machine that trained a cell (``machine.json``'s label),
@@ -54,6 +63,11 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         for key in ("knn_top1", "linear_top1", "test_top1", "eval_time_s"):
             if key in metrics:
                 row[key] = metrics[key]
+        after = metrics.get("after_head")
+        if isinstance(after, dict):  # selfsup eval RUN --after-head
+            for key in ("knn_top1", "linear_top1"):
+                if key in after:
+                    row[f"after_head_{key}"] = after[key]
         if "time_s" in metrics:  # a fine-tuning result
             row["eval_time_s"] = metrics["time_s"]
     row.update(run_provenance(run_dir, summary))
@@ -212,6 +226,7 @@ def markdown_table(
     metrics = [("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)")]
     if command in ("semi", "finetune"):
         metrics = [("test_top1", "test top-1 (%)")] + (metrics if command == "finetune" else [])
+    metrics += [(key, name) for key, name in AFTER_HEAD if any(r.get(key) is not None for r in rows)]
     spread = any(r.get("embedding_std") is not None for r in rows)
     one_machine = len(machines(rows)) <= 1
     head = [*axes, "seeds", *(name for _, name in metrics)]
