@@ -534,6 +534,10 @@ def test_after_head_accuracy_is_a_column_when_a_cell_has_it(tmp_path: Path) -> N
     assert table[2].startswith("| mlp | 1 | 40.0 ± 0.0 | 45.0 ± 0.0 | 30.0 ± 0.0 | 35.0 ± 0.0 |")
     assert table[3].startswith("| none | 1 | 20.0 ± 0.0 | 25.0 ± 0.0 | - | - |")
     assert "after the head" not in markdown_table(rows[1:], ["h"])  # no cell has it: no column
+    # Evaluated after the head on one seed of two: one value, not a mean with zero spread.
+    rows.append({"h": "mlp", "seed": 1, "status": "done", "knn_top1": 0.42, "linear_top1": 0.45})
+    table = markdown_table(rows, ["h"]).splitlines()
+    assert table[2].startswith("| mlp | 2 | 41.0 ± 1.4 | 45.0 ± 0.0 | 30.0 (1 seed) | 35.0 (1 seed) |")
 
 
 @pytest.fixture(scope="module")

@@ -249,7 +249,7 @@ def markdown_table(
         cells = [str(g[a]) for a in axes] + [str(g["n"])]
         for key, _ in metrics:
             vals = g["values"].get(key)
-            cells.append("{:.1f} ± {:.1f}".format(*mean_std([100 * v for v in vals])) if vals else "-")
+            cells.append(_accuracy_cell([100 * v for v in vals], g["n"]) if vals else "-")
         if ref:
             point = tuple(str(g[a]) for a in axes[:depth])
             cells.append(f"{ref[point]:g}" if point in ref else "-")
@@ -270,6 +270,18 @@ def markdown_table(
     if missing:
         lines.append(f"\n{missing} cell(s) not finished.")
     return "\n".join(lines)
+
+
+def _accuracy_cell(values: list[float], n: int) -> str:
+    """Mean ± std of a grid point's values (%), saying how many seeds when not all ``n`` have one.
+
+    A column that only some cells have (accuracy after the head, evaluated on one seed)
+    must not print one seed's value as a mean with zero spread.
+    """
+    if len(values) == 1 and n > 1:
+        return f"{values[0]:.1f} (1 seed)"
+    text = "{:.1f} ± {:.1f}".format(*mean_std(values))
+    return text if len(values) == n else f"{text} ({len(values)} seeds)"
 
 
 def milestone_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
