@@ -95,3 +95,16 @@ def test_block_kinds_from_synthetic_records(tmp_path: Path) -> None:
     page.write_text("<!-- results table missing-folder -->\n<!-- /results -->\n")
     with pytest.raises(ConfigError, match="does not exist"):
         update_docs(root, check=True)
+
+
+def test_a_spec_recorded_from_another_checkout_is_named_as_in_this_one(tmp_path: Path) -> None:
+    from selfsup.experiments.docs import _spec_in_root
+
+    root = tmp_path / "repo"
+    (root / "configs" / "ablations").mkdir(parents=True)
+    (root / "configs" / "ablations" / "heads.yaml").write_text("name: heads\n")
+    elsewhere = tmp_path / "measure" / "configs" / "ablations" / "heads.yaml"  # a worktree's path
+    assert _spec_in_root(elsewhere, root) == Path("configs/ablations/heads.yaml")
+    assert _spec_in_root(root / "configs" / "ablations" / "heads.yaml", root) == Path("configs/ablations/heads.yaml")
+    assert _spec_in_root(tmp_path / "other" / "mine.yaml", root) == Path("mine.yaml")
+    assert _spec_in_root(Path("configs/x.yaml"), root) == Path("configs/x.yaml")

@@ -62,15 +62,27 @@ def _sweep_rows(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return collect(None, found), axes
 
 
+def _spec_in_root(spec: Path, root: Path) -> Path:
+    """A sweep's spec path as a reader of ``root`` would type it.
+
+    A sweep run from another checkout (a clean worktree kept for measuring) records that
+    checkout's absolute path: the longest tail of it that names a file under ``root``
+    (``configs/ablations/heads.yaml``) stands for it, else its file name.
+    """
+    if not spec.is_absolute():
+        return spec
+    try:
+        return spec.relative_to(root.resolve())
+    except ValueError:
+        pass
+    tails = (Path(*spec.parts[i:]) for i in range(1, len(spec.parts)))
+    return next((t for t in tails if (root / t).is_file()), Path(spec.name))
+
+
 def _sweep_command(folder: Path, root: Path) -> str:
     """``selfsup sweep SPEC --scale S --out FOLDER``, from the folder's sweep.yaml."""
     record = yaml.safe_load((folder / "sweep.yaml").read_text()) or {}
-    spec = Path(str(record.get("spec", "SPEC.yaml")))
-    if spec.is_absolute():
-        try:
-            spec = spec.relative_to(root.resolve())
-        except ValueError:
-            spec = Path(spec.name)
+    spec = _spec_in_root(Path(str(record.get("spec", "SPEC.yaml"))), root)
     parts = ["selfsup sweep", spec.as_posix()]
     if record.get("use_scale"):
         parts += ["--scale", str(record["use_scale"])]
