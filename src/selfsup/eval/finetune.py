@@ -71,13 +71,14 @@ def finetune(
         RunDirError: If ``run_dir`` is not a run, or another process writes to ``out``.
     """
     run_dir = Path(run_dir)
+    dest = run_dir if out is None else Path(out)
     if out is None:
         lock = existing_run_lock(run_dir, "selfsup finetune")
     else:
         load_run_config(run_dir)  # a clear error before anything is created
-        lock = run_lock(Path(out), "selfsup finetune")
+        lock = run_lock(dest, "selfsup finetune")
     with lock:
-        return _finetune_all(run_dir, Path(out) if out is not None else run_dir, overrides, random_init, device, log)
+        return _finetune_all(run_dir, dest, overrides, random_init, device, log)
 
 
 def _finetune_all(
@@ -97,11 +98,11 @@ def _finetune_all(
 
     splits = load_data(cfg.data, progress=cfg.train.progress, subset=False)
     results = {}
+    bf16 = use_bf16(cfg.train.precision, dev)
     for n_labels in cfg.finetune.labels:
         result = _finetune_one(cfg, splits, n_labels, run_dir, out, random_init, dev, log)
         section = "finetune_random_init" if random_init else "finetune"
         update_metrics_json(out, {str(n_labels): result}, section=section)
-        bf16 = use_bf16(cfg.train.precision, dev)
         record_machine(out, section, result.get("time_s", 0.0), dev, labels=n_labels, bf16=bf16)
         results[str(n_labels)] = result
     return results
