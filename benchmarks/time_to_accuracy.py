@@ -44,9 +44,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from pipelines import calibrated_step_seconds, cycle, lightly_parts, setup  # noqa: E402
+from selfsup.experiments.time_to_accuracy import THRESHOLDS, by_pipeline, lead, table  # noqa: E402
+from selfsup.machine import record_machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-THRESHOLDS = (45, 50, 55, 60, 64)
 
 
 def evaluate(encoder: torch.nn.Module, ctx: Any, mean: list[float], std: list[float], linear: bool) -> dict[str, Any]:
@@ -68,9 +69,13 @@ def evaluate(encoder: torch.nn.Module, ctx: Any, mean: list[float], std: list[fl
 
 
 def selfsup_points(ctx: Any, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
-    """Train with a time budget, then evaluate the epoch checkpoints past each ``--every`` mark."""
+    """Train with a time budget, then evaluate the epoch checkpoints past each ``--every`` mark.
+
+    The recipe runs as written (its own backbone and batch size; ``--batch`` is lightly's),
+    except under ``--smoke``, where the tiny batch applies to it too.
+    """
     from selfsup import pretrain
-    from selfsup.config import apply_overrides
+    from selfsup.config import load_config
     from selfsup.eval import load_run_model
     from selfsup.rundir import read_jsonl
 
@@ -79,8 +84,12 @@ def selfsup_points(ctx: Any, args: argparse.Namespace, out: Path) -> list[dict[s
         "train.checkpoint_every": 1,
         "train.eval_after": False,
         "train.progress": False,
+        "data.name": args.data,
+        "train.precision": ctx.cfg.train.precision,
     }
-    cfg = apply_overrides(ctx.cfg, extra)
+    if args.smoke:
+        extra["train.batch_size"] = args.batch
+    cfg = load_config(args.config, extra)
     run = out / "selfsup-run"
     pretrain(cfg, out=run, overwrite=True, log=lambda _m: None)
     records = read_jsonl(run / "metrics.jsonl")
@@ -156,28 +165,6 @@ def lightly_points(ctx: Any, args: argparse.Namespace, tuned: bool) -> list[dict
     return points
 
 
-def minutes_to(points: list[dict[str, Any]], threshold: float) -> float | None:
-    """Training minutes of the first snapshot at or above ``threshold`` % kNN (None: never)."""
-    return next((p["train_min"] for p in points if 100 * p["knn_top1"] >= threshold), None)
-
-
-def table(by: dict[str, list[dict[str, Any]]]) -> str:
-    head = "| pipeline | " + " | ".join(f"min to {t} %" for t in THRESHOLDS)
-    head += " | training (min) | kNN at the end (%) | linear at the end (%) | evaluation (s) |"
-    lines = [head, "|---" + "|---:" * (len(THRESHOLDS) + 4) + "|"]
-    for name, pts in by.items():
-        if not pts:
-            continue
-        cells = [f"{m:.1f}" if (m := minutes_to(pts, t)) is not None else "-" for t in THRESHOLDS]
-        last = pts[-1]
-        lin = f"{100 * last['linear_top1']:.1f}" if "linear_top1" in last else "-"
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {last['train_min']:.1f} | {100 * last['knn_top1']:.1f}"
-            f" | {lin} | {sum(p['eval_s'] for p in pts):.0f} |"
-        )
-    return "\n".join(lines)
-
-
 def plot(by: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
@@ -208,20 +195,21 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20.0, help="each lightly pipeline's training budget")
     p.add_argument("--every", type=float, default=2.5, help="minutes of training between snapshots")
     p.add_argument("--pipelines", default="selfsup,lightly,lightly_tuned")
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=256, help="the lightly pipelines' batch (selfsup: its recipe's)")
     p.add_argument("--data", default="cifar10", help="the bundled CIFAR-10, or a folder with train/ and test/")
     p.add_argument("--smoke", action="store_true", help="tiny budgets: checks every code path in seconds")
     args = p.parse_args()
     if args.smoke:
         args.selfsup_minutes, args.minutes, args.every, args.batch = 0.05, 0.05, 0.02, 16
     args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
     ctx = setup("preact_resnet26", args.batch, config=args.config, data=args.data)
     if args.smoke:
         from selfsup.config import apply_overrides
 
         ctx.cfg = apply_overrides(ctx.cfg, {"eval.linear_epochs": 2})
         ctx.workers = 0
-    by: dict[str, list[dict[str, Any]]] = {}
+    points: list[dict[str, Any]] = []
     with open(args.out / "points.jsonl", "w") as f:
         for name in args.pipelines.split(","):
             try:
@@ -233,26 +221,21 @@ def main() -> None:
             except ImportError as e:  # lightly is an optional extra
                 f.write(json.dumps({"pipeline": name, "skipped": str(e)}) + "\n")
                 continue
-            by[name] = pts
+            points += pts
             for pt in pts:
                 f.write(json.dumps(pt) + "\n")
             f.flush()
+    by = by_pipeline(points)
     md = table(by)
     env = f"device {ctx.device}, bf16 {ctx.bf16}, {torch.get_num_threads()} threads, batch {args.batch}"
     (args.out / "table.md").write_text(md + "\n\n" + env + "\n")
     plot(by, args.out / "curves.png")
+    # The machine and the command, for the docs block generated from this folder.
+    record_machine(args.out, "benchmark", time.perf_counter() - t_start, ctx.device, bf16=ctx.bf16, batch=args.batch)
     print(md)
-    last = {k: v[-1] for k, v in by.items() if v}
-    if "selfsup" in last:
-        for other in ("lightly", "lightly_tuned"):
-            if other in by:
-                mark = min(args.minutes, last["selfsup"]["train_min"])
-                ours = max((pt["knn_top1"] for pt in by["selfsup"] if pt["train_min"] <= mark + 1e-9), default=0.0)
-                theirs = by[other][-1]["knn_top1"]
-                print(
-                    f"selfsup at {mark:g} min minus {other} at the end of its {args.minutes:g} min: "
-                    f"{100 * (ours - theirs):+.1f} kNN points"
-                )
+    for other, diff in lead(by, args.minutes).items():
+        mark = min(args.minutes, by["selfsup"][-1]["train_min"])
+        print(f"selfsup at {mark:g} min minus {other} at the end of its {args.minutes:g} min: {diff:+.1f} kNN points")
     print(env)
 
 

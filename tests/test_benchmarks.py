@@ -71,9 +71,10 @@ def test_time_to_accuracy_smoke(shared_folder: Path, tmp_path: Path) -> None:
     assert table.startswith("| pipeline | min to 45 % |") and "| selfsup |" in table
 
 
-def test_minutes_to_a_threshold_and_the_marks() -> None:
+def test_minutes_to_a_threshold_the_lead_and_the_marks() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from time_to_accuracy import _marks, minutes_to
+    from selfsup.experiments.time_to_accuracy import lead, minutes_to
+    from time_to_accuracy import _marks
 
     pts = [
         {"train_min": 2.0, "knn_top1": 0.44},
@@ -81,6 +82,10 @@ def test_minutes_to_a_threshold_and_the_marks() -> None:
         {"train_min": 7.0, "knn_top1": 0.5},
     ]
     assert minutes_to(pts, 45) == 4.5 and minutes_to(pts, 50) == 4.5 and minutes_to(pts, 55) is None
+    # selfsup's best within the other's minutes (4.5 of 5), against the other's last point.
+    other = [{"train_min": 5.0, "knn_top1": 0.4}]
+    assert lead({"selfsup": pts, "lightly": other}, 5.0) == {"lightly": pytest.approx(11.0)}
+    assert lead({"lightly": other}, 5.0) == {}
     # Epoch ends at 1.4, 2.8, ... minutes, a snapshot every 2.5: the first past 2.5, 5, 7.5, and the last.
     ends = [(1.4 * i, i) for i in range(1, 8)]
     assert [k for _, k in _marks(ends, 2.5)] == [2, 4, 6, 7]

@@ -97,6 +97,28 @@ def test_block_kinds_from_synthetic_records(tmp_path: Path) -> None:
         update_docs(root, check=True)
 
 
+def test_a_time_to_accuracy_block_from_its_points(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    folder = root / "results" / "tta"
+    folder.mkdir(parents=True)
+    points = [
+        {"pipeline": "selfsup", "train_min": 2.5, "step": 300, "knn_top1": 0.46, "eval_s": 20.0},
+        {"pipeline": "selfsup", "train_min": 5.1, "step": 600, "knn_top1": 0.56, "linear_top1": 0.58, "eval_s": 80.0},
+        {"pipeline": "lightly", "train_min": 5.0, "step": 400, "knn_top1": 0.44, "linear_top1": 0.47, "eval_s": 70.0},
+        {"pipeline": "lightly_tuned", "skipped": "No module named 'lightly'"},
+    ]
+    (folder / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    record_machine(folder, "benchmark", 900.0, bf16=True)
+    (root / "docs").mkdir()
+    page = root / "docs" / "speed.md"
+    page.write_text("<!-- results tta tta -->\n<!-- /results -->\n")
+    assert len(update_docs(root)) == 1
+    text = page.read_text()
+    assert "| selfsup | 2.5 | 5.1 | 5.1 | - | - | 5.1 | 56.0 | 58.0 | 100 |" in text
+    assert "| lightly | - | - | - | - | - | 5.0 | 44.0 | 47.0 | 70 |" in text and "lightly_tuned" not in text
+    assert "(bf16)." in text and update_docs(root, check=True) == []
+
+
 def test_a_spec_recorded_from_another_checkout_is_named_as_in_this_one(tmp_path: Path) -> None:
     from selfsup.experiments.docs import _spec_in_root
 

@@ -516,6 +516,25 @@ def test_markdown_table_statistics() -> None:
     assert table[0].endswith("| embedding std |") and table[2].endswith("| 0.1100 ± 0.0141 |")
 
 
+def test_steps_and_speed_are_columns_when_cells_trained_different_steps() -> None:
+    """Equal-time trials (time budgets) differ in steps: the table says how many and how fast."""
+    base = {"status": "done", "knn_top1": 0.5, "linear_top1": 0.5, "final_loss": 1.0, "machine": "m"}
+    rows = [
+        {"t": "a", "seed": 0, **base, "steps": 400, "views_per_s": 880.0},
+        {"t": "b", "seed": 0, **base, "steps": 700, "views_per_s": 740.0},
+    ]
+    table = markdown_table(rows, ["t"]).splitlines()
+    assert "| steps | views/s |" in table[0]
+    assert "| 400 ± 0 | 880 ± 0 |" in table[2] and "| 700 ± 0 | 740 ± 0 |" in table[3]
+    # Two machines: views/s do not compare, steps still do.
+    rows[1]["machine"] = "other"
+    head = markdown_table(rows, ["t"]).splitlines()[0]
+    assert "| steps |" in head and "views/s" not in head and "wall time" not in head
+    # The same steps everywhere (an epoch-based sweep at one batch size): no such columns.
+    rows[1]["steps"] = 400
+    assert "steps" not in markdown_table(rows, ["t"]).splitlines()[0]
+
+
 def test_after_head_accuracy_is_a_column_when_a_cell_has_it(tmp_path: Path) -> None:
     from selfsup.experiments.results import run_row
 

@@ -19,6 +19,8 @@ Kinds of block (NAME is a folder under ``results/``):
   (``selfsup eval RUN --milestones``).
 - ``runs NAME``: one row per run folder directly under ``results/NAME/`` (recipe trials,
   benchmark runs): kNN, linear, steps, training minutes, machine.
+- ``tta NAME``: the table of a ``benchmarks/time_to_accuracy.py`` run (its
+  ``points.jsonl``), with its command and machine.
 """
 
 from __future__ import annotations
@@ -178,7 +180,28 @@ def render_runs(folder: Path, root: Path) -> str:
     return "\n".join(out) + "\n"
 
 
-RENDERERS = {"table": render_table, "run": render_run, "milestones": render_milestones, "runs": render_runs}
+def render_tta(folder: Path, root: Path) -> str:
+    """The ``tta`` block: minutes to each kNN threshold per pipeline, the command and machine."""
+    from .time_to_accuracy import by_pipeline, table
+
+    points = read_jsonl(folder / "points.jsonl")
+    entries = read_machine(folder)
+    where = run_provenance(folder)
+    cmd = _command(entries, ("benchmark",))
+    out = table(by_pipeline(points)) + "\n\n"
+    if cmd:
+        out += f"`{cmd}`; "
+    out += f"measured {where.get('date', 'undated')} on {where.get('machine', 'an unrecorded machine')}"
+    return out + (f" ({where['precision']}).\n" if "precision" in where else ".\n")
+
+
+RENDERERS = {
+    "table": render_table,
+    "run": render_run,
+    "milestones": render_milestones,
+    "runs": render_runs,
+    "tta": render_tta,
+}
 
 
 def _render(kind: str, name: str, results: Path, root: Path, where: Path) -> str:

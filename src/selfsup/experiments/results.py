@@ -26,6 +26,7 @@ COLUMNS = [
     "embedding_std",
     "after_head_knn_top1",
     "after_head_linear_top1",
+    "steps",
 ]
 
 #: Accuracy columns a table shows only when some cell has them: the projection head's
@@ -53,6 +54,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     if summary:
         for key in ("final_loss", "train_time_s", "views_per_s", "peak_memory_mb"):
             row[key] = summary.get(key)
+        row["steps"] = summary.get("step")
     # The collapse signal at the end of training: the last logged spread of the embeddings.
     spread = next((r["embedding_std"] for r in reversed(records) if "embedding_std" in r), None)
     if spread is not None:
@@ -238,6 +240,14 @@ def markdown_table(
         head.append(f"{reference_title(reference or {})} (%)")
     head.append("final loss")
     numbers = [("final_loss", "{:.3f} ± {:.3f}")]
+    if len({r.get("steps") for r in rows if r.get("status", "done") == "done"}) > 1:
+        # Cells that trained different numbers of steps (time budgets, equal-time
+        # comparisons): how many, and at what speed where the speeds compare.
+        head.append("steps")
+        numbers.append(("steps", "{:.0f} ± {:.0f}"))
+        if one_machine:
+            head.append("views/s")
+            numbers.append(("views_per_s", "{:.0f} ± {:.0f}"))
     if one_machine:
         head.append("wall time (s)")
         numbers.append(("wall_time_s", "{:.0f} ± {:.0f}"))
