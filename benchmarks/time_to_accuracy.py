@@ -78,6 +78,7 @@ def selfsup_points(ctx: Any, args: argparse.Namespace, out: Path) -> list[dict[s
     from selfsup.config import load_config
     from selfsup.eval import load_run_model
     from selfsup.rundir import read_jsonl
+    from selfsup.train import resolve_config
 
     extra: dict[str, Any] = {
         "train.time_budget": args.selfsup_minutes,
@@ -89,7 +90,7 @@ def selfsup_points(ctx: Any, args: argparse.Namespace, out: Path) -> list[dict[s
     }
     if args.smoke:
         extra["train.batch_size"] = args.batch
-    cfg = load_config(args.config, extra)
+    cfg = resolve_config(load_config(args.config, extra), ctx.splits)  # mean and std from the data
     run = out / "selfsup-run"
     pretrain(cfg, out=run, overwrite=True, log=lambda _m: None)
     records = read_jsonl(run / "metrics.jsonl")
