@@ -265,7 +265,10 @@ def markdown_table(
             cells.append(f"{ref[point]:g}" if point in ref else "-")
         for key, fmt in numbers:
             vals = g["values"].get(key)
-            cells.append(fmt.format(*mean_std(vals)) if vals else "-")
+            if vals and len(vals) == 1:  # one value has no spread to show
+                cells.append(fmt.split(" ± ")[0].format(vals[0]))
+            else:
+                cells.append(fmt.format(*mean_std(vals)) if vals else "-")
         lines.append("| " + " | ".join(cells) + " |")
     note = separation(rows, axes, metrics[0][0])
     if note:
@@ -288,8 +291,8 @@ def _accuracy_cell(values: list[float], n: int) -> str:
     A column that only some cells have (accuracy after the head, evaluated on one seed)
     must not print one seed's value as a mean with zero spread.
     """
-    if len(values) == 1 and n > 1:
-        return f"{values[0]:.1f} (1 seed)"
+    if len(values) == 1:  # one value: no spread to show (and say so when others lack it)
+        return f"{values[0]:.1f} (1 seed)" if n > 1 else f"{values[0]:.1f}"
     text = "{:.1f} ± {:.1f}".format(*mean_std(values))
     return text if len(values) == n else f"{text} ({len(values)} seeds)"
 
