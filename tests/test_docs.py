@@ -23,7 +23,7 @@ def test_docs_match_the_committed_results() -> None:
         f"{d.file.name} {d.kind} {d.name}" for d in differences
     )
     blocks = [m for p in doc_files(REPO) for m in BLOCK.finditer(p.read_text())]
-    assert any(m.group(2) == "run" and m.group(3) == "main-job" for m in blocks)
+    assert any(m.group(2) == "run" and m.group(3) == "main-job-cpu" for m in blocks)
     assert any(m.group(2) == "table" for m in blocks)
 
 
@@ -48,22 +48,22 @@ def test_a_planted_difference_fails_the_check(tmp_path: Path, capsys: pytest.Cap
     root = _copy(tmp_path)
     readme = root / "README.md"
     text = readme.read_text()
-    block = next(m for m in BLOCK.finditer(text) if m.group(3) == "main-job")
+    block = next(m for m in BLOCK.finditer(text) if m.group(3) == "main-job-cpu")
     planted = block.group(4).replace("kNN top-1 0.", "kNN top-1 9.", 1)
     assert planted != block.group(4)
     readme.write_text(text.replace(block.group(4), planted))
     assert main(["docs", "--check", "--root", str(root)]) == 1
-    assert "README.md: block 'run main-job' differs from results/main-job" in capsys.readouterr().out
+    assert "README.md: block 'run main-job-cpu' differs from results/main-job-cpu" in capsys.readouterr().out
     assert readme.read_text() != text  # --check changed nothing ...
     assert main(["docs", "--root", str(root)]) == 0  # ... regenerating puts the records' figure back
     assert readme.read_text() == text and update_docs(root, check=True) == []
 
     # A record changed without regenerating the docs fails too.
-    metrics = root / "results" / "main-job" / "metrics.json"
+    metrics = root / "results" / "main-job-cpu" / "metrics.json"
     values = json.loads(metrics.read_text())
     values["linear_top1"] += 0.01
     metrics.write_text(json.dumps(values))
-    assert [(d.file.name, d.name) for d in update_docs(root, check=True)] == [("README.md", "main-job")]
+    assert [(d.file.name, d.name) for d in update_docs(root, check=True)] == [("README.md", "main-job-cpu")]
 
 
 def test_block_kinds_from_synthetic_records(tmp_path: Path) -> None:
