@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from pipelines import calibrated_step_seconds, cycle, lightly_parts, setup  # noqa: E402
-from selfsup.experiments.time_to_accuracy import THRESHOLDS, by_pipeline, lead, table  # noqa: E402
+from selfsup.experiments.time_to_accuracy import THRESHOLDS, by_pipeline, comparison_minutes, lead, table  # noqa: E402
 from selfsup.machine import record_machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def main() -> None:
     record_machine(args.out, "benchmark", time.perf_counter() - t_start, ctx.device, bf16=ctx.bf16, batch=args.batch)
     print(md)
     for other, diff in lead(by, args.minutes).items():
-        mark = min(args.minutes, by["selfsup"][-1]["train_min"])
+        mark = comparison_minutes(by, args.minutes)
         print(f"selfsup at {mark:g} min minus {other} at the end of its {args.minutes:g} min: {diff:+.1f} kNN points")
     print(env)
 

@@ -106,6 +106,12 @@ def _command(entries: list[dict[str, Any]], what: tuple[str, ...]) -> str | None
     return next((e["command"] for e in entries if e.get("what") in what and e.get("command")), None)
 
 
+def _measured(where: dict[str, Any]) -> str:
+    """'measured DATE on MACHINE (precision).' from :func:`run_provenance`'s fields."""
+    out = f"measured {where.get('date', 'undated')} on {where.get('machine', 'an unrecorded machine')}"
+    return out + (f" ({where['precision']})." if "precision" in where else ".")
+
+
 def render_run(folder: Path, root: Path) -> str:
     """The ``run`` block: the lines a run printed, as a console transcript, and its machine."""
     from ..eval import result_line
@@ -128,10 +134,8 @@ def render_run(folder: Path, root: Path) -> str:
         if baseline_cmd:
             lines.append(f"$ {baseline_cmd}")
         lines.append(result_line("random init", metrics["random_init"]))
-    where = run_provenance(folder, summary)
-    note = f"Measured {where.get('date', 'undated')} on {where.get('machine', 'an unrecorded machine')}"
-    note += f" ({where['precision']})." if "precision" in where else "."
-    return "```\n" + "\n".join(lines) + "\n```\n\n" + note + "\n"
+    note = _measured(run_provenance(folder, summary))
+    return "```\n" + "\n".join(lines) + "\n```\n\n" + note[0].upper() + note[1:] + "\n"
 
 
 def render_milestones(folder: Path, root: Path) -> str:
@@ -186,13 +190,11 @@ def render_tta(folder: Path, root: Path) -> str:
 
     points = read_jsonl(folder / "points.jsonl")
     entries = read_machine(folder)
-    where = run_provenance(folder)
     cmd = _command(entries, ("benchmark",))
     out = table(by_pipeline(points)) + "\n\n"
     if cmd:
         out += f"`{cmd}`; "
-    out += f"measured {where.get('date', 'undated')} on {where.get('machine', 'an unrecorded machine')}"
-    return out + (f" ({where['precision']}).\n" if "precision" in where else ".\n")
+    return out + _measured(run_provenance(folder)) + "\n"
 
 
 RENDERERS = {

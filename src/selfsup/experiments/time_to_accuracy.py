@@ -46,6 +46,11 @@ def table(by: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def comparison_minutes(by: dict[str, list[dict[str, Any]]], minutes: float) -> float:
+    """The training minutes at which selfsup is compared: ``minutes``, or its whole run if shorter."""
+    return min(minutes, by["selfsup"][-1]["train_min"])
+
+
 def lead(by: dict[str, list[dict[str, Any]]], minutes: float) -> dict[str, float]:
     """The best selfsup kNN within ``minutes`` (or its whole run if shorter) minus each other pipeline's last.
 
@@ -54,6 +59,6 @@ def lead(by: dict[str, list[dict[str, Any]]], minutes: float) -> dict[str, float
     """
     if not by.get("selfsup"):
         return {}
-    mark = min(minutes, by["selfsup"][-1]["train_min"])
+    mark = comparison_minutes(by, minutes)
     ours = max((p["knn_top1"] for p in by["selfsup"] if p["train_min"] <= mark + 1e-9), default=0.0)
     return {name: 100 * (ours - pts[-1]["knn_top1"]) for name, pts in by.items() if name != "selfsup" and pts}
