@@ -255,6 +255,24 @@ def test_none_preset_only_normalises() -> None:
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
+def test_views_of_another_size_resample_once() -> None:
+    # Progressive resizing: the crop's grid has the output's size. With no crop or flip, a
+    # 32 px image at 16 px samples between each 2 x 2 block of pixels: their mean.
+    cfg = resolved("none")
+    u8 = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    out = BatchAugment(cfg)(u8, torch.Generator().manual_seed(0), size=16)
+    full = (u8.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(out, torch.nn.functional.avg_pool2d(full, 2), atol=1e-5, rtol=0)
+    # Every view of a crop pipeline comes out at the size; the same draws as at full size.
+    aug = BatchAugment(resolved("simclr"))
+    small = aug(u8, torch.Generator().manual_seed(3), n_views=2, size=24)
+    assert small.shape == (6, 3, 24, 24) and small.is_contiguous(memory_format=torch.channels_last)
+    strong_cfg = resolve_augment(AugmentConfig(preset="simclr", randaugment_n=2), "simclr")
+    strong = BatchAugment(replace(strong_cfg, mean=[0.5] * 3, std=[0.25] * 3))
+    with pytest.raises(ValueError, match="RandAugment"):
+        strong(u8, torch.Generator().manual_seed(0), size=24)
+
+
 def test_spec_needs_every_value() -> None:
     with pytest.raises(ValueError, match="mean"):
         AugmentSpec.from_config(resolve_augment(AugmentConfig(), "simclr"))

@@ -321,6 +321,33 @@ def test_scale_profile_sets_its_own_seeds(shared_folder: Path, tmp_path: Path) -
     assert axes == ["method.temperature"] and [c.seed for c in recorded] == [4, 5, 6]
 
 
+def test_scale_profile_changes_the_encoder_alone(shared_folder: Path, tmp_path: Path) -> None:
+    from selfsup.experiments.sweep import _encoder_config
+
+    write_recipe(tmp_path / "tiny.yaml", shared_folder)
+    profile = {"train.epochs": 2, "encoder": {"train.epochs": 5, "optim.lr": 0.3}}
+    raw = {
+        "name": "le",
+        "command": "finetune",
+        "base": "tiny.yaml",
+        "encoder": {"base": "tiny.yaml", "overrides": {"optim.lr": 0.1}},
+        "grid": {"finetune.labels": [[6]]},
+        "seeds": [0],
+        "scale": {"cpu": profile},
+    }
+    spec = tmp_path / "le.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    s = load_spec(spec)
+    enc = _encoder_config(s, 0, "cpu")
+    assert (enc.train.epochs, enc.optim.lr) == (5, 0.3)  # the scale's encoder values come last
+    assert s.config({}, "cpu").train.epochs == 2  # the cells keep the profile's own
+    assert _encoder_config(s, 0, None).optim.lr == 0.1
+    raw["scale"]["cpu"]["encoder"] = {"train.epoch": 5}
+    spec.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="'train.epoch' is not a config key"):
+        load_spec(spec)
+
+
 @pytest.mark.parametrize(
     "fields,message",
     [

@@ -62,6 +62,37 @@ def test_nt_xent_exact_value() -> None:
     assert float(nt_xent(e, e.clone(), tau)) == pytest.approx(expected, abs=1e-6)
 
 
+def dcl_reference(z1: np.ndarray, z2: np.ndarray, tau: float) -> float:
+    """DCL (Yeh et al. 2022, Eq. 3), literally: the positive out of the denominator."""
+    z = np.concatenate([z1, z2])
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        p = (i + n) % (2 * n)
+        negatives = [math.exp(z[i] @ z[k] / tau) for k in range(2 * n) if k not in (i, p)]
+        total += -z[i] @ z[p] / tau + math.log(sum(negatives))
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("n,d", [(2, 3), (5, 8)])
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_decoupled_nt_xent_matches_reference(n: int, d: int, tau: float) -> None:
+    rng = np.random.default_rng(n * 10 + d)
+    z1, z2 = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    got = nt_xent(torch.tensor(z1), torch.tensor(z2), tau, decoupled=True)
+    assert float(got) == pytest.approx(dcl_reference(z1, z2, tau), abs=1e-6)
+    # The positive's share of the denominator is what DCL removes: NT-Xent is larger.
+    assert float(nt_xent(torch.tensor(z1), torch.tensor(z2), tau)) > float(got)
+
+
+def test_decoupled_nt_xent_exact_value() -> None:
+    # Views identical, two orthogonal images: the positive at similarity 1, two negatives
+    # at 0, so each anchor's loss is -1/t + log 2.
+    e = torch.eye(2)
+    assert float(nt_xent(e, e.clone(), 0.5, decoupled=True)) == pytest.approx(-2 + math.log(2), abs=1e-6)
+
+
 def test_nt_xent_is_scale_invariant_and_differentiable() -> None:
     z1 = torch.randn(4, 6, requires_grad=True)
     z2 = torch.randn(4, 6)

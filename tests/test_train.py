@@ -175,6 +175,26 @@ def test_time_budget_plans_once_and_resumes_the_same_schedule(shared_folder: Pat
     assert_same_state(final_state(copy), final_state(out))
 
 
+def test_progressive_resizing_trains_small_views_first(
+    shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import selfsup.train.loop as loop
+
+    sizes: list[int | None] = []
+    real = loop.train_step
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        sizes.append(kwargs["size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", recording)
+    overrides = tiny_overrides(shared_folder, **{"train.low_res": 16, "train.low_res_until": 0.5})
+    pretrain(load_config(None, overrides), out=tmp_path / "run", log=lambda s: None)
+    assert sizes == [16] * 6 + [None] * 6  # 12 steps, the first half at 16 px
+    with pytest.raises(ConfigError, match="train.low_res"):
+        load_config(None, tiny_overrides(shared_folder, **{"train.low_res": 4}))
+
+
 def _budget_run(shared_folder: Path, out: Path, minutes: float, **extra: Any) -> dict:
     from selfsup.train.plan import PLAN
 

@@ -144,8 +144,9 @@ class MethodConfig:
     name: str = "simclr"
     #: Softmax temperature of the contrastive loss (SimCLR, MoCo; NT-Logistic's too).
     temperature: float = 0.2
-    #: SimCLR's loss: 'nt-xent' (the paper's), or the two it compares with in its Table 2.
-    loss: Literal["nt-xent", "nt-logistic", "margin-triplet"] = "nt-xent"
+    #: SimCLR's loss: 'nt-xent' (the paper's), the two it compares with in its Table 2,
+    #: or 'dcl' (NT-Xent without the positive in the denominator; Yeh et al. 2022).
+    loss: Literal["nt-xent", "nt-logistic", "margin-triplet", "dcl"] = "nt-xent"
     #: Margin of the margin triplet loss, on cosine similarities.
     margin: float = 0.5
     #: NT-Logistic, margin triplet: semi-hard negatives only (SimCLR's Table 4 "sh" rows).
@@ -258,6 +259,13 @@ class TrainConfig:
     replan: bool = True
     #: Images per step (SimCLR sees two views of each).
     batch_size: int = 256
+    #: Progressive resizing: views of this side in pixels for the first
+    #: ``train.low_res_until`` of the steps, full-size views after (0 = always full size).
+    #: Early steps get cheaper (24 px: 0.56 of the pixels); the network ends on the size it
+    #: is evaluated at (FixRes, Touvron et al. 2019; FFCV's progressive resizing).
+    low_res: int = 0
+    #: Fraction of the run's steps trained at ``train.low_res``.
+    low_res_until: float = 0.5
     #: Seeds the model, the data order and every augmentation (a function of seed and step).
     seed: int = 0
     #: 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.
@@ -664,6 +672,8 @@ def validate(cfg: Config) -> None:
     need(t.batch_size >= 2, "train.batch_size", "must be at least 2 (batch statistics)")
     need(t.epochs > 0, "train.epochs", "must be a positive integer")
     need(t.time_budget is None or t.time_budget > 0, "train.time_budget", "must be positive (minutes)")
+    need(t.low_res == 0 or t.low_res >= 8, "train.low_res", "must be 0 (off) or at least 8 pixels")
+    need(0 <= t.low_res_until <= 1, "train.low_res_until", "must be a fraction of the run, in [0, 1]")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must not be negative")
     need(t.checkpoint_minutes >= 0, "train.checkpoint_minutes", "must not be negative")
     need(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be a positive integer")

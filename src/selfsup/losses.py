@@ -15,6 +15,7 @@ def nt_xent(
     z1_all: torch.Tensor | None = None,
     z2_all: torch.Tensor | None = None,
     offset: int = 0,
+    decoupled: bool = False,
 ) -> torch.Tensor:
     """NT-Xent, SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020).
 
@@ -25,6 +26,15 @@ def nt_xent(
         -log( exp(s(i, p(i)) / t) / sum_{k != i} exp(s(i, k) / t) )
 
     and the result is the mean over all 2N anchors (the paper's Algorithm 1).
+
+    With ``decoupled`` the positive leaves the denominator (DCL, Yeh et al. 2022), whose
+    sum then runs over the 2N - 2 negatives alone::
+
+        -s(i, p(i)) / t + log sum_{k != i, p(i)} exp(s(i, k) / t)
+
+    The positive's gradient no longer shrinks as it dominates the sum (NT-Xent's
+    "negative-positive coupling"), which the paper reports matters most with small
+    batches and short runs.
 
     Across processes, pass the embeddings of the whole global batch as ``z1_all`` and
     ``z2_all`` (M, D), in which this process's rows start at ``offset``: the local 2N
@@ -38,6 +48,7 @@ def nt_xent(
         z1_all: (M, D) first views of the global batch (default: ``z1``).
         z2_all: (M, D) second views of the global batch (default: ``z2``).
         offset: Row of ``z1`` within ``z1_all``.
+        decoupled: Leave the positive out of the denominator (DCL).
 
     Returns:
         Scalar loss (float32 even under autocast).
@@ -55,7 +66,12 @@ def nt_xent(
     # An anchor is not its own negative: remove it from the softmax.
     logits[torch.arange(2 * n, device=logits.device), own] = float("-inf")
     targets = torch.cat([local + m, local])  # the other view of the same image
-    return F.cross_entropy(logits, targets)
+    if not decoupled:
+        return F.cross_entropy(logits, targets)
+    rows = torch.arange(2 * n, device=logits.device)
+    positive = logits[rows, targets]
+    negatives = logits.index_put((rows, targets), torch.tensor(float("-inf"), device=logits.device))
+    return (torch.logsumexp(negatives, dim=1) - positive).mean()
 
 
 def _pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

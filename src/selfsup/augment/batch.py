@@ -30,20 +30,27 @@ from .params import AugmentParams, sample_params
 from .presets import AugmentSpec
 
 
-def apply_params(images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec) -> torch.Tensor:
+def apply_params(
+    images: torch.Tensor, params: AugmentParams, cfg: AugmentSpec, size: int | None = None
+) -> torch.Tensor:
     """Augment a batch with the given parameters.
 
     Args:
         images: uint8 (B, H, W, 3) on the training device.
         params: From :func:`sample_params` with ``n == B``.
         cfg: The augmentation that produced ``params`` (op settings, mean, std).
+        size: Side of the output views (progressive resizing); None = the images' own.
 
     Returns:
-        float32 (B, 3, H, W), normalised, channels_last.
+        float32 (B, 3, H, W) (H = W = ``size`` when given), normalised, channels_last.
     """
     x = to_float(images)
     b, _, h, w = x.shape
-    if cfg.crop != "none" or bool(params.flip.any()):
+    if size is not None and (size, size) != (h, w):
+        if params.randaugment is not None:
+            raise ValueError("views of another size cannot take RandAugment or Cutout (drawn in input pixels)")
+        h = w = size  # the crop's resampling grid has the output's size: one interpolation
+    if cfg.crop != "none" or bool(params.flip.any()) or x.shape[-2:] != (h, w):
         theta = params.theta.to(x.device, non_blocking=True)
         grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
         # 'reflection' pads translations by mirroring; crops stay inside the image.
@@ -89,11 +96,15 @@ class ViewAugment:
         gen: torch.Generator,
         positions: torch.Tensor | None = None,
         total: int | None = None,
+        size: int | None = None,
     ) -> torch.Tensor:
-        """(B, H, W, 3) uint8 -> (V * B, 3, H, W) normalised: view v of image i at row v * B + i."""
+        """(B, H, W, 3) uint8 -> (V * B, 3, H, W) normalised: view v of image i at row v * B + i.
+
+        ``size`` resizes every view to ``size`` x ``size`` (progressive resizing).
+        """
         if self.shared:
-            return self.augments[0](images, gen, len(self.augments), positions, total)
-        return torch.cat([a(images, gen, 1, positions, total) for a in self.augments])
+            return self.augments[0](images, gen, len(self.augments), positions, total, size)
+        return torch.cat([a(images, gen, 1, positions, total, size) for a in self.augments])
 
 
 class BatchAugment:
@@ -114,13 +125,14 @@ class BatchAugment:
         n_views: int = 1,
         positions: torch.Tensor | None = None,
         total: int | None = None,
+        size: int | None = None,
     ) -> torch.Tensor:
         """Augment ``images`` (B, H, W, 3) uint8 ``n_views`` times, views stacked on dim 0.
 
         With ``positions`` (B,) and ``total``, ``images`` are the samples at those
         positions of a global batch of ``total``: parameters are drawn for the whole global
         batch and these samples' rows kept, so that several processes together augment
-        exactly as one process would.
+        exactly as one process would. ``size`` is the views' side (None: the images').
         """
         b, h, w = images.shape[:3]
         n = b if total is None else total
@@ -131,4 +143,4 @@ class BatchAugment:
 
         if n_views > 1:
             images = images.repeat(n_views, 1, 1, 1)
-        return apply_params(images, params, self.cfg)
+        return apply_params(images, params, self.cfg, size)

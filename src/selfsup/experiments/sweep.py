@@ -16,6 +16,9 @@ A spec (YAML)::
     scale:                       # named size profiles, chosen with --scale NAME
       cpu: {train.epochs: 6, data.subset: 5000}
       cpu50k: {train.epochs: 3, seeds: [0, 1, 2]}   # a profile may set its own seeds
+      cpu-ft:                    # ... and changes for the encoder alone (after the rest)
+        train.epochs: 3
+        encoder: {train.epochs: 6}
     encoder:                     # what finetune cells fine-tune, per seed, and what a
       base: ../quick.yaml        # cell with model.init: "@encoder" starts from
       overrides: {}
@@ -69,6 +72,9 @@ from .records import cell_state, describe, has_checkpoint, stale_cells
 from .results import collect, encoder_dir, markdown_table, write_csv
 
 SPEC_FILE = "sweep.yaml"
+#: Keys of a scale profile that are not config overrides for every cell.
+SCALE_SECTIONS = ("grid", "seeds", "encoder")
+
 #: ``model.init`` value that means "this sweep's encoder for the cell's seed".
 SWEEP_ENCODER = "@encoder"
 TABLE_FILE = "table.md"
@@ -145,7 +151,7 @@ class SweepSpec:
         cfg = load_config(base if base is not None else self.base)
         merged = dict(self.overrides if overrides is None else overrides)
         if scale is not None:
-            merged.update({k: v for k, v in self.scale[scale].items() if k not in ("grid", "seeds")})
+            merged.update({k: v for k, v in self.scale[scale].items() if k not in SCALE_SECTIONS})
         merged.update(extra)
         return apply_overrides(cfg, merged, source=str(self.path)) if merged else cfg
 
@@ -242,10 +248,15 @@ def _parse_axes(grid: Any, path: Path) -> list[Axis]:
 
 
 def _check_scale(scale: dict[str, Any], axis_names: list[str], path: Path) -> None:
-    """Every key of every scale profile is a config key, or a grid axis it shrinks."""
+    """Every key of every scale profile is a config key, a grid axis it shrinks, or the encoder's."""
     for profile, values in scale.items():
         for key, value in (values or {}).items():
-            if key == "grid":  # a profile may shrink axis values too (e.g. the epochs axis)
+            if key == "encoder":  # the encoder's own changes at this scale: config keys
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{path}: scale '{profile}' encoder must map config keys to values")
+                for name in value:
+                    _check_key(name, f"{path}: scale '{profile}' encoder")
+            elif key == "grid":  # a profile may shrink axis values too (e.g. the epochs axis)
                 for name in value or {}:
                     if name not in axis_names:
                         raise ConfigError(f"{path}: scale '{profile}' changes grid axis '{name}', which the grid lacks")
@@ -643,9 +654,11 @@ def _claim_folder(folder: Path, record: dict[str, Any]) -> None:
 
 
 def _encoder_config(spec: SweepSpec, seed: int, scale: str | None) -> Config:
+    """The encoder's recipe: its base and overrides, the scale's values, then the scale's ``encoder:`` ones."""
     enc = spec.encoder or {}
     base = (spec.path.parent / enc["base"]).resolve() if enc.get("base") else None
-    return spec.config({"train.seed": seed}, scale, base=base, overrides=dict(enc.get("overrides") or {}))
+    own = dict((spec.scale.get(scale) or {}).get("encoder") or {}) if scale else {}
+    return spec.config({**own, "train.seed": seed}, scale, base=base, overrides=dict(enc.get("overrides") or {}))
 
 
 def _ensure_encoder(

@@ -17,13 +17,14 @@ class SimCLR(Method):
 
     The loss is NT-Xent, or for seed 002's loss study one of the two SimCLR compares it
     with (``method.loss``: NT-Logistic, margin triplet; these contrast the views of
-    each process's own batch under torchrun).
+    each process's own batch under torchrun), or NT-Xent decoupled ('dcl': the positive
+    out of the denominator, Yeh et al. 2022).
 
     Args:
         backbone: Encoder with a ``feature_dim`` attribute.
         head: Projection head from ``feature_dim`` to the embedding size.
         temperature: NT-Xent (and NT-Logistic) temperature.
-        loss: 'nt-xent', 'nt-logistic' or 'margin-triplet'.
+        loss: 'nt-xent', 'nt-logistic', 'margin-triplet' or 'dcl'.
         margin: The margin triplet loss's margin.
         semi_hard: Semi-hard negatives only (NT-Logistic, margin triplet).
     """
@@ -76,5 +77,7 @@ class SimCLR(Method):
         else:
             # Under torchrun: negatives from every rank's views, gradients through the gather.
             z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)
-            loss = nt_xent(z1, z2, self.temperature, z1_all, z2_all, offset=rank() * len(z1))
+            loss = nt_xent(
+                z1, z2, self.temperature, z1_all, z2_all, offset=rank() * len(z1), decoupled=self.loss == "dcl"
+            )
         return {"loss": loss, "contrastive_top1": simclr_top1(z1, z2), "embedding_std": embedding_std(z1)}

@@ -240,6 +240,11 @@ class _Loop:
         """The learning rate of ``step`` (warm-up, then the schedule)."""
         return self.peak_lr * lr_factor(step, self.total, self.warmup, self.cfg.optim.schedule)
 
+    def view_size(self, step: int) -> int | None:
+        """The views' side at ``step``: ``train.low_res`` early in the run, else the images'."""
+        t = self.cfg.train
+        return t.low_res if t.low_res and step < t.low_res_until * self.total else None
+
     def step(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device, bf16: bool) -> None:
         """One training step, its scalars accumulated on the device."""
         s = self.state
@@ -249,7 +254,7 @@ class _Loop:
         scalars = train_step(
             self.model, self.optimizer, self.augment, batch.images, batch.labels, gen, device, bf16,
             step=s.step, epoch=s.step / self.spe, progress=s.step / self.total, step_fn=self.step_fn,
-            positions=batch.positions, total=batch.total, truth=batch.truth,
+            positions=batch.positions, total=batch.total, truth=batch.truth, size=self.view_size(s.step),
         )  # fmt: skip
         s.add(scalars)
         s.step += 1

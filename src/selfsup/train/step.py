@@ -30,6 +30,7 @@ def train_step(
     positions: torch.Tensor | None = None,
     total: int | None = None,
     truth: torch.Tensor | None = None,
+    size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Augment one batch (each view its own way), run the method's step, update, move EMAs.
 
@@ -50,12 +51,13 @@ def train_step(
         positions: Under torchrun, where these images sit in the global batch ...
         total: ... of this many images (so augmentation draws as one process would).
         truth: The true labels of these images, for health signals only.
+        size: Side of the views in pixels (progressive resizing); None = the images'.
 
     Returns:
         Every scalar the method returned (``loss`` first), detached and still on the
         device: reading them would synchronise.
     """
-    views = augment(images, gen, positions=positions, total=total)
+    views = augment(images, gen, positions=positions, total=total, size=size)
     batch = Batch(views, labels, gen, step, progress, epoch, truth)
     with autocast(device, bf16):
         result = (step_fn or model.training_step)(batch)
