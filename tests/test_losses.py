@@ -86,6 +86,15 @@ def test_decoupled_nt_xent_matches_reference(n: int, d: int, tau: float) -> None
     assert float(nt_xent(torch.tensor(z1), torch.tensor(z2), tau)) > float(got)
 
 
+def test_decoupled_nt_xent_under_bf16_autocast() -> None:
+    # Under autocast the similarities come out in bf16; the loss must still run and be float32.
+    z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = nt_xent(z1, z2, 0.2, decoupled=True)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(float(nt_xent(z1, z2, 0.2, decoupled=True)), abs=0.1)
+
+
 def test_decoupled_nt_xent_exact_value() -> None:
     # Views identical, two orthogonal images: the positive at similarity 1, two negatives
     # at 0, so each anchor's loss is -1/t + log 2.

@@ -68,10 +68,9 @@ def nt_xent(
     targets = torch.cat([local + m, local])  # the other view of the same image
     if not decoupled:
         return F.cross_entropy(logits, targets)
-    rows = torch.arange(2 * n, device=logits.device)
-    positive = logits[rows, targets]
-    negatives = logits.index_put((rows, targets), torch.tensor(float("-inf"), device=logits.device))
-    return (torch.logsumexp(negatives, dim=1) - positive).mean()
+    positive = logits.gather(1, targets[:, None]).squeeze(1)
+    negatives = logits.scatter(1, targets[:, None], float("-inf"))  # the logits' own dtype (bf16 under autocast)
+    return (torch.logsumexp(negatives.float(), dim=1) - positive.float()).mean()
 
 
 def _pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
