@@ -89,6 +89,15 @@ def test_block_kinds_from_synthetic_records(tmp_path: Path) -> None:
     assert "| budget-10 | 50.0 | 52.0 | 4.500 | - | 390 | 10.0 |" in text and "| bf16 |" in text
     assert "| 1 | 195 | 45.0 | 47.0 |" in text and "| 2 | 390 | 50.0 | 52.0 |" in text
     assert update_docs(root, check=True) == []
+    # Checkpoints evaluated one by one (selfsup eval RUN --step N), with their training minutes.
+    steps = {"100": {"checkpoint_step": 100, "knn_top1": 0.40, "linear_top1": 0.42}}
+    (run / "metrics.json").write_text(json.dumps({"milestones": milestones, "steps": steps}))
+    timed = [{"step": 100, "train_time_s": 150.0}, {"step": 195, "train_time_s": 300.0}, summary]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in timed))
+    page.write_text("<!-- results checkpoints trials/budget-10 -->\n<!-- /results -->\n")
+    update_docs(root)
+    rows = [line for line in page.read_text().splitlines() if line.startswith("| 1") or line.startswith("| 3")]
+    assert rows == ["| 100 | 2.5 | 40.0 | 42.0 |", "| 195 | 5.0 | 45.0 | 47.0 |", "| 390 | 10.0 | 50.0 | 52.0 |"]
     page.write_text("<!-- results nosuch trials -->\n<!-- /results -->\n")
     with pytest.raises(ConfigError, match="unknown results block kind 'nosuch'"):
         update_docs(root, check=True)

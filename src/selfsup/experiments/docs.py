@@ -17,6 +17,9 @@ Kinds of block (NAME is a folder under ``results/``):
   random-initialisation baseline where it was measured), its command and machine.
 - ``milestones NAME``: accuracy of every milestone checkpoint of one run
   (``selfsup eval RUN --milestones``).
+- ``checkpoints NAME``: the checkpoints of one run evaluated after it (``selfsup eval RUN
+  --step N`` or ``--milestones``) and its own final evaluation, with the training
+  minutes at each: accuracy against minutes within one schedule.
 - ``runs NAME``: one row per run folder directly under ``results/NAME/`` (recipe trials,
   benchmark runs): kNN, linear, steps, training minutes, machine.
 - ``tta NAME``: the table of a ``benchmarks/time_to_accuracy.py`` run (its
@@ -152,6 +155,25 @@ def render_milestones(folder: Path, root: Path) -> str:
     return "\n".join(out) + f"\n\nMeasured {where.get('date', 'undated')} on {where.get('machine', 'unrecorded')}.\n"
 
 
+def render_checkpoints(folder: Path, root: Path) -> str:
+    """The ``checkpoints`` block: step, training minutes, kNN and linear top-1 of every evaluated checkpoint."""
+    metrics = json.loads((folder / METRICS_JSON).read_text()) if (folder / METRICS_JSON).is_file() else {}
+    rows = {int(r.get("checkpoint_step", r.get("step"))): r for r in (metrics.get("steps") or {}).values()}
+    rows.update({int(r["step"]): r for r in milestone_rows(metrics)})
+    if "knn_top1" in metrics and "checkpoint_step" in metrics:
+        rows[int(metrics["checkpoint_step"])] = metrics
+    if not rows:
+        raise ConfigError(f"{folder}: no checkpoint evaluated (selfsup eval {folder} --step N)")
+    minutes = {r["step"]: r["train_time_s"] / 60 for r in read_jsonl(folder / METRICS_JSONL) if "train_time_s" in r}
+    out = ["| step | training (min) | kNN top-1 (%) | linear top-1 (%) |", "|---:|---:|---:|---:|"]
+    for step in sorted(rows):
+        r, when = rows[step], minutes.get(step)
+        at = f"{when:.1f}" if when is not None else "-"
+        out.append(f"| {step} | {at} | {100 * r['knn_top1']:.1f} | {100 * r['linear_top1']:.1f} |")
+    note = _measured(run_provenance(folder))
+    return "\n".join(out) + "\n\n" + note[0].upper() + note[1:] + "\n"
+
+
 def render_runs(folder: Path, root: Path) -> str:
     """The ``runs`` block: one row per run directly under ``folder``.
 
@@ -201,6 +223,7 @@ RENDERERS = {
     "table": render_table,
     "run": render_run,
     "milestones": render_milestones,
+    "checkpoints": render_checkpoints,
     "runs": render_runs,
     "tta": render_tta,
 }
