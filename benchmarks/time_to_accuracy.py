@@ -96,7 +96,8 @@ def selfsup_points(ctx: Any, args: argparse.Namespace, out: Path) -> list[dict[s
     records = read_jsonl(run / "metrics.jsonl")
     # Epoch ends (milestone checkpoints), or only the end for a run shorter than an epoch.
     ends = [r for r in records if "epoch_loss" in r] or [r for r in records if r.get("summary")]
-    chosen = _marks([(r["train_time_s"] / 60, r["step"]) for r in ends], args.every)
+    # Also the last epoch end within lightly's budget: the point the lead is measured at.
+    chosen = _marks([(r["train_time_s"] / 60, r["step"]) for r in ends], args.every, also=args.minutes)
     points = []
     for i, (minutes, step) in enumerate(chosen):
         _, model, _ = load_run_model(run, ctx.device, step=step if i < len(chosen) - 1 else None)
@@ -105,8 +106,12 @@ def selfsup_points(ctx: Any, args: argparse.Namespace, out: Path) -> list[dict[s
     return points
 
 
-def _marks(times: list[tuple[float, Any]], every: float) -> list[tuple[float, Any]]:
-    """The first entry past each multiple of ``every`` minutes, and always the last one."""
+def _marks(times: list[tuple[float, Any]], every: float, also: float | None = None) -> list[tuple[float, Any]]:
+    """The first entry past each multiple of ``every`` minutes, and always the last one.
+
+    With ``also``, the last entry at or before ``also`` minutes too (selfsup's encoder at the
+    end of lightly's budget, not only at the snapshot before it).
+    """
     chosen, mark = [], every
     for minutes, key in times:
         if minutes >= mark:
@@ -114,6 +119,9 @@ def _marks(times: list[tuple[float, Any]], every: float) -> list[tuple[float, An
             mark = (math.floor(minutes / every) + 1) * every
     if times and (not chosen or chosen[-1][1] != times[-1][1]):
         chosen.append(times[-1])
+    within = [t for t in times if also is not None and t[0] <= also]
+    if within and within[-1] not in chosen:
+        chosen = sorted([*chosen, within[-1]])
     return chosen
 
 

@@ -89,6 +89,10 @@ def test_minutes_to_a_threshold_the_lead_and_the_marks() -> None:
     # Epoch ends at 1.4, 2.8, ... minutes, a snapshot every 2.5: the first past 2.5, 5, 7.5, and the last.
     ends = [(1.4 * i, i) for i in range(1, 8)]
     assert [k for _, k in _marks(ends, 2.5)] == [2, 4, 6, 7]
+    # ... and the last end within the other pipelines' 8 minutes (5 at 7.0), where the lead is taken.
+    assert [k for _, k in _marks(ends, 2.5, also=8.0)] == [2, 4, 5, 6, 7]
+    assert [k for _, k in _marks(ends, 2.5, also=6.5)] == [2, 4, 6, 7]  # 4 at 5.6 is chosen already
+    assert [k for _, k in _marks(ends, 2.5, also=5.0)] == [2, 3, 4, 6, 7]
 
 
 def test_throughput_labels_each_recipe_and_measures_them_in_turns() -> None:
