@@ -89,6 +89,16 @@ def test_block_kinds_from_synthetic_records(tmp_path: Path) -> None:
     assert "| budget-10 | 50.0 | 52.0 | 4.500 | - | 390 | 10.0 |" in text and "| bf16 |" in text
     assert "| 1 | 195 | 45.0 | 47.0 |" in text and "| 2 | 390 | 50.0 | 52.0 |" in text
     assert update_docs(root, check=True) == []
+    # A run still training (no summary record yet) is named, not shown with its live numbers.
+    live = root / "results" / "trials" / "budget-20"
+    live.mkdir()
+    save_config(load_config(), live / "config.yaml")
+    (live / "metrics.jsonl").write_text(json.dumps({"step": 50, "loss": 6.0, "embedding_std": 0.01}) + "\n")
+    update_docs(root)
+    text = page.read_text()
+    assert "| budget-20 |" not in text and "Not finished (left out): budget-20." in text
+    shutil.rmtree(live)
+    update_docs(root)
     # Checkpoints evaluated one by one (selfsup eval RUN --step N), with their training minutes.
     steps = {"100": {"checkpoint_step": 100, "knn_top1": 0.40, "linear_top1": 0.42}}
     (run / "metrics.json").write_text(json.dumps({"milestones": milestones, "steps": steps}))

@@ -109,9 +109,15 @@ def _command(entries: list[dict[str, Any]], what: tuple[str, ...]) -> str | None
     return next((e["command"] for e in entries if e.get("what") in what and e.get("command")), None)
 
 
-def _measured(where: dict[str, Any]) -> str:
-    """'measured DATE on MACHINE (precision).' from :func:`run_provenance`'s fields."""
-    out = f"measured {where.get('date', 'undated')} on {where.get('machine', 'an unrecorded machine')}"
+def _measured(where: dict[str, Any], start: bool = False) -> str:
+    """'measured DATE on MACHINE (precision).' from :func:`run_provenance`'s fields.
+
+    Args:
+        where: The provenance fields (date, machine, precision).
+        start: Whether the phrase starts a sentence ('Measured ...').
+    """
+    verb = "Measured" if start else "measured"
+    out = f"{verb} {where.get('date', 'undated')} on {where.get('machine', 'an unrecorded machine')}"
     return out + (f" ({where['precision']})." if "precision" in where else ".")
 
 
@@ -137,8 +143,7 @@ def render_run(folder: Path, root: Path) -> str:
         if baseline_cmd:
             lines.append(f"$ {baseline_cmd}")
         lines.append(result_line("random init", metrics["random_init"]))
-    note = _measured(run_provenance(folder, summary))
-    return "```\n" + "\n".join(lines) + "\n```\n\n" + note[0].upper() + note[1:] + "\n"
+    return "```\n" + "\n".join(lines) + "\n```\n\n" + _measured(run_provenance(folder, summary), start=True) + "\n"
 
 
 def render_milestones(folder: Path, root: Path) -> str:
@@ -151,8 +156,7 @@ def render_milestones(folder: Path, root: Path) -> str:
     names = [k.replace("knn", "kNN").replace("_top1", " top-1 (%)").replace("_", " ") for k in accs]
     out = ["| epoch | step | " + " | ".join(names) + " |", "|---:|---:|" + "---:|" * len(accs)]
     out += [f"| {r['epoch']} | {r['step']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in accs) + " |" for r in rows]
-    where = run_provenance(folder)
-    return "\n".join(out) + f"\n\nMeasured {where.get('date', 'undated')} on {where.get('machine', 'unrecorded')}.\n"
+    return "\n".join(out) + "\n\n" + _measured(run_provenance(folder), start=True) + "\n"
 
 
 def render_checkpoints(folder: Path, root: Path) -> str:
@@ -170,15 +174,15 @@ def render_checkpoints(folder: Path, root: Path) -> str:
         r, when = rows[step], minutes.get(step)
         at = f"{when:.1f}" if when is not None else "-"
         out.append(f"| {step} | {at} | {100 * r['knn_top1']:.1f} | {100 * r['linear_top1']:.1f} |")
-    note = _measured(run_provenance(folder))
-    return "\n".join(out) + "\n\n" + note[0].upper() + note[1:] + "\n"
+    return "\n".join(out) + "\n\n" + _measured(run_provenance(folder), start=True) + "\n"
 
 
 def render_runs(folder: Path, root: Path) -> str:
     """The ``runs`` block: one row per run directly under ``folder``.
 
     Besides accuracy and cost, each row has the run's health: its final loss and the last
-    logged embedding std (the collapse signal).
+    logged embedding std (the collapse signal). A run with no summary record (still
+    training, or killed) gets no row, only its name in a line after the table.
     """
     runs = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
     head = (
@@ -186,10 +190,14 @@ def render_runs(folder: Path, root: Path) -> str:
         "| machine | precision |"
     )
     out = [head, "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    running = []
     for run in runs:
-        row = run_row(run)
         records = read_jsonl(run / METRICS_JSONL)
         summary: dict[str, Any] = next((r for r in reversed(records) if r.get("summary")), {})
+        if not summary:  # still training (or killed): its live numbers are not a result
+            running.append(run.name)
+            continue
+        row = run_row(run)
 
         def pct(key: str, row: dict[str, Any] = row) -> str:
             return f"{100 * row[key]:.1f}" if key in row else "-"
@@ -203,6 +211,8 @@ def render_runs(folder: Path, root: Path) -> str:
             f"| {num('embedding_std', 4)} | {summary.get('step', '-')} | {minutes} "
             f"| {row.get('machine', '-')} | {row.get('precision', '-')} |"
         )
+    if running:
+        out.append(f"\nNot finished (left out): {', '.join(running)}.")
     return "\n".join(out) + "\n"
 
 
