@@ -726,3 +726,26 @@ def test_separation_names_what_stands_out_of_seed_noise() -> None:
         "Best kNN top-1 at labels=4000: b. Below it by more than two pooled seed std: none; "
         "within two std (not separated): a (-1.0).",
     ]
+
+
+def test_a_report_on_a_folder_of_runs_compares_each_methods_signals(tmp_path: Path) -> None:
+    from selfsup.config import load_config, save_config
+
+    folder = tmp_path / "trials"
+    for name, method, entropy in (("dino-a", "dino", 0.9), ("dino-b", "dino", 0.5), ("simclr-a", "simclr", None)):
+        run = folder / name
+        run.mkdir(parents=True)
+        cfg = load_config(overrides={"method.name": method})
+        save_config(cfg, run / "config.yaml")
+        records = [{"step": s, "epoch": s / 10, "loss": 8.0 - s / 10, "lr": 0.1} for s in (10, 20)]
+        for r in records:
+            if entropy is not None:
+                r["teacher_entropy"] = entropy
+        records.append({"summary": True, "step": 20, "train_time_s": 60.0, "final_loss": 6.0})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "notes").mkdir()  # not a run: ignored
+    page = make_report(folder).read_text()
+    assert "dino-a" in page and "simclr-a" in page and "2 runs" not in page and "3 runs" in page
+    assert (folder / "report" / "runs_dino.png").is_file() and (folder / "report" / "runs_simclr.png").is_file()
+    with pytest.raises(RunDirError, match="nor a folder of runs"):
+        make_report(folder / "notes")

@@ -200,8 +200,9 @@ def _add_report_parsers(sub: Any) -> None:
     """``selfsup report``, ``selfsup docs`` and ``selfsup export``."""
     r = sub.add_parser(
         "report",
-        help="write report.html with plots for a run or a sweep",
-        description="Write DIR/report.html and its PNGs (DIR/report/) for a run or a sweep folder.",
+        help="write report.html with plots for a run, a sweep or a folder of runs",
+        description="Write DIR/report.html and its PNGs (DIR/report/) for a run, a sweep folder or a folder of "
+        "runs (one figure per method of every logged signal against steps, a line per run).",
     )
     r.add_argument("dir", metavar="DIR")
     r.add_argument("--samples", type=int, default=2000, help="test images in the t-SNE map (runs)")

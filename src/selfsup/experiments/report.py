@@ -10,6 +10,9 @@ Writes ``DIR/report.html`` (no external resources) and the PNGs it shows in
   with error bars, kNN of every cell's evaluated milestones against training minutes
   (``selfsup eval CELL --milestones``), loss curves of every cell, wall time per grid
   point, every cell's row.
+* A folder of runs (each subfolder a run directory, e.g. one trial per change): the
+  ``runs`` docs table, and per method one figure of every logged signal against steps,
+  one line per run, so that trials of one method can be compared at a glance.
 """
 
 from __future__ import annotations
@@ -551,6 +554,62 @@ def report_sweep(sweep_dir: Path) -> Path:
     return out
 
 
+def _runs_signals(method: str, runs: list[tuple[str, list[dict[str, Any]]]], folder: Path) -> str | None:
+    """One method's runs side by side: the loss and each logged signal against steps, a line per run."""
+    steps = {name: [r for r in records if "loss" in r and "step" in r] for name, records in runs}
+    keys = ["loss"] + sorted(
+        {
+            k
+            for rows in steps.values()
+            for r in rows
+            for k, v in r.items()
+            if k not in _BOOKKEEPING and isinstance(v, (int, float))
+        }
+    )
+    if not any(steps.values()):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7.2, 2.3 * len(keys)), squeeze=False, sharex=True)
+    for ax, key in zip(axes[:, 0], keys):
+        for name, rows in steps.items():
+            points = [r for r in rows if key in r]
+            if points:
+                ax.plot([r["step"] for r in points], [r[key] for r in points], lw=1, label=name)
+        ax.set_ylabel(key.replace("_", " "), fontsize=8)
+    axes[-1, 0].set_xlabel("step")
+    axes[0, 0].set_title(f"{method}: what each run logged")
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    return _save(fig, folder, f"runs_{method}.png")
+
+
+def report_runs(folder: Path) -> Path:
+    """Write ``folder/report.html`` for a folder of runs (see the module docstring).
+
+    Raises:
+        RunDirError: If no subfolder is a run directory.
+    """
+    import yaml
+
+    from .docs import render_runs
+
+    runs = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
+    if not runs:
+        raise RunDirError(f"{folder} is neither a run directory, a sweep folder nor a folder of runs")
+    by_method: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
+    for run in runs:
+        method = str(yaml.safe_load((run / CONFIG).read_text())["method"]["name"])
+        by_method.setdefault(method, []).append((run.name, read_jsonl(run / METRICS_JSONL)))
+    lines = [line for line in render_runs(folder, folder).splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = [f"<p class='muted'>{html.escape(str(folder))}: {len(runs)} runs</p>", "<h2>Runs</h2>"]
+    body.append(_table(head, [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]))
+    plots = [_runs_signals(m, named, folder / FIGURES) for m, named in sorted(by_method.items())]
+    body += ["<h2>Signals per method</h2>"] + [_img(p, p) for p in plots if p]
+    out = folder / "report.html"
+    write_atomic(out, _page(f"selfsup runs: {folder.name}", body).encode())
+    return out
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
@@ -558,14 +617,16 @@ def _fmt(v: Any) -> str:
 
 
 def make_report(path: str | Path, samples: int = 2000, embedding: bool = True) -> Path:
-    """Report on a run or a sweep folder; returns the path of report.html.
+    """Report on a run, a sweep folder or a folder of runs; returns the path of report.html.
 
     Raises:
-        RunDirError: If ``path`` is neither.
+        RunDirError: If ``path`` is none of these.
     """
     p = Path(path)
     if (p / SPEC_FILE).is_file():
         return report_sweep(p)
     if (p / CONFIG).is_file():
         return report_run(p, samples, embedding)
-    raise RunDirError(f"{p} is neither a run directory nor a sweep folder")
+    if p.is_dir():
+        return report_runs(p)
+    raise RunDirError(f"{p} is neither a run directory, a sweep folder nor a folder of runs")
