@@ -153,3 +153,20 @@ def test_resume_free_keys_are_marked_on_their_fields() -> None:
     free = resume_free_keys()
     assert {"train.device", "train.precision", "train.log_every", "train.checkpoint_every"} <= free
     assert not free & {"train.epochs", "train.batch_size", "train.seed", "optim.lr", "model.backbone"}
+
+
+def test_the_preset_named_none_is_not_unset() -> None:
+    """'none' is a preset (no augmentation), not "unset" (which means the method's own)."""
+    import typing
+
+    from selfsup.augment.presets import PRESETS, resolve_augment
+    from selfsup.config import AugmentConfig, choices
+
+    assert set(choices(typing.get_type_hints(AugmentConfig)["preset"]) or ()) == set(PRESETS)
+    cfg = load_config(overrides={"augment.preset": "none", "method.name": "simclr"})
+    assert cfg.augment.preset == "none"
+    resolved = resolve_augment(cfg.augment, "simclr")
+    assert resolved.crop == "none" and resolved.jitter_p == 0 and resolved.grayscale_p == 0
+    assert load_config(overrides={"augment.preset": "null"}).augment.preset is None
+    with pytest.raises(ConfigError, match="augment.preset"):
+        load_config(overrides={"augment.preset": "simclr2"})

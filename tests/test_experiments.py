@@ -749,3 +749,20 @@ def test_a_report_on_a_folder_of_runs_compares_each_methods_signals(tmp_path: Pa
     assert (folder / "report" / "runs_dino.png").is_file() and (folder / "report" / "runs_simclr.png").is_file()
     with pytest.raises(RunDirError, match="nor a folder of runs"):
         make_report(folder / "notes")
+
+
+def test_aug_pairs_cells_apply_only_their_operations() -> None:
+    """Every cell of the heat map: nothing but its own operations, on the first view only."""
+    from selfsup.augment.presets import resolve_augment
+
+    spec = load_spec(REPO / "configs" / "ablations" / "aug_pairs.yaml")
+    for scale in (None, *spec.scale):
+        for c in cells(spec, Path("x"), scale):
+            aug = resolve_augment(spec.config({**c.overrides, "train.seed": c.seed}, scale).augment, "simclr")
+            ops = set(c.dir.name.split(",")[0].removeprefix("pair=").split("+"))
+            assert aug.preset == "none" and aug.second_view == "identity" and aug.flip_p == 0, c.dir.name
+            assert (aug.crop == "resized") == ("crop" in ops), c.dir.name
+            assert (aug.jitter_p > 0) == (aug.grayscale_p > 0) == ("colour" in ops), c.dir.name
+            for key, op in (("rotate_p", "rotate"), ("blur_p", "blur"), ("sobel_p", "sobel"),
+                            ("noise_p", "noise"), ("cutout", "cutout")):  # fmt: skip
+                assert (getattr(aug, key) > 0) == (op in ops), f"{c.dir.name}: {key}"

@@ -55,5 +55,8 @@ def test_cli_draws_a_grid(shared_folder: Path, tmp_path: Path, capsys: pytest.Ca
     with Image.open(out) as img:
         w, h = img.size
     assert w > h > 100  # 3 rows of 6 panels
-    assert main(["augment", "--preset", "nope", "--out", str(out), "--data", str(shared_folder)]) == 2
-    assert "unknown augment.preset 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the flag's choices: refused while parsing, in one line
+        main(["augment", "--preset", "nope", "--out", str(out), "--data", str(shared_folder)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "invalid choice: 'nope'" in err[0] and "'simclr'" in err[0]

@@ -65,8 +65,9 @@ class AugmentConfig:
     """
 
     #: A preset every unset value comes from: simclr, seed000, moco_v2, supervised, weak,
-    #: none (None = the method's own).
-    preset: Union[str, None] = None
+    #: none (None = the method's own). A Literal, so that 'none' stays the preset of that
+    #: name instead of reading as "unset" (which gave the method's own preset).
+    preset: Union[Literal["simclr", "seed000", "moco_v2", "supervised", "weak", "none"], None] = None
     #: 'resized' (RandomResizedCrop), 'pad' (translate by up to ``pad`` px) or 'none'.
     crop: Union[Literal["resized", "pad", "none"], None] = None
     #: Area fraction range of the resized crop, e.g. 0.08,1.

@@ -140,7 +140,7 @@ def _augment(cfg: Config) -> ViewAugment:
     """The labelled images' augmentation (``finetune.preset``), normalised like the run's."""
     preset = cfg.finetune.preset
     assert cfg.augment.mean is not None and cfg.augment.std is not None
-    spec = replace(resolve_augment(AugmentConfig(preset=preset), preset), mean=cfg.augment.mean, std=cfg.augment.std)
+    spec = replace(resolve_augment(AugmentConfig(), preset), mean=cfg.augment.mean, std=cfg.augment.std)
     return ViewAugment([spec])
 
 

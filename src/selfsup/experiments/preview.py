@@ -96,8 +96,8 @@ def preview(
     """
     if n < 1 or views < 1:
         raise ConfigError(f"--n and --views must be at least 1, got {n} and {views}")
-    base = augment if augment is not None else AugmentConfig(preset=preset)
-    cfg = resolve_augment(base, base.preset or "simclr")  # fills only what is unset
+    base = augment if augment is not None else AugmentConfig()
+    cfg = resolve_augment(base, base.preset or preset or "simclr")  # fills only what is unset
     splits = (
         load_data(data, progress=False, subset=False)
         if isinstance(data, DataConfig)
