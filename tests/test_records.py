@@ -175,3 +175,37 @@ def test_reuse_copies_cells_whose_config_another_sweep_finished(shared_folder: P
     assert not (target / ".lock").exists() and [r["status"] for r in result.rows][:2] == ["done", "done"]
     with pytest.raises(ConfigError, match="--reuse .*nowhere: no such folder"):
         run_sweep(second / "spec.yaml", scale="small", out=second / "sweep", reuse=[tmp_path / "nowhere"])
+
+
+def _make_bf16(run: Path) -> None:
+    """Rewrite a finished run's records as if it had trained in bf16."""
+    for name in ("metrics.jsonl", "machine.json"):
+        path = run / name
+        path.write_text(path.read_text().replace('"bf16": false', '"bf16": true'))
+
+
+def test_a_continued_sweep_keeps_the_precision_of_its_finished_cells(
+    shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import selfsup.runtime
+
+    spec = _spec(tmp_path, shared_folder, 0.5)
+    out = tmp_path / "sweep"
+    lines: list[str] = []
+    monkeypatch.setattr(selfsup.runtime, "native_bf16", lambda _device: False)  # an fp32 machine
+    run_sweep(spec, scale="small", out=out, only="t=a,seed=0", log=lambda _m: None)
+    # The table continues on a machine where 'auto' means bf16: its cells stay fp32.
+    monkeypatch.setattr(selfsup.runtime, "native_bf16", lambda _device: True)
+    result = run_sweep(spec, scale="small", out=out, only="t=b,seed=0", log=lines.append)
+    assert any("the rest run in fp32 too (here 'auto' would be bf16)" in line for line in lines)
+    assert [r.get("precision") for r in result.rows if r["status"] == "done"] == ["fp32", "fp32"]
+    with pytest.raises(ConfigError, match="ran in fp32; --precision bf16 would mix precisions"):
+        run_sweep(spec, scale="small", out=out, only="t=a,seed=1", precision="bf16", log=lambda _m: None)
+    # A bf16 table does not go on, ten times slower, on a machine that only emulates bf16.
+    monkeypatch.setattr(selfsup.runtime, "native_bf16", lambda _device: False)
+    _make_bf16(out / "t=a,seed=0")
+    _make_bf16(out / "t=b,seed=0")
+    with pytest.raises(ConfigError, match="ran in bf16, which this machine only emulates"):
+        run_sweep(spec, scale="small", out=out, only="t=a,seed=1", log=lambda _m: None)
+    # Nothing left to run: the table is written on any machine.
+    assert run_sweep(spec, scale="small", out=out, only="t=a,seed=0", log=lambda _m: None).rows

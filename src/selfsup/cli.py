@@ -185,6 +185,12 @@ def _add_sweep_parser(sub: Any) -> None:
         help="another sweep folder: a cell with exactly the same config finished there is copied, not run (repeatable)",
     )
     s.add_argument(
+        "--precision",
+        choices=["bf16", "fp32"],
+        help="train.precision of the cells still to run (default: that of the folder's finished cells, so a "
+        "table keeps one precision across machines; else the recipe's)",
+    )
+    s.add_argument(
         "--launcher",
         choices=["local", "ray"],
         default="local",
@@ -373,6 +379,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         cpus_per_cell=args.cpus_per_cell,
         gpus_per_cell=args.gpus_per_cell,
         reuse=args.reuse,
+        precision=args.precision,
     )
     if not args.plan:
         print(f"results: {result.dir / 'results.csv'}")

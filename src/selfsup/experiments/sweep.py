@@ -139,6 +139,9 @@ class SweepSpec:
     path: Path
     out: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    #: Overrides applied last, over every cell's and encoder's values: the precision
+    #: :func:`run_sweep` holds a folder to (see :func:`_pin_precision`).
+    pinned: dict[str, Any] = field(default_factory=dict)
 
     def config(
         self,
@@ -153,6 +156,7 @@ class SweepSpec:
         if scale is not None:
             merged.update({k: v for k, v in self.scale[scale].items() if k not in SCALE_SECTIONS})
         merged.update(extra)
+        merged.update(self.pinned)
         return apply_overrides(cfg, merged, source=str(self.path)) if merged else cfg
 
     def scaled_seeds(self, scale: str | None) -> list[int]:
@@ -408,6 +412,7 @@ def run_sweep(
     cpus_per_cell: float | None = None,
     gpus_per_cell: float | None = None,
     reuse: list[str | Path] | None = None,
+    precision: str | None = None,
 ) -> SweepResult:
     """Run (or continue) every cell of a sweep, then write ``results.csv`` and the table.
 
@@ -428,12 +433,17 @@ def run_sweep(
             cell not yet run here is copied from the first run directory there whose
             saved config is exactly the one this cell asks for (e.g. the base cell that
             several tables share), instead of being trained again.
+        precision: ``train.precision`` ('bf16' or 'fp32') for the cells still to run.
+            Default: the precision of the folder's finished cells, so that a table
+            continued on another machine keeps one precision; the recipe's where
+            nothing has finished.
 
     Returns:
         The folder, the per-cell rows and the aggregated markdown table.
 
     Raises:
-        ConfigError: For a bad spec or unknown scale profile.
+        ConfigError: For a bad spec or unknown scale profile, or a precision that would
+            mix with the finished cells' (or that this machine only emulates).
         RunDirError: If the folder holds a different sweep.
     """
     from tqdm import tqdm
@@ -461,6 +471,8 @@ def run_sweep(
     if launcher not in ("local", "ray"):
         raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
     todo = _select(spec, folder, all_cells, configs, scale, only, reuse, log)
+    if todo and _pin_precision(spec, folder, all_cells, configs, todo, scale, precision, log):
+        configs = {c.dir: spec.config({**c.overrides, _seed_key(c.command): c.seed}, scale) for c in all_cells}
     if launcher == "ray":
         from .ray_launcher import run_cells_on_ray
 
@@ -584,6 +596,65 @@ def _select(
     what = f"{len(todo)} to run" + (f" (--cell {only})" if only is not None else "")
     log(f"sweep {spec.name}: {len(all_cells)} cells, {done} done, {what} -> {folder}")
     return todo
+
+
+def _pin_precision(
+    spec: SweepSpec,
+    folder: Path,
+    all_cells: list[Cell],
+    configs: dict[Path, Config],
+    todo: list[Cell],
+    scale: str | None,
+    precision: str | None,
+    log: Callable[[str], None],
+) -> bool:
+    """Hold the cells still to run to the precision of the folder's finished ones.
+
+    ``train.precision: auto`` means bf16 on a machine that computes it natively and fp32
+    elsewhere, so a table begun on one machine and continued on another would silently
+    mix precisions, and accuracy depends on precision. Sets ``spec.pinned``; returns
+    whether it did (the cells' configs must then be rebuilt).
+
+    Raises:
+        ConfigError: If ``precision`` or a recipe's own explicit precision differs from
+            the finished cells', or if they are bf16, this machine only emulates bf16
+            (about ten times slower) and ``precision`` does not ask for it anyway.
+    """
+    from ..runtime import native_bf16, resolve_device
+
+    rows = collect(spec, all_cells, {c.dir: record_config(spec, c, configs[c.dir], scale) for c in all_cells})
+    held = sorted({str(r["precision"]) for r in rows if r.get("status") == "done" and r.get("precision")})
+    if len(held) > 1:
+        log(f"{folder} already mixes precisions ({', '.join(held)}); its table is not one precision's")
+    if len(held) != 1:
+        if precision is None:
+            return False
+        spec.pinned = {"train.precision": precision}
+        return True
+    (want,) = held
+    if precision is not None and precision != want:
+        raise ConfigError(
+            f"{folder}'s finished cells ran in {want}; --precision {precision} would mix precisions in one "
+            "table (choose another --out)"
+        )
+    own = {configs[c.dir].train.precision for c in todo} - {"auto"}
+    if own - {want}:
+        raise ConfigError(
+            f"{folder}'s finished cells ran in {want}, but the recipe now asks for {', '.join(sorted(own))}; "
+            "one table keeps one precision (choose another --out)"
+        )
+    device = resolve_device(configs[todo[0].dir].train.device)
+    here = "bf16" if native_bf16(device) else "fp32"
+    if want == "bf16" and here != "bf16" and precision is None:
+        raise ConfigError(
+            f"{folder}'s finished cells ran in bf16, which this machine only emulates (about ten times slower): "
+            "continue it where bf16 is native (lscpu | grep avx512_bf16, or a GPU), or pass --precision bf16 "
+            "to run it here anyway"
+        )
+    if here != want and not own:
+        log(f"{folder}'s finished cells ran in {want}: the rest run in {want} too (here 'auto' would be {here})")
+    spec.pinned = {"train.precision": want}
+    return True
 
 
 def _adopt(
