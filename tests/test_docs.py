@@ -57,6 +57,12 @@ def test_a_planted_difference_fails_the_check(tmp_path: Path, capsys: pytest.Cap
     assert readme.read_text() != text  # --check changed nothing ...
     assert main(["docs", "--root", str(root)]) == 0  # ... regenerating puts the records' figure back
     assert readme.read_text() == text and update_docs(root, check=True) == []
+    capsys.readouterr()
+    assert main(["docs", "--check", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.strip() == "every results block matches its records"
+    # Outside a repository there is nothing to check: one line, not a silent pass.
+    assert main(["docs", "--check", "--root", str(tmp_path / "empty")]) == 2
+    assert "no README.md or docs/*.md under" in capsys.readouterr().err
 
     # A record changed without regenerating the docs fails too.
     metrics = root / "results" / "main-job-cpu" / "metrics.json"

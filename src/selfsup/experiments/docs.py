@@ -264,12 +264,16 @@ def update_docs(root: str | Path = ".", check: bool = False) -> list[Difference]
         The blocks whose text differed from what the records give (rewritten unless ``check``).
 
     Raises:
-        ConfigError: For a block of unknown kind or one naming a missing results folder.
+        ConfigError: For a block of unknown kind or one naming a missing results folder,
+            or a root with neither README.md nor docs/ (nothing would be checked).
     """
     root = Path(root)
     results = root / "results"
     differences = []
-    for path in doc_files(root):
+    files = doc_files(root)
+    if not files:
+        raise ConfigError(f"no README.md or docs/*.md under {root}: run it in the repository root or pass --root")
+    for path in files:
         text = path.read_text()
         found: list[Difference] = []
 
