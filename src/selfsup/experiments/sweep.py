@@ -460,7 +460,7 @@ def run_sweep(
     _claim_folder(folder, record)
     all_cells = cells(spec, folder, scale)
 
-    configs = {c.dir: spec.config({**c.overrides, _seed_key(c.command): c.seed}, scale) for c in all_cells}
+    configs = _cell_configs(spec, all_cells, scale)
     if any(_uses_encoder(c, configs[c.dir]) for c in all_cells):  # the encoders' configs must load too
         for seed in spec.scaled_seeds(scale):
             _encoder_config(spec, seed, scale)
@@ -472,7 +472,7 @@ def run_sweep(
         raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
     todo = _select(spec, folder, all_cells, configs, scale, only, reuse, log)
     if todo and _pin_precision(spec, folder, all_cells, configs, todo, scale, precision, log):
-        configs = {c.dir: spec.config({**c.overrides, _seed_key(c.command): c.seed}, scale) for c in all_cells}
+        configs = _cell_configs(spec, all_cells, scale)
     if launcher == "ray":
         from .ray_launcher import run_cells_on_ray
 
@@ -503,6 +503,11 @@ def run_sweep(
     write_atomic(folder / TABLE_FILE, (table + "\n").encode())
     log(table)
     return SweepResult(folder, rows, table)
+
+
+def _cell_configs(spec: SweepSpec, all_cells: list[Cell], scale: str | None) -> dict[Path, Config]:
+    """Each cell's config (by its directory): the spec's recipe with the cell's values and seed."""
+    return {c.dir: spec.config({**c.overrides, _seed_key(c.command): c.seed}, scale) for c in all_cells}
 
 
 def run_cell(
