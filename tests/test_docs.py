@@ -155,3 +155,35 @@ def test_a_spec_recorded_from_another_checkout_is_named_as_in_this_one(tmp_path:
     assert _spec_in_root(root / "configs" / "ablations" / "heads.yaml", root) == Path("configs/ablations/heads.yaml")
     assert _spec_in_root(tmp_path / "other" / "mine.yaml", root) == Path("mine.yaml")
     assert _spec_in_root(Path("configs/x.yaml"), root) == Path("configs/x.yaml")
+
+
+def test_a_figure_block_draws_the_sweeps_records_and_fails_the_check_when_they_change(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(
+        REPO / "results" / "heads-cpu",
+        root / "results" / "heads-cpu",
+        ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "*.png", "report*"),
+    )
+    (root / "docs").mkdir()
+    page = root / "docs" / "page.md"
+    page.write_text("<!-- results figure heads-cpu -->\n<!-- /results -->\n")
+    assert len(update_docs(root)) == 1
+    image = root / "docs" / "figures" / "heads-cpu-knn_top1.png"
+    assert image.read_bytes()[:4] == b"\x89PNG"
+    text = page.read_text()
+    assert "](figures/heads-cpu-knn_top1.png)" in text and "from results/heads-cpu" in text
+    assert update_docs(root, check=True) == []
+    drawn = image.stat().st_mtime_ns
+    assert update_docs(root) == [] and image.stat().st_mtime_ns == drawn  # unchanged numbers: not redrawn
+    # A record changed without redrawing fails the check; so does a missing image.
+    metrics = next(p for p in sorted((root / "results" / "heads-cpu").glob("*/metrics.json")))
+    values = json.loads(metrics.read_text())
+    values["knn_top1"] += 0.01
+    metrics.write_text(json.dumps(values))
+    assert [d.kind for d in update_docs(root, check=True)] == ["figure"]
+    assert len(update_docs(root)) == 1 and update_docs(root, check=True) == []
+    image.unlink()
+    assert [d.kind for d in update_docs(root, check=True)] == ["figure"]
+    page.write_text("<!-- results figure heads-cpu,test_top1 -->\n<!-- /results -->\n")
+    with pytest.raises(ConfigError, match="no finished cell has 'test_top1'"):
+        update_docs(root)

@@ -24,12 +24,22 @@ Kinds of block (NAME is a folder under ``results/``):
   benchmark runs): kNN, linear, steps, training minutes, machine.
 - ``tta NAME``: the table of a ``benchmarks/time_to_accuracy.py`` run (its
   ``points.jsonl``), with its command and machine.
+- ``figure NAME`` (or ``figure NAME,METRIC``): a sweep's figure, drawn from its records
+  into ``docs/figures/NAME-METRIC.png`` as ``selfsup report`` draws it (accuracy against
+  the first axis, a line per value of the others, error bars over seeds; the matrix of a
+  spec with ``heatmap:``). The block holds the image link and a digest of the plotted
+  numbers, so ``--check`` fails when the records change and the figure was not redrawn
+  (or is missing). METRIC defaults to test top-1 where cells have it, else kNN top-1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +49,7 @@ import yaml
 from ..errors import ConfigError
 from ..machine import read_machine
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl
-from .results import collect, markdown_table, milestone_rows, run_provenance, run_row
+from .results import collect, markdown_table, metric_label, milestone_rows, run_provenance, run_row
 
 BLOCK = re.compile(r"(<!-- results (\w+) ([\w.,=+/-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
 
@@ -229,6 +239,60 @@ def render_tta(folder: Path, root: Path) -> str:
     return out + _measured(run_provenance(folder)) + "\n"
 
 
+def _figure_metric(groups: list[dict[str, Any]], asked: str | None, folder: Path) -> str:
+    have = {m for g in groups for m, v in g["values"].items() if v}
+    if asked:
+        if asked not in have:
+            raise ConfigError(f"{folder}: no finished cell has {asked!r} (have: {', '.join(sorted(have)) or 'none'})")
+        return asked
+    return "test_top1" if "test_top1" in have else "knn_top1"
+
+
+def render_figure(folder: Path, root: Path, where: Path, metric: str | None, old: str, check: bool) -> str:
+    """The ``figure`` block: draw the sweep's figure under docs/figures/ (unless ``check``) and link it.
+
+    The PNG is redrawn only when the plotted numbers changed (their digest is in the block)
+    or the file is missing, so regenerating the docs does not rewrite unchanged images.
+    """
+    from .report import _accuracy_plot, _heatmap
+    from .results import aggregate
+
+    rows, axes = _sweep_rows(folder)
+    record = yaml.safe_load((folder / "sweep.yaml").read_text()) or {}
+    groups = aggregate(rows, axes)
+    if not groups:
+        raise ConfigError(f"{folder}: no finished cell to plot")
+    metric = _figure_metric(groups, metric, folder)
+    data = sorted((tuple(str(g[a]) for a in axes), [round(v, 6) for v in g["values"].get(metric, [])]) for g in groups)
+    digest = hashlib.sha256(json.dumps(data).encode()).hexdigest()[:12]
+    image = root / "docs" / "figures" / f"{folder.name}-{metric}.png"
+    link = Path(os.path.relpath(image.resolve(), where.parent.resolve()))
+    heat = record.get("heatmap")
+    x = record.get("x_axis") or axes[0]
+    others = [a for a in axes if a != x]
+    lines = f"a line per {', '.join(others)}" if others else "one line"
+    shown = "one operation (diagonal) or two" if heat else f"against {x}, {lines}"
+    what = f"{metric_label(metric)}: {shown}"
+    done = sum(g["n"] for g in groups)
+    text = (
+        f"![{what}]({link.as_posix()})\n\n"
+        f"Drawn by `selfsup docs` from results/{folder.name} ({done} finished cells; plotted numbers {digest}).\n"
+    )
+    if check:
+        return text if image.is_file() else text + "(image missing: run selfsup docs)\n"
+    if text != old or not image.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            if heat:
+                name = _heatmap(groups, heat, metric, Path(tmp))
+            else:
+                name = _accuracy_plot(groups, [x, *others], metric, Path(tmp), record.get("reference"))
+            if name is None:
+                raise ConfigError(f"{folder}: nothing to draw for {metric}")
+            image.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / name), image)
+    return text
+
+
 RENDERERS = {
     "table": render_table,
     "run": render_run,
@@ -239,12 +303,15 @@ RENDERERS = {
 }
 
 
-def _render(kind: str, name: str, results: Path, root: Path, where: Path) -> str:
-    if kind not in RENDERERS:
-        raise ConfigError(f"{where}: unknown results block kind {kind!r} (known: {', '.join(RENDERERS)})")
+def _render(kind: str, name: str, results: Path, root: Path, where: Path, old: str, check: bool) -> str:
+    if kind not in (*RENDERERS, "figure"):
+        raise ConfigError(f"{where}: unknown results block kind {kind!r} (known: {', '.join(RENDERERS)}, figure)")
+    name, _, option = name.partition(",") if kind == "figure" else (name, "", "")
     folder = results / name
     if not folder.is_dir():
         raise ConfigError(f"{where}: results block names {folder}, which does not exist")
+    if kind == "figure":
+        return render_figure(folder, root, where, option or None, old, check)
     return RENDERERS[kind](folder, root)
 
 
@@ -278,7 +345,7 @@ def update_docs(root: str | Path = ".", check: bool = False) -> list[Difference]
         found: list[Difference] = []
 
         def replace(m: re.Match[str], path: Path = path, found: list[Difference] = found) -> str:
-            fresh = _render(m.group(2), m.group(3), results, root, path)
+            fresh = _render(m.group(2), m.group(3), results, root, path, m.group(4), check)
             if fresh != m.group(4):
                 found.append(Difference(path, m.group(2), m.group(3)))
             return m.group(1) + fresh + m.group(5)

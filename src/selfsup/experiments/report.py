@@ -349,7 +349,7 @@ def _accuracy_plot(
             colour = colours.get(second, "grey") if second is not None else "grey"
             ax.plot([x for x, _ in extra], [v for _, v in extra], "s--", color=colour, alpha=0.7, label=title)
     if xs_num:
-        if min(xs_num) > 0 and max(xs_num) / min(xs_num) >= 20:
+        if min(xs_num) > 0 and max(xs_num) / min(xs_num) >= 10:  # a decade or more: equal ratios, equal steps
             ax.set_xscale("log")
         ax.set_xticks(xs_num, all_labels)
     else:
