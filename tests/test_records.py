@@ -47,6 +47,22 @@ def test_config_changes_ignore_execution_keys_and_data_statistics() -> None:
     assert "augment.blur_p" in config_changes(saved, apply_overrides(wanted, {"augment.blur_p": 0.9}))
 
 
+def test_config_changes_ignore_what_the_command_never_reads() -> None:
+    pretrain = load_config(None, {"train.epochs": 3})
+    other_semi = apply_overrides(pretrain, {"semi.rampup_epochs": 7.0, "semi.threshold": 0.5})
+    other_ft = apply_overrides(pretrain, {"finetune.epochs": 5})
+    # A pretrained encoder (or a record fine-tuned from it) is not retrained for the semi rows' settings ...
+    assert config_changes(pretrain, other_semi, "pretrain") == {}
+    assert config_changes(pretrain, other_semi, "finetune") == {}
+    assert config_changes(pretrain, other_ft, "pretrain") == {}
+    # ... but a fine-tuning cell reads finetune.*, a semi-supervised run semi.*, and semi.labels makes a run semi.
+    assert config_changes(pretrain, other_ft, "finetune") == {"finetune.epochs": (50, 5)}
+    semi = apply_overrides(pretrain, {"semi.labels": 250})
+    assert "semi.rampup_epochs" in config_changes(semi, apply_overrides(semi, {"semi.rampup_epochs": 7.0}), "semi")
+    assert "semi.labels" in config_changes(pretrain, semi, "pretrain")
+    assert config_changes(pretrain, other_semi) != {}  # without a command every key counts, as before
+
+
 def _row(machine: str, knn: float, wall: float, seed: int) -> dict[str, Any]:
     return {
         "t": "a",

@@ -38,19 +38,36 @@ def resolved(cfg: Config) -> Config:
     return replace(cfg, augment=resolve_augment(cfg.augment, method_class(cfg.method.name).default_augment))
 
 
-def config_changes(saved: Config, wanted: Config) -> dict[str, tuple[Any, Any]]:
+def unread(key: str, command: str, wanted: Config) -> bool:
+    """Whether a run of ``command`` with config ``wanted`` never reads ``key``.
+
+    Fine-tuning settings matter only to fine-tuning; the semi-supervised settings (other
+    than ``semi.labels``, which makes a run semi-supervised) only to a run with labels.
+    A sweep whose semi-supervised rows change their ramp-up therefore keeps its
+    pretrained encoder and the rows fine-tuned from it.
+    """
+    if key.startswith("finetune."):
+        return command != "finetune"
+    return key.startswith("semi.") and key != "semi.labels" and wanted.semi.labels is None
+
+
+def config_changes(saved: Config, wanted: Config, command: str | None = None) -> dict[str, tuple[Any, Any]]:
     """The keys on which a saved run's config differs from the config a cell wants.
 
     Keys that change how a run executes but not what it computes (device, threads,
-    logging; :func:`selfsup.config.resume_free_keys`) and statistics read from the data
-    are ignored.
+    logging; :func:`selfsup.config.resume_free_keys`), statistics read from the data and,
+    given the cell's ``command``, keys that command never reads (:func:`unread`) are ignored.
 
     Returns:
         ``{key: (saved value, wanted value)}``; empty when the record answers the cell.
     """
     free = resume_free_keys() | _FROM_DATA
     a, b = flatten(resolved(saved)), flatten(resolved(wanted))
-    return {k: (a.get(k), b[k]) for k in b if k not in free and a.get(k) != b[k]}
+    return {
+        k: (a.get(k), b[k])
+        for k in b
+        if k not in free and a.get(k) != b[k] and not (command and unread(k, command, wanted))
+    }
 
 
 def describe(changes: dict[str, tuple[Any, Any]]) -> str:
@@ -96,7 +113,7 @@ def cell_state(run_dir: Path, command: str, wanted: Config) -> CellState:
         saved = load_run_config(run_dir)
     except RunDirError:
         return CellState("changed", {"config.yaml": ("unreadable", "the cell's config")})
-    changes = config_changes(_init_in_folder(saved, run_dir.parent), _init_in_folder(wanted, run_dir.parent))
+    changes = config_changes(_init_in_folder(saved, run_dir.parent), _init_in_folder(wanted, run_dir.parent), command)
     if changes:
         return CellState("changed", changes)
     return CellState("done" if cell_done(run_dir, command) else "partial", {})
