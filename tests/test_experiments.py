@@ -198,6 +198,14 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
     block = render_table(tmp_path / "sweep", tmp_path)
     assert result.table in block and "precision unrecorded" not in block
     images_exist(make_report(tmp_path / "sweep"))
+    scratch = [r for r in result.rows if r["init"] == "scratch"]
+    assert all("knn_top1" not in r for r in scratch)  # no encoder behind them: no encoder columns
+    # A cell from scratch needs the encoder's config, not its weights: alone, it pretrains nothing.
+    cell = "finetune.labels=6,init=scratch,seed=0"
+    alone = run_sweep(spec, out=tmp_path / "alone", only=cell, log=lambda s: None)
+    assert not (tmp_path / "alone" / "encoder,seed=0").exists()
+    (row,) = [r for r in alone.rows if r["status"] == "done"]
+    assert row["test_top1"] == next(r["test_top1"] for r in scratch if r["finetune.labels"] == "6")
 
 
 def test_one_table_from_fine_tuning_and_semi_supervised_cells(shared_folder: Path, tmp_path: Path) -> None:

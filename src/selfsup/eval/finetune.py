@@ -97,6 +97,10 @@ def _finetune_all(
     dev = resolve_device(device or cfg.train.device)
 
     splits = load_data(cfg.data, progress=cfg.train.progress, subset=False)
+    if cfg.augment.mean is None or cfg.augment.std is None:  # a config never trained (a sweep's cell from scratch)
+        from ..train.loop import resolve_config
+
+        cfg = resolve_config(cfg, splits)  # the training images' statistics, as pretraining would have set
     results = {}
     bf16 = use_bf16(cfg.train.precision, dev)
     for n_labels in cfg.finetune.labels:

@@ -99,6 +99,11 @@ def run_provenance(run_dir: Path, summary: dict[str, Any] | None = None) -> dict
     return out
 
 
+def _from_scratch(run_dir: Path) -> bool:
+    """Whether a fine-tuning record trained from random initialisation (no encoder behind it)."""
+    return json.loads((run_dir / METRICS_JSON).read_text()).get("init") == "random"
+
+
 def collect(spec: Any, cells: list[Any], configs: dict[Path, Any] | None = None) -> list[dict[str, Any]]:
     """One row per cell: its axis labels, seed, status and metrics.
 
@@ -116,7 +121,9 @@ def collect(spec: Any, cells: list[Any], configs: dict[Path, Any] | None = None)
         if done:
             metrics = run_row(cell.dir)
             enc_dir = encoder_dir(cell.dir.parent, cell.seed)
-            if cell.command == "finetune":  # the encoder's pretraining figures, the cell's test accuracy
+            if cell.command == "finetune" and not _from_scratch(cell.dir):
+                # the encoder's pretraining figures, the cell's test accuracy (a cell from
+                # scratch has no encoder: its own cost, no kNN or linear columns)
                 encoder = run_row(enc_dir)
                 metrics = {**{k: v for k, v in encoder.items() if k != "eval_time_s"}, **metrics}
                 metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("eval_time_s") or 0)

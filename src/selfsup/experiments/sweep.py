@@ -532,8 +532,15 @@ def run_cell(
 
 
 def _uses_encoder(cell: Cell, cfg: Config) -> bool:
-    """Whether a cell needs the sweep's encoder: it fine-tunes it, or starts from it (``model.init``)."""
-    return cell.command == "finetune" or cfg.model.init == SWEEP_ENCODER
+    """Whether a cell needs the sweep's encoder: it fine-tunes it, or starts from it (``model.init``).
+
+    A fine-tuning cell ``from_scratch`` trains the encoder's architecture from random
+    initialisation: it needs the encoder's config, not its weights, so it runs on a
+    machine that has not pretrained (or no longer has) the encoder.
+    """
+    if cell.command == "finetune":
+        return not cfg.finetune.from_scratch
+    return cfg.model.init == SWEEP_ENCODER
 
 
 def record_config(spec: SweepSpec, cell: Cell, cfg: Config, scale: str | None) -> Config:
@@ -760,12 +767,23 @@ def _ensure_encoder(
 def _run_finetune_cell(
     spec: SweepSpec, cell: Cell, cfg: Config, folder: Path, scale: str | None, log: Callable[[str], None]
 ) -> None:
-    """Pretrain (or continue) the seed's encoder, fine-tune it as the cell says, record the cell."""
+    """Pretrain (or continue) the seed's encoder, fine-tune it as the cell says, record the cell.
+
+    A ``from_scratch`` cell needs only the encoder's config: it is saved in the cell's own
+    directory, which then stands for the encoder (no pretraining, no "encoder" in the record).
+    """
     from ..eval.finetune import finetune
     from ..rundir import update_metrics_json
 
-    encoder, enc_cfg = _ensure_encoder(spec, cell.seed, folder, scale, log)
     ft = {k: v for k, v in flatten(cfg).items() if k.startswith("finetune.")}
+    if cfg.finetune.from_scratch:
+        cell.dir.mkdir(parents=True, exist_ok=True)
+        save_config(apply_overrides(_encoder_config(spec, cell.seed, scale), ft), cell.dir / CONFIG)
+        results = finetune(cell.dir, ft, log=log, out=cell.dir)
+        (result,) = results.values()
+        update_metrics_json(cell.dir, result)  # top-level test_top1: the cell is done
+        return
+    encoder, enc_cfg = _ensure_encoder(spec, cell.seed, folder, scale, log)
     # The cell's own directory gets the per-epoch log, the result and the machine: cells
     # sharing an encoder and a label count (other batch sizes, probe / LP-FT rows) must
     # not overwrite each other's curves in the encoder's run, nor wait for its lock.
