@@ -200,6 +200,7 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
     images_exist(make_report(tmp_path / "sweep"))
     scratch = [r for r in result.rows if r["init"] == "scratch"]
     assert all("knn_top1" not in r for r in scratch)  # no encoder behind them: no encoder columns
+    assert "| steps |" not in result.table.splitlines()[0]  # the encoder's steps are one number
     # A cell from scratch needs the encoder's config, not its weights: alone, it pretrains nothing.
     cell = "finetune.labels=6,init=scratch,seed=0"
     alone = run_sweep(spec, out=tmp_path / "alone", only=cell, log=lambda s: None)
@@ -709,6 +710,9 @@ def test_x_axis_puts_a_later_axis_on_x_with_a_line_per_first(monkeypatch: pytest
     spec = write_spec(tmp_path, tmp_path, grid=grid2, x_axis="train.batch_size", reference=reference)
     with pytest.raises(ConfigError, match="first grid axis when the spec has a reference"):
         run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
+    spec = write_spec(tmp_path, tmp_path, compare="optim.lr")
+    with pytest.raises(ConfigError, match="compare must name a grid axis"):
+        run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
 
 
 def test_separation_names_what_stands_out_of_seed_noise() -> None:
@@ -734,6 +738,11 @@ def test_separation_names_what_stands_out_of_seed_noise() -> None:
         "Best kNN top-1 at labels=4000: b. Below it by more than two pooled seed std: none; "
         "within two std (not separated): a (-1.0).",
     ]
+    # Compared along the second axis instead (a spec's compare:): labels within each m.
+    assert separation(two, ["labels", "m"], "knn_top1", along="m") == separation(two, ["m", "labels"], "knn_top1")
+    assert separation(two, ["m", "labels"], "knn_top1", along="labels").splitlines()[0] == (
+        "Best kNN top-1 at m=a: 4000. Below it by more than two pooled seed std: 250 (-10.0)."
+    )
 
 
 def test_a_report_on_a_folder_of_runs_compares_each_methods_signals(tmp_path: Path) -> None:

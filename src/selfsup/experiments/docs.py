@@ -111,7 +111,7 @@ def render_table(folder: Path, root: Path) -> str:
 
     rows, axes = _sweep_rows(folder)
     record = yaml.safe_load((folder / "sweep.yaml").read_text()) or {}
-    table = markdown_table(rows, axes, table_command(record), record.get("reference"))
+    table = markdown_table(rows, axes, table_command(record), record.get("reference"), record.get("compare"))
     return f"`{_sweep_command(folder, root)}`\n\n{table}\n"
 
 

@@ -523,7 +523,7 @@ def report_sweep(sweep_dir: Path) -> Path:
     folder = sweep_dir / FIGURES
     groups = aggregate(rows, axes)
     command = table_command(spec)
-    table = markdown_table(rows, axes, command, spec.get("reference")).split("\n")
+    table = markdown_table(rows, axes, command, spec.get("reference"), spec.get("compare")).split("\n")
     head = [c.strip() for c in table[0].strip("|").split("|")]
     body_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:] if line.startswith("|")]
     body = [

@@ -216,6 +216,7 @@ def markdown_table(
     axes: list[str],
     command: str = "pretrain",
     reference: dict[str, Any] | None = None,
+    compare: str | None = None,
 ) -> str:
     """Mean ± std over seeds of accuracy (%), final loss and wall time per grid point.
 
@@ -231,6 +232,8 @@ def markdown_table(
         reference: A spec's ``reference`` (``source`` and ``values`` by first-axis
             label, or by first- and second-axis labels, in %): the published table the
             sweep reproduces, as a column beside ours.
+        compare: The axis whose values the significance line compares, within each
+            combination of the others (a spec's ``compare``; default the first axis).
     """
     metrics = [("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)")]
     if command in ("semi", "finetune"):
@@ -247,7 +250,7 @@ def markdown_table(
         head.append(f"{reference_title(reference or {})} (%)")
     head.append("final loss")
     numbers = [("final_loss", "{:.3f} ± {:.3f}")]
-    if len({r.get("steps") for r in rows if r.get("status", "done") == "done"}) > 1:
+    if len({r["steps"] for r in rows if r.get("status", "done") == "done" and r.get("steps") is not None}) > 1:
         # Cells that trained different numbers of steps (time budgets, equal-time
         # comparisons): how many, and at what speed where the speeds compare.
         head.append("steps")
@@ -277,7 +280,7 @@ def markdown_table(
             else:
                 cells.append(fmt.format(*mean_std(vals)) if vals else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    note = separation(rows, axes, metrics[0][0])
+    note = separation(rows, axes, metrics[0][0], compare)
     if note:
         lines.append(f"\n{note}")
     spread_line = noise(rows, axes, metrics[0][0])
@@ -359,17 +362,19 @@ def noise(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
     )
 
 
-def separation(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
-    """Which values of the first axis the best one beats by more than two standard deviations of seed noise.
+def separation(rows: list[dict[str, Any]], axes: list[str], metric: str, along: str | None = None) -> str:
+    """Which values of one axis the best one beats by more than two standard deviations of seed noise.
 
-    With several axes the comparison runs along the first one, within each combination
-    of the others (e.g. methods at each label count). The noise of a pair is the pooled
+    With several axes the comparison runs along ``along`` (default: the first axis),
+    within each combination of the others (e.g. rows at each label count). The noise of a pair is the pooled
     standard deviation of its two groups over seeds, ``sqrt((s1^2 + s2^2) / 2)``; a
     difference of the means above twice that is called separated. Grid points with one
     seed are left out; '' when nothing can be compared.
     """
     if not axes:
         return ""
+    if along is not None:
+        axes = [along, *(a for a in axes if a != along)]
     by_rest: dict[tuple[str, ...], list[tuple[str, float, float]]] = {}
     for g in aggregate(rows, axes):
         vals = [100 * v for v in g["values"].get(metric, [])]

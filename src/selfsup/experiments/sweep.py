@@ -27,6 +27,9 @@ A spec (YAML)::
     x_axis: train.batch_size     # optional: the axis `selfsup report`'s accuracy figures
                                  # put on x, one line per value of the others (default:
                                  # the first; optimizer.yaml: batch on x, a line per optimizer)
+    compare: row                 # optional: the axis whose values the table's significance
+                                 # line compares, at each value of the others (default: the
+                                 # first; label_efficiency.yaml: rows at each label count)
     reference:                   # optional: the published table the sweep reproduces, by
       source: seed 000 linear    # first-axis label (in %), a column beside ours in the
       metric: linear_top1        # table and a line in `selfsup report`'s figure of metric
@@ -93,6 +96,7 @@ _SPEC_KEYS = {
     "heatmap",
     "x_axis",
     "reference",
+    "compare",
 }
 REFERENCE_METRICS = ("knn_top1", "linear_top1", "test_top1")
 
@@ -307,6 +311,8 @@ def load_spec(path: str | Path) -> SweepSpec:
             raise ConfigError(f"{path}: x_axis must name a grid axis, got {raw['x_axis']!r}")
         if "reference" in raw and raw["x_axis"] != axes[0].name:  # reference values are by the first axis
             raise ConfigError(f"{path}: x_axis must be the first grid axis when the spec has a reference")
+    if "compare" in raw and raw["compare"] not in [a.name for a in axes]:
+        raise ConfigError(f"{path}: compare must name a grid axis, got {raw['compare']!r}")
     seeds = raw.get("seeds", [0])
     _check_seeds(seeds, str(path))
     if "reference" in raw:
@@ -498,8 +504,9 @@ def run_sweep(
         finally:
             bar.close()
     rows = collect(spec, all_cells, {c.dir: record_config(spec, c, configs[c.dir], scale) for c in all_cells})
-    write_csv(folder / "results.csv", rows, [a.name for a in spec.axes])
-    table = markdown_table(rows, [a.name for a in spec.axes], table_command(spec.raw), spec.raw.get("reference"))
+    axes = [a.name for a in spec.axes]
+    write_csv(folder / "results.csv", rows, axes)
+    table = markdown_table(rows, axes, table_command(spec.raw), spec.raw.get("reference"), spec.raw.get("compare"))
     write_atomic(folder / TABLE_FILE, (table + "\n").encode())
     log(table)
     return SweepResult(folder, rows, table)
