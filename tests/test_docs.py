@@ -122,6 +122,35 @@ def test_block_kinds_from_synthetic_records(tmp_path: Path) -> None:
         update_docs(root, check=True)
 
 
+def test_a_finetunes_block_averages_each_trials_seeds(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    settings = {"epochs": 30, "lr": 0.05, "encoder_lr": 0.25, "head_epochs": 0, "freeze_encoder": False, "seed": 0}
+    for seed, top1, best in ((0, 0.50, 12), (1, 0.54, 30)):
+        run = root / "results" / "ft-trials" / f"lr0.05,seed={seed}"
+        run.mkdir(parents=True)
+        result = {"test_top1": top1, "best_epoch": best, "epochs": 30, "time_s": 40.0 + seed, "settings": settings}
+        (run / "metrics.json").write_text(json.dumps({"finetune": {"250": result}}))
+        record_machine(run, "finetune", 40.0, labels=250, bf16=False)
+    other = root / "results" / "ft-trials" / "scratch,seed=0"
+    other.mkdir()
+    result = {"test_top1": 0.3, "best_epoch": 5, "epochs": 30, "time_s": 20.0}  # a record without settings
+    (other / "metrics.json").write_text(json.dumps({"finetune_random_init": {"1000": result}}))
+    (root / "docs").mkdir()
+    page = root / "docs" / "page.md"
+    page.write_text("<!-- results finetunes ft-trials -->\n<!-- /results -->\n")
+    update_docs(root)
+    rows = [line for line in page.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [
+        "| lr0.05 | 250 | pretrained | 2 | 30 | 0.05 | 0.25 | 0 | no | 12/30 | 52.0 ± 2.8 | 40 |",
+        "| scratch | 1000 | random | 1 | 30 | - | - | - | no | 5 | 30.0 | 20 |",
+    ]
+    assert "(fp32)" in page.read_text() and update_docs(root, check=True) == []
+    shutil.rmtree(root / "results" / "ft-trials")
+    (root / "results" / "ft-trials").mkdir()
+    with pytest.raises(ConfigError, match="no fine-tuning results"):
+        update_docs(root, check=True)
+
+
 def test_a_time_to_accuracy_block_from_its_points(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     folder = root / "results" / "tta"

@@ -403,6 +403,7 @@ def test_finetune(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = json.loads((simclr_run / "metrics.json").read_text())
     assert m["finetune"]["15"]["test_top1"] == r["test_top1"]
     assert m["finetune_random_init"]["15"]["test_top1"] == scratch["test_top1"]
+    assert "encoder" not in scratch and scratch["settings"]["val_size"] == 9
     assert "fine-tuned (pretrained encoder, 15 labels)" in lines[0]
     both = finetune(
         simclr_run,
@@ -461,6 +462,9 @@ def test_finetune_into_another_directory_only_reads_the_encoder(simclr_run: Path
     assert len(read_jsonl(tmp_path / "cell" / "finetune" / "labels-7.jsonl")) == 2
     m = json.loads((tmp_path / "cell" / "metrics.json").read_text())
     assert m["finetune"]["7"]["test_top1"] == r["test_top1"]
+    # The settings and the encoder go with the result (a folder of its own has no config.yaml).
+    assert r["settings"]["epochs"] == 2 and r["settings"]["batch_size"] == 8 and "labels" not in r["settings"]
+    assert r["encoder"] == str(simclr_run)
     assert json.loads((tmp_path / "cell" / "machine.json").read_text())["entries"][0]["labels"] == 7
     with pytest.raises(RunDirError):
         finetune(tmp_path / "not-a-run", small, log=lambda s: None, out=tmp_path / "cell2")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +205,8 @@ def _finetune_one(
             f"lower finetune.lr (now {ft.lr})"
         )
     model.load_state_dict(best.pop("state"))
-    return _test(model, splits, feats, best, n_labels, random_init, cfg, time.perf_counter() - t0, log)
+    result = _test(model, splits, feats, best, n_labels, random_init, cfg, time.perf_counter() - t0, log)
+    return result if random_init else {**result, "encoder": str(run_dir)}
 
 
 def _test(
@@ -235,6 +236,9 @@ def _test(
         "init": "random" if random_init else "pretrained",
         "freeze_encoder": ft.freeze_encoder,
         "time_s": seconds,
+        # Every fine-tuning setting with the result: a fine-tuning written elsewhere (--out)
+        # has no config.yaml of its own, and trials differ in exactly these.
+        "settings": {k: v for k, v in asdict(ft).items() if k != "labels"},
     }
     log(
         f"fine-tuned ({result['init']} encoder, {n_labels} labels): test top-1 {test_top1:.4f} "

@@ -22,6 +22,8 @@ Kinds of block (NAME is a folder under ``results/``):
   minutes at each: accuracy against minutes within one schedule.
 - ``runs NAME``: one row per run folder directly under ``results/NAME/`` (recipe trials,
   benchmark runs): kNN, linear, steps, training minutes, machine.
+- ``finetunes NAME``: fine-tuning trials (``selfsup finetune RUN --out
+  results/NAME/TRIAL,seed=S``), mean ± std over each trial's seeds with its settings.
 - ``tta NAME``: the table of a ``benchmarks/time_to_accuracy.py`` run (its
   ``points.jsonl``), with its command and machine.
 - ``figure NAME`` (or ``figure NAME,METRIC``): a sweep's figure, drawn from its records
@@ -49,7 +51,7 @@ import yaml
 from ..errors import ConfigError
 from ..machine import read_machine
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl
-from .results import collect, markdown_table, metric_label, milestone_rows, run_provenance, run_row
+from .results import collect, markdown_table, mean_std, metric_label, milestone_rows, run_provenance, run_row
 
 BLOCK = re.compile(r"(<!-- results (\w+) ([\w.,=+/-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
 
@@ -226,6 +228,59 @@ def render_runs(folder: Path, root: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+_SEED_SUFFIX = re.compile(r",seed=\d+$")
+
+
+def render_finetunes(folder: Path, root: Path) -> str:
+    """The ``finetunes`` block: fine-tunings written into ``results/NAME/TRIAL,seed=S``.
+
+    Each folder holds what ``selfsup finetune RUN --out FOLDER`` wrote; folders that
+    differ only in their ``,seed=S`` suffix are one trial, shown as mean ± std over its
+    seeds with the settings it ran with (recorded with each result), one row per trial and
+    label count, then the machines and one command per trial.
+    """
+    groups: dict[tuple[str, str, str], list[tuple[dict[str, Any], Path]]] = {}
+    for run in sorted(p for p in folder.iterdir() if (p / METRICS_JSON).is_file()):
+        metrics = json.loads((run / METRICS_JSON).read_text())
+        for section, init in (("finetune", "pretrained"), ("finetune_random_init", "random")):
+            for labels, result in (metrics.get(section) or {}).items():
+                groups.setdefault((_SEED_SUFFIX.sub("", run.name), labels, init), []).append((result, run))
+    if not groups:
+        raise ConfigError(f"{folder}: no fine-tuning results (selfsup finetune RUN --out {folder}/TRIAL)")
+    out = [
+        "| trial | labels | init | seeds | epochs | lr | encoder lr | head epochs | frozen | best epoch "
+        "| test top-1 (%) | fine-tuning (s) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|",
+    ]
+    where: dict[str, None] = {}
+    commands: dict[str, str] = {}
+    for (trial, labels, init), entries in sorted(groups.items(), key=lambda kv: (int(kv[0][1]), kv[0][0], kv[0][2])):
+        results = [r for r, _ in entries]
+        ft = results[0].get("settings") or {}
+
+        def setting(key: str, ft: dict[str, Any] = ft) -> str:
+            return f"{ft[key]:g}" if isinstance(ft.get(key), (int, float)) else "-"
+
+        top1 = mean_std([100 * r["test_top1"] for r in results])
+        accuracy = f"{top1[0]:.1f} ± {top1[1]:.1f}" if len(results) > 1 else f"{top1[0]:.1f}"
+        seconds = mean_std([r["time_s"] for r in results])
+        best = "/".join(str(r.get("best_epoch", "-")) for r in results)
+        out.append(
+            f"| {trial} | {labels} | {init} | {len(results)} | {results[0].get('epochs', '-')} | {setting('lr')} "
+            f"| {setting('encoder_lr')} | {setting('head_epochs')} | {'yes' if ft.get('freeze_encoder') else 'no'} "
+            f"| {best} | {accuracy} | {seconds[0]:.0f} |"
+        )
+        for _, run in entries:
+            where[_measured(run_provenance(run), start=True)] = None
+            cmd = _command(read_machine(run), ("finetune", "finetune_random_init"))
+            if cmd and trial not in commands:
+                commands[trial] = cmd
+    out.append("\n" + " ".join(where))
+    if commands:
+        out.append("\n" + "\n".join(f"- {trial}: `{cmd}`" for trial, cmd in commands.items()))
+    return "\n".join(out) + "\n"
+
+
 def render_tta(folder: Path, root: Path) -> str:
     """The ``tta`` block: minutes to each kNN threshold per pipeline, the command and machine."""
     from .time_to_accuracy import by_pipeline, table
@@ -299,6 +354,7 @@ RENDERERS = {
     "milestones": render_milestones,
     "checkpoints": render_checkpoints,
     "runs": render_runs,
+    "finetunes": render_finetunes,
     "tta": render_tta,
 }
 
