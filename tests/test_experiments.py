@@ -191,6 +191,10 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
         assert len(read_jsonl(tmp_path / "sweep" / f"finetune.labels=6,init={row},seed=0" / "finetune" / log)) == 2
     assert not (tmp_path / "sweep" / "encoder,seed=0" / "finetune").exists()
     assert "finetune" not in json.loads((tmp_path / "sweep" / "encoder,seed=0" / "metrics.json").read_text())
+    cell_metrics = json.loads(
+        (tmp_path / "sweep" / "finetune.labels=6,init=pretrained,seed=0" / "metrics.json").read_text()
+    )
+    assert cell_metrics["encoder"] == str(tmp_path / "sweep" / "encoder,seed=0")  # the record names its encoder
     assert result.table.splitlines()[0].startswith("| finetune.labels | init | seeds | test top-1 (%)")
     # The docs block shows what the sweep's table shows (the encoder's precision and time too).
     from selfsup.experiments.docs import render_table

@@ -783,12 +783,10 @@ def _run_finetune_cell(
     from ..rundir import update_metrics_json
 
     ft = {k: v for k, v in flatten(cfg).items() if k.startswith("finetune.")}
-    source: dict[str, str] = {}  # what the record names as the encoder fine-tuned
     if cfg.finetune.from_scratch:  # the cell's own directory stands for the encoder: its config alone is read
         run, enc_cfg = cell.dir, _encoder_config(spec, cell.seed, scale)
     else:
         run, enc_cfg = _ensure_encoder(spec, cell.seed, folder, scale, log)
-        source = {"encoder": str(run)}
     # Saved first (a cell without its result stays unfinished): a cell from scratch reads it back.
     cell.dir.mkdir(parents=True, exist_ok=True)
     save_config(apply_overrides(enc_cfg, ft), cell.dir / CONFIG)
@@ -796,8 +794,8 @@ def _run_finetune_cell(
     # sharing an encoder and a label count (other batch sizes, probe / LP-FT rows) must
     # not overwrite each other's curves in the encoder's run, nor wait for its lock.
     results = finetune(run, ft, log=log, out=cell.dir)
-    (result,) = results.values()
-    update_metrics_json(cell.dir, {**result, **source})  # top-level test_top1: the cell is done
+    (result,) = results.values()  # names its encoder unless it trained from scratch
+    update_metrics_json(cell.dir, result)  # top-level test_top1: the cell is done
 
 
 def _plan(
