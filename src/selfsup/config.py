@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -405,9 +407,15 @@ SHORT_FLAGS: dict[str, str] = {
 }
 
 
-def field_types(section: str) -> dict[str, Any]:
-    """Resolved type hints of a section's fields."""
-    return typing.get_type_hints(SECTIONS[section])
+@functools.cache
+def field_types(section: str) -> Mapping[str, Any]:
+    """Resolved type hints of a section's fields (read-only).
+
+    Cached: resolving the string annotations is slow (``typing.get_type_hints`` compiles
+    each one), and every override, copy and check of a config asks again; a sweep's plan
+    asked ~13,000 times.
+    """
+    return types.MappingProxyType(typing.get_type_hints(SECTIONS[section]))
 
 
 def all_keys() -> list[str]:
