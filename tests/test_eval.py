@@ -132,9 +132,12 @@ def test_pretraining_beats_the_random_encoder_on_cifar10(tmp_path: Path) -> None
     pretrain(load_config(None, overrides), out=out, log=lambda s: None)
     trained = evaluate_run(out, log=lambda s: None)
     random = evaluate_run(out, random_init=True, log=lambda s: None)
-    # Measured 2026-11-28: kNN 31.7 vs 26.9 %, linear 29.6 vs 24.1 % (10,000 test images).
+    # Measured (10,000 test images): 2026-11-28, bf16: kNN 31.7 vs 26.9 %, linear 29.6 vs 24.1 %;
+    # 2026-12-03, fp32 on a Zen 4 with AVX2 only: kNN 31.5 vs 26.9 %, linear 26.6 vs 24.2 %. The
+    # 5-epoch probe's gain is the smaller and varies with the precision, hence its 1-point margin
+    # (1.6 binomial std of the difference of two 25 % accuracies on 10,000 images).
     assert trained["knn_top1"] > random["knn_top1"] + 0.02, (trained["knn_top1"], random["knn_top1"])
-    assert trained["linear_top1"] > random["linear_top1"] + 0.02, (trained["linear_top1"], random["linear_top1"])
+    assert trained["linear_top1"] > random["linear_top1"] + 0.01, (trained["linear_top1"], random["linear_top1"])
 
 
 def test_milestone_checkpoints_are_kept_and_evaluated(
