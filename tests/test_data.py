@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import CLASSES, make_tar, write_cifar_pickle, write_image_folder
 from selfsup.config import DataConfig
-from selfsup.data import cifar_pickle, class_balanced_indices, load_data, load_dataset
+from selfsup.data import cifar_pickle, class_balanced_indices, load_data, load_dataset, loading
 from selfsup.errors import DataError
 
 
@@ -68,18 +68,21 @@ def test_folder_of_split_tars_is_checksummed(image_folder: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_bundled_cifar10() -> None:
-    t0 = time.perf_counter()
+def test_bundled_cifar10(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_dataset("cifar10", progress=False)
-    first = time.perf_counter() - t0
     assert s.train.images.shape == (50000, 32, 32, 3) and s.test.images.shape == (10000, 32, 32, 3)
     assert s.train.classes[:3] == ["airplane", "automobile", "bird"] and len(s.train.classes) == 10
     assert np.bincount(s.test.labels).tolist() == [1000] * 10
-    t0 = time.perf_counter()
+
+    # The second load must come from the cache, never decode again. Checked by making
+    # decoding fail rather than by timing it: a wall-clock bound turned CI red on a
+    # slower disk (2.75 s against 2 s); load speed belongs in benchmarks/.
+    def no_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the bundled CIFAR-10 was decoded again instead of loaded from the cache")
+
+    monkeypatch.setattr(loading, "decode_layout_source", no_decode)
     again = load_dataset("cifar10")
-    second = time.perf_counter() - t0
     assert np.array_equal(again.test.images, s.test.images)
-    assert second < 2.0, f"cached load took {second:.2f} s (first {first:.1f} s)"
     # Decoded JPEG statistics as the dataset's README states them.
     mean = s.train.images.reshape(-1, 3)[::97].mean(0) / 255
     np.testing.assert_allclose(mean, [0.4913, 0.4821, 0.4465], atol=3e-3)
