@@ -110,3 +110,13 @@ def test_throughput_labels_each_recipe_and_measures_them_in_turns() -> None:
     ]
     with pytest.raises(SystemExit, match="share a file name"):
         run_labels(["bare"], ["a/quick.yaml", "b/quick.yaml"])
+
+
+def test_data_load_smoke(shared_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    done = smoke("data_load.py", out, shared_folder)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["decode", "cached"]
+    assert all(r["seconds"] > 0 and r["train"] + r["test"] == len(list(shared_folder.rglob("*.png"))) for r in records)
+    table = (out / "table.md").read_text()
+    assert "| cached |" in table and "decode / cached:" in table and table.strip() in done.stdout
