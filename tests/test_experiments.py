@@ -205,6 +205,14 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
     scratch = [r for r in result.rows if r["init"] == "scratch"]
     assert all("knn_top1" not in r for r in scratch)  # no encoder behind them: no encoder columns
     assert "| steps |" not in result.table.splitlines()[0]  # the encoder's steps are one number
+    # Pretrained again on another machine (weights are not committed), the encoder's record
+    # changes; the finished cells keep the figures of the run they were fine-tuned from.
+    before = {r["cell"]: r.get("knn_top1") for r in result.rows}
+    assert cell_metrics["encoder_run"]["knn_top1"] == before["finetune.labels=6,init=pretrained,seed=0"]
+    enc_metrics = tmp_path / "sweep" / "encoder,seed=0" / "metrics.json"
+    enc_metrics.write_text(json.dumps({**json.loads(enc_metrics.read_text()), "knn_top1": 0.987}))
+    again = run_sweep(spec, out=tmp_path / "sweep", log=lambda s: None)
+    assert {r["cell"]: r.get("knn_top1") for r in again.rows} == before
     # A cell from scratch needs the encoder's config, not its weights: alone, it pretrains nothing.
     cell = "finetune.labels=6,init=scratch,seed=0"
     alone = run_sweep(spec, out=tmp_path / "alone", only=cell, log=lambda s: None)
@@ -292,6 +300,8 @@ def test_semi_cell_started_from_the_sweeps_encoder(
     # The cell's cost counts the encoder's pretraining.
     enc_train = [r for r in map(json.loads, (encoder / "metrics.jsonl").read_text().splitlines()) if r.get("summary")]
     assert cell["wall_time_s"] >= enc_train[-1]["train_time_s"] > 0
+    noted = json.loads((out / "row=from-encoder,seed=0" / "metrics.json").read_text())["encoder_run"]
+    assert noted["train_time_s"] == enc_train[-1]["train_time_s"]  # kept if the encoder is pretrained again
     # It started from the encoder's weights (the sweep pretrained it first).
     assert loaded == [str(encoder)]
     # The record still answers the cell when the folder moves (another clone, another --out).

@@ -99,6 +99,32 @@ def run_provenance(run_dir: Path, summary: dict[str, Any] | None = None) -> dict
     return out
 
 
+#: Key of a cell's metrics.json that keeps the figures of the encoder it started from.
+ENCODER_RUN = "encoder_run"
+
+
+def note_encoder(cell_dir: Path, enc_dir: Path) -> None:
+    """Keep the encoder's figures (:func:`run_row`) in the cell's own record, once.
+
+    An encoder's weights are not committed, so another machine pretrains it again (same
+    config and seed, not bit-identical weights) and its record is rewritten; the cells
+    fine-tuned from the earlier run must keep that run's kNN, linear, loss and cost.
+    """
+    from ..rundir import update_metrics_json
+
+    path = cell_dir / METRICS_JSON
+    if path.is_file() and ENCODER_RUN in json.loads(path.read_text()):
+        return  # a resumed cell: its weights came from the encoder it first noted
+    update_metrics_json(cell_dir, {ENCODER_RUN: run_row(enc_dir)})
+
+
+def encoder_row(cell_dir: Path, enc_dir: Path) -> dict[str, Any]:
+    """The figures of the encoder a cell started from: its own note, else the encoder's record now."""
+    path = cell_dir / METRICS_JSON
+    noted = json.loads(path.read_text()).get(ENCODER_RUN) if path.is_file() else None
+    return dict(noted) if isinstance(noted, dict) else run_row(enc_dir)
+
+
 def _from_scratch(run_dir: Path) -> bool:
     """Whether a fine-tuning record trained from random initialisation (no encoder behind it)."""
     return json.loads((run_dir / METRICS_JSON).read_text()).get("init") == "random"
@@ -124,12 +150,12 @@ def collect(spec: Any, cells: list[Any], configs: dict[Path, Any] | None = None)
             if cell.command == "finetune" and not _from_scratch(cell.dir):
                 # the encoder's pretraining figures, the cell's test accuracy (a cell from
                 # scratch has no encoder: its own cost, no kNN or linear columns)
-                encoder = run_row(enc_dir)
+                encoder = encoder_row(cell.dir, enc_dir)
                 metrics = {**{k: v for k, v in encoder.items() if k != "eval_time_s"}, **metrics}
                 metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("eval_time_s") or 0)
             elif configs is not None and configs[cell.dir].model.init == str(enc_dir):
                 # started from the sweep's encoder: its cost includes the encoder's pretraining
-                encoder = run_row(enc_dir)
+                encoder = encoder_row(cell.dir, enc_dir)
                 metrics["wall_time_s"] = (encoder.get("train_time_s") or 0) + (metrics.get("wall_time_s") or 0)
             row.update(metrics)
         rows.append(row)

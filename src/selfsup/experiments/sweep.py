@@ -72,7 +72,7 @@ from ..errors import ConfigError, RunDirError
 from ..machine import note_commit
 from ..rundir import CONFIG, write_atomic
 from .records import cell_state, describe, has_checkpoint, stale_cells
-from .results import collect, encoder_dir, markdown_table, write_csv
+from .results import collect, encoder_dir, markdown_table, note_encoder, write_csv
 
 SPEC_FILE = "sweep.yaml"
 #: Keys of a scale profile that are not config overrides for every cell.
@@ -533,9 +533,10 @@ def run_cell(
     if cell.command == "finetune":
         _run_finetune_cell(spec, cell, cfg, folder, scale, log)
         return
-    if _uses_encoder(cell, cfg):
-        _ensure_encoder(spec, cell.seed, folder, scale, log)
+    encoder = _ensure_encoder(spec, cell.seed, folder, scale, log)[0] if _uses_encoder(cell, cfg) else None
     pretrain(wanted, out=cell.dir, resume=True, log=log)
+    if encoder is not None:  # the run it started from, ensured above and unchanged since
+        note_encoder(cell.dir, encoder)
 
 
 def _uses_encoder(cell: Cell, cfg: Config) -> bool:
@@ -766,7 +767,10 @@ def _ensure_encoder(
     elif state.status != "done":
         pretrain(enc_cfg, out=encoder, resume=True, log=log)
     elif not has_checkpoint(encoder):  # a committed record: the weights stayed on the machine that trained them
-        log(f"{encoder.name} has a record but no checkpoint here; pretraining it again to start from it")
+        log(
+            f"{encoder.name} has a record but no checkpoint here; pretraining it again to start from it"
+            " (finished cells keep the figures of the run they started from)"
+        )
         pretrain(enc_cfg, out=encoder, overwrite=True, log=log)
     return encoder, enc_cfg
 
@@ -795,6 +799,8 @@ def _run_finetune_cell(
     # not overwrite each other's curves in the encoder's run, nor wait for its lock.
     results = finetune(run, ft, log=log, out=cell.dir)
     (result,) = results.values()  # names its encoder unless it trained from scratch
+    if not cfg.finetune.from_scratch:
+        note_encoder(cell.dir, run)
     update_metrics_json(cell.dir, result)  # top-level test_top1: the cell is done
 
 
