@@ -11,7 +11,8 @@ under 2 seconds, and many times faster than decoding.
     python benchmarks/data_load.py --data path/to/folder --rounds 5 --out bench/data
 
 Prints one JSON line per measurement, then a table; with ``--out``, writes
-``results.jsonl`` and ``table.md`` there too.
+``results.jsonl``, ``table.md`` and ``machine.json`` (machine, date, command) there too,
+from which ``selfsup docs`` fills a ``bench`` block.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="one round (for the tests)")
     args = p.parse_args()
     rounds = 1 if args.smoke else args.rounds
+    t_start = time.perf_counter()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as tmp:
         warm = Path(tmp) / "warm"
@@ -90,6 +93,9 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         (out / "table.md").write_text(table + "\n")
+        from selfsup.machine import record_machine
+
+        record_machine(out, "benchmark", time.perf_counter() - t_start, rounds=rounds)
     if any("error" in r for r in records):
         sys.exit(1)
 

@@ -120,3 +120,5 @@ def test_data_load_smoke(shared_folder: Path, tmp_path: Path) -> None:
     assert all(r["seconds"] > 0 and r["train"] + r["test"] == len(list(shared_folder.rglob("*.png"))) for r in records)
     table = (out / "table.md").read_text()
     assert "| cached |" in table and "decode / cached:" in table and table.strip() in done.stdout
+    entries = json.loads((out / "machine.json").read_text())["entries"]
+    assert entries[-1]["what"] == "benchmark" and "data_load.py" in entries[-1]["command"]

@@ -173,6 +173,26 @@ def test_a_time_to_accuracy_block_from_its_points(tmp_path: Path) -> None:
     assert "(bf16)." in text and update_docs(root, check=True) == []
 
 
+def test_a_bench_block_from_a_benchmark_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "repo"
+    folder = root / "results" / "load"
+    (root / "docs").mkdir(parents=True)
+    page = root / "docs" / "speed.md"
+    page.write_text("<!-- results bench load -->\n<!-- /results -->\n")
+    folder.mkdir(parents=True)
+    (folder / "table.md").write_text("| load | seconds |\n|---|---:|\n| cached | 0.24 |\n")
+    with pytest.raises(ConfigError, match="no benchmark entry"):
+        update_docs(root, check=True)
+    monkeypatch.setattr("sys.argv", ["benchmarks/data_load.py", "--out", "results/load"])
+    record_machine(folder, "benchmark", 75.0)
+    assert len(update_docs(root)) == 1
+    text = page.read_text()
+    assert "| cached | 0.24 |" in text and "`python benchmarks/data_load.py --out results/load`; measured " in text
+    assert update_docs(root, check=True) == []
+    (folder / "table.md").write_text("| load | seconds |\n|---|---:|\n| cached | 0.31 |\n")
+    assert len(update_docs(root, check=True)) == 1  # a rerun's table is a difference to regenerate
+
+
 def test_a_spec_recorded_from_another_checkout_is_named_as_in_this_one(tmp_path: Path) -> None:
     from selfsup.experiments.docs import _spec_in_root
 

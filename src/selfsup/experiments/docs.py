@@ -26,6 +26,8 @@ Kinds of block (NAME is a folder under ``results/``):
   results/NAME/TRIAL,seed=S``), mean ± std over each trial's seeds with its settings.
 - ``tta NAME``: the table of a ``benchmarks/time_to_accuracy.py`` run (its
   ``points.jsonl``), with its command and machine.
+- ``bench NAME``: the ``table.md`` a benchmark wrote into its ``--out`` folder (e.g.
+  ``benchmarks/data_load.py``), with its command and machine from ``machine.json``.
 - ``figure NAME`` (or ``figure NAME,METRIC``): a sweep's figure, drawn from its records
   into ``docs/figures/NAME-METRIC.png`` as ``selfsup report`` draws it (accuracy against
   the first axis, a line per value of the others, error bars over seeds; the matrix of a
@@ -294,6 +296,24 @@ def render_tta(folder: Path, root: Path) -> str:
     return out + _measured(run_provenance(folder)) + "\n"
 
 
+def render_bench(folder: Path, root: Path) -> str:
+    """The ``bench`` block: a benchmark's ``table.md`` as it wrote it, its command and machine.
+
+    For the benchmarks under ``benchmarks/`` that write ``table.md`` and ``machine.json``
+    (an entry ``what: benchmark``) into their ``--out`` folder.
+    """
+    if not (folder / "table.md").is_file():
+        raise ConfigError(f"{folder}: no table.md (run the benchmark with --out {folder})")
+    entries = read_machine(folder)
+    cmd = _command(entries, ("benchmark",))
+    if not cmd:
+        raise ConfigError(f"{folder}: no benchmark entry in machine.json (run the benchmark with --out {folder})")
+    if cmd.split()[0].endswith(".py"):  # a script run as `python benchmarks/x.py`
+        cmd = f"python {cmd}"
+    table = (folder / "table.md").read_text().strip()
+    return f"{table}\n\n`{cmd}`; " + _measured(run_provenance(folder)) + "\n"
+
+
 def _figure_metric(groups: list[dict[str, Any]], asked: str | None, folder: Path) -> str:
     have = {m for g in groups for m, v in g["values"].items() if v}
     if asked:
@@ -356,6 +376,7 @@ RENDERERS = {
     "runs": render_runs,
     "finetunes": render_finetunes,
     "tta": render_tta,
+    "bench": render_bench,
 }
 
 
