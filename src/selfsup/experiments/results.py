@@ -107,8 +107,9 @@ def note_encoder(cell_dir: Path, enc_dir: Path) -> None:
     """Keep the encoder's figures (:func:`run_row`) in the cell's own record, once.
 
     An encoder's weights are not committed, so another machine pretrains it again (same
-    config and seed, not bit-identical weights) and its record is rewritten; the cells
-    fine-tuned from the earlier run must keep that run's kNN, linear, loss and cost.
+    config and seed; the weights match only where the kernels do, e.g. not across
+    precisions) and its record is rewritten; the cells fine-tuned from the earlier run must
+    keep that run's kNN, linear, loss, cost and machine.
     """
     from ..rundir import update_metrics_json
 
