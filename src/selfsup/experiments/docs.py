@@ -120,7 +120,11 @@ def render_table(folder: Path, root: Path) -> str:
 
 
 def _command(entries: list[dict[str, Any]], what: tuple[str, ...]) -> str | None:
-    return next((e["command"] for e in entries if e.get("what") in what and e.get("command")), None)
+    """The command of the first entry of a kind in ``what``, as typed (a script run with ``python``)."""
+    cmd = next((e["command"] for e in entries if e.get("what") in what and e.get("command")), None)
+    if cmd and cmd.split()[0].endswith(".py"):  # the record keeps argv: `benchmarks/x.py ...`
+        cmd = f"python {cmd}"
+    return cmd
 
 
 def _measured(where: dict[str, Any], start: bool = False) -> str:
@@ -308,8 +312,6 @@ def render_bench(folder: Path, root: Path) -> str:
     cmd = _command(entries, ("benchmark",))
     if not cmd:
         raise ConfigError(f"{folder}: no benchmark entry in machine.json (run the benchmark with --out {folder})")
-    if cmd.split()[0].endswith(".py"):  # a script run as `python benchmarks/x.py`
-        cmd = f"python {cmd}"
     table = (folder / "table.md").read_text().strip()
     return f"{table}\n\n`{cmd}`; " + _measured(run_provenance(folder)) + "\n"
 

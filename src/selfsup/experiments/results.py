@@ -104,7 +104,10 @@ ENCODER_RUN = "encoder_run"
 
 
 def note_encoder(cell_dir: Path, enc_dir: Path) -> None:
-    """Keep the encoder's figures (:func:`run_row`) in the cell's own record, once.
+    """Keep the encoder's figures (:func:`run_row`) in the cell's own record.
+
+    Called when the cell has just trained from that encoder (a fine-tuning cell that is run
+    again is fine-tuned again, from the encoder there is now, so the note is rewritten).
 
     An encoder's weights are not committed, so another machine pretrains it again (same
     config and seed; the weights match only where the kernels do, e.g. not across
@@ -113,9 +116,6 @@ def note_encoder(cell_dir: Path, enc_dir: Path) -> None:
     """
     from ..rundir import update_metrics_json
 
-    path = cell_dir / METRICS_JSON
-    if path.is_file() and ENCODER_RUN in json.loads(path.read_text()):
-        return  # a resumed cell: its weights came from the encoder it first noted
     update_metrics_json(cell_dir, {ENCODER_RUN: run_row(enc_dir)})
 
 
