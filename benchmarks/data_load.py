@@ -89,13 +89,9 @@ def main() -> None:
     print()
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        (out / "table.md").write_text(table + "\n")
-        from selfsup.machine import record_machine
+        from selfsup.experiments.results import write_benchmark
 
-        record_machine(out, "benchmark", time.perf_counter() - t_start, rounds=rounds)
+        write_benchmark(args.out, records, table, time.perf_counter() - t_start, rounds=rounds)
     if any("error" in r for r in records):
         sys.exit(1)
 

@@ -122,3 +122,26 @@ def test_data_load_smoke(shared_folder: Path, tmp_path: Path) -> None:
     assert "| cached |" in table and "decode / cached:" in table and table.strip() in done.stdout
     entries = json.loads((out / "machine.json").read_text())["entries"]
     assert entries[-1]["what"] == "benchmark" and "data_load.py" in entries[-1]["command"]
+
+
+def test_parallel_cells_times_one_process_and_several_in_turns(tmp_path: Path) -> None:
+    out = tmp_path / "par"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "parallel_cells.py"), "--batch", "4", "--steps", "1"]
+    cmd += ["--warmup", "0", "--rounds", "1", "--threads", "2", "--parallel", "2", "--out", str(out)]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["processes"], r["threads_each"]) for r in records] == [(1, 2), (2, 1)]
+    assert len(records[1]["each_views_per_s"]) == 2
+    assert records[1]["views_per_s"] == pytest.approx(sum(records[1]["each_views_per_s"]))
+    table = (out / "table.md").read_text()
+    assert "| 1 x 2 threads |" in table and "| 2 x 1 threads |" in table and "| 1.00 |" in table
+    entries = json.loads((out / "machine.json").read_text())["entries"]
+    assert entries[-1]["what"] == "benchmark" and "parallel_cells.py" in entries[-1]["command"]
+
+
+def test_parallel_cells_refuses_a_split_that_does_not_divide_the_threads() -> None:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "parallel_cells.py"), "--threads", "3", "--parallel", "2"]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "must be at least 2 and divide" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..machine import read_machine
+from ..machine import read_machine, record_machine
 from ..rundir import METRICS_JSON, METRICS_JSONL, read_jsonl
 from .records import cell_done, cell_state
 
@@ -39,6 +39,25 @@ AFTER_HEAD = [
 #: Text columns of results.csv: the machine that trained a cell (``machine.json``'s label),
 #: its precision and the date it finished. Wall times compare only within one machine.
 INFO_COLUMNS = ["machine", "precision", "date"]
+
+
+def write_benchmark(
+    folder: str | Path, records: list[dict[str, Any]], table: str, seconds: float, **details: Any
+) -> None:
+    """Write a benchmark's ``--out`` folder, which a docs ``bench`` block reads.
+
+    Args:
+        folder: The folder (created if missing).
+        records: One dict per measurement, written to ``results.jsonl``.
+        table: The markdown table the benchmark printed, written to ``table.md``.
+        seconds: The benchmark's wall time, with the machine and command in ``machine.json``.
+        **details: More fields of the ``machine.json`` entry (rounds, ...).
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "table.md").write_text(table + "\n")
+    record_machine(out, "benchmark", seconds, **details)
 
 
 def encoder_dir(sweep_dir: Path, seed: int) -> Path:
