@@ -53,11 +53,13 @@ def launch(args: argparse.Namespace, threads: int) -> subprocess.Popen[str]:
 
 
 def collect(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
-    """Wait for the processes; their JSON records (a one-line error where one failed)."""
+    """Wait for the processes; their JSON records (a one-line error, the others stopped, where one failed)."""
     out = []
     for p in procs:
         stdout, stderr = p.communicate()
         if p.returncode != 0:
+            for other in procs:
+                other.kill()
             raise SystemExit(f"a timing process failed: {stderr.strip().splitlines()[-1:]}")
         out.append(json.loads(stdout.strip().splitlines()[-1]))
     return out

@@ -145,3 +145,11 @@ def test_parallel_cells_refuses_a_split_that_does_not_divide_the_threads() -> No
     done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "must be at least 2 and divide" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_parallel_cells_reports_a_failed_timing_process_in_one_line() -> None:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "parallel_cells.py"), "--pipeline", "no-such-pipeline"]
+    cmd += ["--threads", "2", "--rounds", "1"]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "a timing process failed" in done.stderr
+    assert "Traceback" not in done.stderr.splitlines()[-1]
