@@ -22,9 +22,10 @@ What it measures (see ``pipelines.py`` for the pipelines):
    recipe's full epoch count.
 
 Output in ``--out``: ``results.jsonl`` (one record per measurement), ``table.md`` (the
-README table) and ``env.json``; the same JSON lines and table on stdout. lightly is
-optional: without it its rows say ``skipped``. On a machine without internet, bring it as
-wheels (``pip download lightly -d .whl`` here, carry ``.whl``) and pass ``--wheels .whl``.
+README table), ``machine.json`` (machine, command, date) and ``env.json``; the same JSON
+lines and table on stdout. lightly is optional: without it its rows say ``skipped``. On a
+machine without internet, bring it as wheels (``pip download lightly -d .whl`` here, carry
+``.whl``) and pass ``--wheels .whl``.
 """
 
 from __future__ import annotations
@@ -433,7 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\n{env.get('gpu') or env.get('cpu')}, torch {env['torch']}, {env['date']}, "
         f"{time.perf_counter() - started:.0f} s in all\n"
     )
-    (args.out / "table.md").write_text(text)
+    from selfsup.experiments.results import write_benchmark
+
+    # results.jsonl and table.md again, with machine.json (a docs `bench` block reads it).
+    write_benchmark(args.out, record.records, text.strip(), time.perf_counter() - started, device=env["device"])
     print()
     print(text)
     return 0

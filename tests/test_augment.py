@@ -164,7 +164,8 @@ def test_grayscale_and_blur_match_torchvision() -> None:
         torch.testing.assert_close(out[i], expected, atol=1e-6, rtol=0)
 
 
-def test_jitter_applies_each_samples_own_order() -> None:
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "rounds"])
+def test_jitter_applies_each_samples_own_order(grouped: bool) -> None:
     cfg = resolved()
     n = 48
     p = sample_params(cfg, n, 12, 10, torch.Generator().manual_seed(5))
@@ -181,13 +182,30 @@ def test_jitter_applies_each_samples_own_order() -> None:
     perms = list(permutations(range(4)))
     p.jitter_order = torch.tensor([perms[i % 24] for i in range(n)])
     x = torch.rand(n, 3, 12, 10, generator=torch.Generator().manual_seed(0))
-    out = color_jitter(x, p)
+    out = color_jitter(x, p, grouped=grouped)
     fns = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     for i in range(n):
         y = x[i]
         for op in p.jitter_order[i].tolist():
             y = fns[op](y, float(p.jitter[i, op]))
         torch.testing.assert_close(out[i], y, atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("strength", [0.5, 0.0], ids=["all-ops", "hue-off"])
+def test_jitter_rounds_match_the_grouped_path(strength: float) -> None:
+    # The GPU's whole-batch rounds and the CPU's groups must give the same images,
+    # including samples left unjittered (exactly unchanged) and ops off for everyone.
+    cfg = replace(resolved(), jitter_p=0.6)
+    p = sample_params(cfg, 200, 16, 16, torch.Generator().manual_seed(1))
+    if strength == 0.0:
+        p.jitter[:, 3] = 0.0  # hue shift off in every sample: that op is skipped
+    x = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    grouped = color_jitter(x, p, grouped=True)
+    rounds = color_jitter(x, p, grouped=False)
+    torch.testing.assert_close(rounds, grouped, atol=1e-6, rtol=0)
+    kept = ~p.jitter_applied
+    assert kept.any() and p.jitter_applied.any()
+    assert torch.equal(rounds[kept], x[kept])
 
 
 def test_resized_crop_and_flip_match_torchvision() -> None:

@@ -45,9 +45,24 @@ def test_gpu_check_smoke(shared_folder: Path, tmp_path: Path) -> None:
         assert 0 <= r["knn_top1"] <= 1 and 0 <= r["linear_top1"] <= 1
         assert r["full_recipe_minutes"] == pytest.approx(r["full_recipe_epochs"] * r["s_per_epoch"] / 60)
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["resnet18", "seed000"]
+    assert json.loads((out / "machine.json").read_text())["entries"][0]["what"] == "benchmark"
     table = (out / "table.md").read_text()
     assert "| preact_resnet26 | False | selfsup |" in table and "configs/simclr_resnet18.yaml" in table
     assert table.strip() in done.stdout
+
+
+def test_augment_speed_smoke(shared_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    done = smoke("augment_speed.py", out, shared_folder)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["what"] for r in records] == [
+        "whole augmentation (default path)",
+        "colour jitter, grouped",
+        "colour jitter, rounds",
+    ]
+    assert all(r["ms"] > 0 and r["views"] == 16 and r["device"] == "cpu" for r in records)
+    assert json.loads((out / "machine.json").read_text())["entries"][0]["what"] == "benchmark"
+    assert "grouped / rounds" in (out / "table.md").read_text() and "grouped / rounds" in done.stdout
 
 
 @pytest.mark.slow
