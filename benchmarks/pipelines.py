@@ -116,6 +116,7 @@ def bare(ctx: Context) -> Step:
 
 
 def selfsup_pipeline(ctx: Context) -> Step:
+    from selfsup.runtime import to_device
     from selfsup.train import train_step
     from selfsup.train.loop import view_augment
 
@@ -127,7 +128,7 @@ def selfsup_pipeline(ctx: Context) -> Step:
 
     def step() -> torch.Tensor:
         g = torch.Generator().manual_seed(count["i"])
-        idx = torch.randint(0, len(images), (ctx.batch,), generator=g).to(ctx.device)
+        idx = to_device(torch.randint(0, len(images), (ctx.batch,), generator=g), ctx.device)
         count["i"] += 1
         return train_step(
             model, opt, aug, images.index_select(0, idx), labels.index_select(0, idx), g, ctx.device, ctx.bf16

@@ -69,3 +69,12 @@ def test_no_device_reads_between_log_intervals(
 def test_config_rejects_unknown_compile_mode() -> None:
     with pytest.raises(ConfigError, match="compile_mode"):
         load_config(None, {"train.compile_mode": "turbo"})
+
+
+def test_to_device_copies_values_and_dtype() -> None:
+    from selfsup.runtime import to_device
+
+    t = torch.arange(6, dtype=torch.int64).view(2, 3)
+    out = to_device(t, torch.device("cpu"), torch.float32)
+    assert out.dtype == torch.float32 and torch.equal(out, t.float())
+    assert to_device(t, torch.device("cpu")) is t  # already there: nothing copied

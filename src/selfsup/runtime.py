@@ -25,6 +25,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait for the GPU.
+
+    A "non-blocking" copy from ordinary (pageable) host memory is staged synchronously:
+    the host waits until the GPU has finished all the work queued before it, so a small
+    copy in the middle of a step stops the host from queueing the next kernels while the
+    GPU runs the last ones. From pinned memory the copy is truly asynchronous (PyTorch's
+    pinned-memory cache keeps the buffer until the copy is done). On a CPU this is ``.to``.
+
+    Args:
+        t: A tensor (on the host; one already on ``device`` is returned as it is).
+        device: Where it goes.
+        dtype: Its dtype there (None: unchanged).
+    """
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+        return t.to(device, dtype, non_blocking=True)
+    return t.to(device, dtype)
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively (so autocast pays off)."""
     if device.type == "cuda":

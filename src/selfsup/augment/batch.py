@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import AugmentConfig
+from ..runtime import to_device
 from .ops import (
     add_noise,
     blur_kernel_for,
@@ -51,7 +52,7 @@ def apply_params(
             raise ValueError("views of another size cannot take RandAugment or Cutout (drawn in input pixels)")
         h = w = size  # the crop's resampling grid has the output's size: one interpolation
     if cfg.crop != "none" or bool(params.flip.any()) or x.shape[-2:] != (h, w):
-        theta = params.theta.to(x.device, non_blocking=True)
+        theta = to_device(params.theta, x.device)
         grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
         # 'reflection' pads translations by mirroring; crops stay inside the image.
         mode = "reflection" if cfg.crop == "pad" else "border"
@@ -60,14 +61,14 @@ def apply_params(
         x = rotate_quarters(x, params.rotate)
     x = color_jitter(x, params)
     if bool(params.gray.any()):
-        g = params.gray.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+        g = to_device(params.gray, x.device).view(-1, 1, 1, 1)
         x = torch.where(g, grayscale(x).expand_as(x), x)
     if bool((params.blur_sigma > 0).any()):
         x = gaussian_blur(x, params.blur_sigma, cfg.blur_kernel or blur_kernel_for(min(h, w)))
     if bool(params.solarize.any()):
-        x = solarize(x, params.solarize.to(x.device, non_blocking=True))
+        x = solarize(x, to_device(params.solarize, x.device))
     if params.sobel is not None and bool(params.sobel.any()):
-        x = sobel(x, params.sobel.to(x.device, non_blocking=True))
+        x = sobel(x, to_device(params.sobel, x.device))
     if params.noise is not None:
         x = add_noise(x, params.noise)
     if params.randaugment is not None:

@@ -12,6 +12,7 @@ from itertools import permutations
 import torch
 import torch.nn.functional as F
 
+from ..runtime import to_device
 from .params import AugmentParams
 
 # Luma weights of torchvision's rgb_to_grayscale (ITU-R 601-2).
@@ -111,14 +112,14 @@ def color_jitter(x: torch.Tensor, params: AugmentParams, grouped: bool | None = 
     if not grouped:
         return _jitter_rounds(x, params, active)
     order_key = params.jitter_order @ torch.tensor([64, 16, 4, 1])
-    factors = params.jitter.to(x.device, non_blocking=True)
+    factors = to_device(params.jitter, x.device)
     out = x.clone()
     for perm in permutations(range(4)):
         key = perm[0] * 64 + perm[1] * 16 + perm[2] * 4 + perm[3]
         idx_cpu = torch.nonzero(applied & (order_key == key)).flatten()
         if idx_cpu.numel() == 0:
             continue
-        idx = idx_cpu.to(x.device, non_blocking=True)
+        idx = to_device(idx_cpu, x.device)
         y = x.index_select(0, idx)
         f = factors.index_select(0, idx)
         for op in perm:
@@ -136,8 +137,8 @@ def _jitter_rounds(x: torch.Tensor, params: AugmentParams, active: list[int]) ->
     RGB-HSV round trip is not exact, is kept only where its shift is non-zero.
     """
     dev = x.device
-    factors = params.jitter.to(dev, non_blocking=True)  # (B, 4), identity where not applied
-    order = params.jitter_order.to(dev, non_blocking=True)  # (B, 4) op ids, first applied first
+    factors = to_device(params.jitter, dev)  # (B, 4), identity where not applied
+    order = to_device(params.jitter_order, dev)  # (B, 4) op ids, first applied first
     identity = torch.tensor(_JITTER_IDENTITY, device=dev)
     ops = torch.arange(4, device=dev)
     for r in range(4):
@@ -175,7 +176,7 @@ def blur_kernel_for(size: int) -> int:
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Separable Gaussian blur with a per-sample sigma (B,) (0 = unchanged), reflect padding."""
     b, ch, hgt, wid = x.shape
-    k = _gaussian_kernels(sigma, kernel_size).to(x.device, x.dtype, non_blocking=True)
+    k = to_device(_gaussian_kernels(sigma, kernel_size), x.device, x.dtype)
     k = k.repeat_interleave(ch, 0)  # one kernel per (sample, channel) group
     pad = kernel_size // 2
     y = x.reshape(1, b * ch, hgt, wid)
@@ -215,7 +216,7 @@ def sobel(x: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
 
 def add_noise(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """``x + noise``, clamped to [0, 1]."""
-    return (x + noise.to(x.device, x.dtype, non_blocking=True)).clamp(0, 1)
+    return (x + to_device(noise, x.device, x.dtype)).clamp(0, 1)
 
 
 def rotate_quarters(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
@@ -224,7 +225,7 @@ def rotate_quarters(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     for k in (1, 2, 3):
         rows = torch.nonzero(turns == k).flatten()
         if rows.numel():
-            idx = rows.to(x.device, non_blocking=True)
+            idx = to_device(rows, x.device)
             if out is x:
                 out = x.clone()
             out.index_copy_(0, idx, torch.rot90(x.index_select(0, idx), k, dims=(2, 3)))

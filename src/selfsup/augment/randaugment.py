@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..runtime import to_device
 from .ops import adjust_brightness, adjust_contrast, adjust_saturation, solarize
 
 #: FixMatch's operations and their magnitude ranges (table 12 of the paper).
@@ -108,7 +109,7 @@ def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     smooth = F.conv2d(x, kernel, groups=x.shape[1])
     degenerate = x.clone()
     degenerate[..., 1:-1, 1:-1] = smooth
-    f = factor.view(-1, 1, 1, 1).to(x.device)
+    f = to_device(factor.view(-1, 1, 1, 1), x.device)
     return (f * x + (1 - f) * degenerate).clamp_(0, 1)
 
 
@@ -161,11 +162,11 @@ def apply(x: torch.Tensor, params: RandAugmentParams) -> torch.Tensor:
                 theta[rows] = _affine(name, mags[rows])
                 geometric[rows] = True
             else:
-                idx = rows.to(x.device, non_blocking=True)
-                m = mags[rows].to(x.device, non_blocking=True)
+                idx = to_device(rows, x.device)
+                m = to_device(mags[rows], x.device)
                 x = x.index_copy(0, idx, _PIXEL_OPS[name](x.index_select(0, idx), m))
         if bool(geometric.any()):
-            grid = F.affine_grid(theta.to(x.device, non_blocking=True), list(x.shape), align_corners=False)
+            grid = F.affine_grid(to_device(theta, x.device), list(x.shape), align_corners=False)
             # Zero padding of (x - gray): pixels from outside the image come out gray.
             x = F.grid_sample(x - GRAY, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + GRAY
     return cutout(x.clamp(0, 1), params.cutout)
@@ -180,7 +181,7 @@ def cutout(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """
     if not bool((boxes[:, 2] > 0).any()):
         return x
-    b = boxes.to(x.device, non_blocking=True)
+    b = to_device(boxes, x.device)
     h, w = x.shape[-2:]
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..losses import embedding_std, info_nce, info_nce_top1
 from ..models import ProjectionHead
 from ..models.norm import convert_split_bn
+from ..runtime import to_device
 from .base import Batch, Method
 from .common import build_encoder, projection_head
 
@@ -85,7 +86,7 @@ class MoCo(Method):
     @torch.no_grad()
     def _keys(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Normalised keys (B, D) of ``x`` through the shuffled, split-BN key encoder."""
-        perm = torch.randperm(len(x), generator=gen).to(x.device)
+        perm = to_device(torch.randperm(len(x), generator=gen), x.device)
         k = self.key_head(self.key_backbone(x.index_select(0, perm)))  # keys in shuffled order
         k = torch.empty_like(k).index_copy_(0, perm, k)  # back to the input order
         return F.normalize(k.float(), dim=1)

@@ -37,7 +37,7 @@ from ..distributed import all_reduce_mean, any_rank, broadcast_object, rank, wor
 from ..errors import ConfigError, TrainingDivergedError
 from ..methods import Method, method_class
 from ..optim import lr_factor, scaled_lr, set_lr
-from ..runtime import step_seed
+from ..runtime import step_seed, to_device
 from .plan import REPLAN_TOLERANCE, REPLANS_PER_RUN, record_replan, replan_total
 from .recorder import Recorder
 from .sampler import StepSampler
@@ -160,7 +160,7 @@ def next_batch(sampler: StepSampler, step: int, images: torch.Tensor, labels: to
     if parts > 1:  # this rank's share of the global batch
         positions = local_positions(total, n_labeled, rank(), parts)
         idx_cpu, n_labeled = idx_cpu[positions], n_labeled // parts
-    idx = idx_cpu.to(images.device, non_blocking=True)
+    idx = to_device(idx_cpu, images.device)
     truth = batch_labels = labels.index_select(0, idx)
     if n_labeled < len(idx):
         batch_labels = truth.clone()  # the truth stays for health signals only
