@@ -10,7 +10,7 @@ from torch import nn
 
 from ..augment import normalize
 from ..config import Config
-from ..runtime import autocast, use_bf16
+from ..runtime import autocast, to_device, use_bf16
 
 
 def feature_options(cfg: Config, device: torch.device) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def extract_features(
     out = []
     try:
         for start in range(0, len(data), batch_size):
-            x = data[start : start + batch_size].to(device, non_blocking=True)
+            x = to_device(data[start : start + batch_size], device)
             x = normalize(x.permute(0, 3, 1, 2).float().div_(255), m, s)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

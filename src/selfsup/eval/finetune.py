@@ -35,7 +35,7 @@ from ..methods.supervised import Supervised
 from ..models import build_backbone
 from ..optim import build_optimizer, lr_factor, set_lr
 from ..rundir import append_jsonl, existing_run_lock, load_run_config, run_lock, update_metrics_json
-from ..runtime import resolve_device, set_threads, step_seed, use_bf16
+from ..runtime import resolve_device, set_threads, step_seed, to_device, use_bf16
 from ..train.step import train_step
 from .features import extract_features, feature_options
 
@@ -187,7 +187,7 @@ def _finetune_one(
         order = torch.as_tensor(labeled)[torch.randperm(len(labeled), generator=g)]
         for b in range(n_batches):
             step = epoch * n_batches + b
-            idx = order[b * ft.batch_size : (b + 1) * ft.batch_size].to(dev)
+            idx = to_device(order[b * ft.batch_size : (b + 1) * ft.batch_size], dev)
             set_lr(opt, ft.lr * lr_factor(step, total, 0))
             gen = torch.Generator().manual_seed(step_seed(ft.seed, step, stream=4))
             train_step(model, opt, augment, images.index_select(0, idx), labels.index_select(0, idx), gen, dev,
