@@ -89,10 +89,11 @@ def color_jitter(x: torch.Tensor, params: AugmentParams, grouped: bool | None = 
       the arithmetic is what costs, and this does the least of it.
     * rounds (the default on a GPU): four rounds over the whole batch, in round ``r``
       each sample's ``r``-th op with its factor and the other three ops with identity
-      factors (exact no-ops). Four times the arithmetic, but about 230 kernel launches
-      instead of thousands: a GPU does the arithmetic of a CIFAR batch in microseconds and
-      spends its time waiting for the host to launch kernels (the grouped path held an
-      H200 at 0.27 of the bare step's views/s, measured with ``benchmarks/gpu_check.py``).
+      factors (exact no-ops). Four times the arithmetic, but about 1,100 PyTorch
+      operations a batch of 1,024 views instead of 6,400 (counted with ``torch.profiler``):
+      a GPU does the arithmetic of a CIFAR batch in microseconds and spends its time
+      waiting for the host to launch kernels (the grouped path held an H200 at 0.27 of
+      the bare step's views/s, measured with ``benchmarks/gpu_check.py``).
 
     Nothing waits for the device either way.
 
