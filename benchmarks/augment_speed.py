@@ -32,6 +32,11 @@ from gpu_check import timed_steps  # noqa: E402
 from pipelines import selfsup_model, setup  # noqa: E402
 
 
+def summed(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``step`` returning a scalar (``timed_steps`` reads the last one on a CPU to wait for it)."""
+    return lambda: step().sum()
+
+
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     """ms per batch of ``2 * batch`` views: the whole augmentation, then each jitter path."""
     from selfsup.augment import color_jitter, sample_params
@@ -56,7 +61,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     for what, step in steps.items():
         for _ in range(args.warmup):
             step()
-        seconds = timed_steps(step, args.reps, ctx.device)
+        seconds = timed_steps(summed(step), args.reps, ctx.device)
         rec = {"what": what, "device": str(ctx.device), "views": views, "ms": 1000 * seconds / args.reps}
         rec["views_per_s"] = views / (seconds / args.reps)
         records.append(rec)
