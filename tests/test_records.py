@@ -225,3 +225,27 @@ def test_a_continued_sweep_keeps_the_precision_of_its_finished_cells(
         run_sweep(spec, scale="small", out=out, only="t=a,seed=1", log=lambda _m: None)
     # Nothing left to run: the table is written on any machine.
     assert run_sweep(spec, scale="small", out=out, only="t=a,seed=0", log=lambda _m: None).rows
+
+
+def test_a_budget_scale_stretches_the_cells_still_to_run_and_keeps_the_finished(
+    shared_folder: Path, tmp_path: Path
+) -> None:
+    spec = _spec(tmp_path, shared_folder, 0.5)
+    out = tmp_path / "sweep"
+    # Without a time budget there is nothing to scale: one line, not a run.
+    with pytest.raises(ConfigError, match="--budget-scale 2: no cell to run has a train.time_budget"):
+        run_sweep(spec, scale="small", out=out, budget_scale=2.0, log=lambda _m: None)
+    raw = yaml.safe_load(spec.read_text())
+    raw["scale"]["small"] = {"train.time_budget": 0.005, "train.replan": False}
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match="must be positive"):
+        run_sweep(spec, scale="small", out=out, budget_scale=0.0, log=lambda _m: None)
+    # A slower machine trains the cell 1.5 times the spec's minutes; the record says so.
+    run_sweep(spec, scale="small", out=out, only="t=a,seed=0", budget_scale=1.5, log=lambda _m: None)
+    cell = out / "t=a,seed=0"
+    assert load_config(cell / "config.yaml").train.budget_scale == 1.5
+    assert json.loads((cell / "plan.json").read_text())["time_budget_min"] == pytest.approx(0.0075)
+    # Continued without the flag (another machine, the spec's own minutes), the finished cell stands.
+    lines: list[str] = []
+    run_sweep(spec, scale="small", out=out, only="t=a,seed=0", log=lines.append)
+    assert "0 to run (--cell t=a,seed=0)" in " ".join(lines)

@@ -175,6 +175,25 @@ def test_time_budget_plans_once_and_resumes_the_same_schedule(shared_folder: Pat
     assert_same_state(final_state(copy), final_state(out))
 
 
+def test_budget_scale_plans_the_scaled_minutes(shared_folder: Path, tmp_path: Path) -> None:
+    from selfsup.train.plan import wall_minutes
+
+    assert wall_minutes(None, 2.0) is None and wall_minutes(10, 1.5) == 15
+    lines: list[str] = []
+    budget = {"train.time_budget": 0.01, "train.budget_scale": 3.0, "train.replan": False}
+    cfg = load_config(None, tiny_overrides(shared_folder, **budget))
+    pretrain(cfg, out=tmp_path / "run", log=lines.append)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["time_budget_min"] == pytest.approx(0.03)
+    assert plan["total_steps"] == max(1, math.floor(60 * 0.03 / plan["seconds_per_step"]))
+    assert any(line.startswith("time budget 0.01 x 3 = 0.03 min:") for line in lines)
+    # Re-planning aims at the scaled minutes too (the unscaled 0.6 s would cut the run to a third).
+    replanned = _budget_run(shared_folder, tmp_path / "replanned", 0.01, **{"train.budget_scale": 3.0})
+    assert replanned["summary"]["train_time_s"] > 0.6 * 60 * 0.03
+    with pytest.raises(ConfigError, match="train.budget_scale"):
+        load_config(None, tiny_overrides(shared_folder, **{"train.budget_scale": 0}))
+
+
 def test_progressive_resizing_trains_small_views_first(
     shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -191,6 +191,13 @@ def _add_sweep_parser(sub: Any) -> None:
         "table keeps one precision across machines; else the recipe's)",
     )
     s.add_argument(
+        "--budget-scale",
+        type=float,
+        metavar="X",
+        help="train.budget_scale of the cells still to run: wall minutes per minute of the spec's time budget "
+        "here (e.g. 1.5 where the bare step is two thirds as fast as on the machine the budget was set for)",
+    )
+    s.add_argument(
         "--launcher",
         choices=["local", "ray"],
         default="local",
@@ -380,6 +387,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         gpus_per_cell=args.gpus_per_cell,
         reuse=args.reuse,
         precision=args.precision,
+        budget_scale=args.budget_scale,
     )
     if not args.plan:
         print(f"results: {result.dir / 'results.csv'}")

@@ -256,6 +256,11 @@ class TrainConfig:
     #: from measured step times and every schedule ends with the budget (evaluation not
     #: included); the plan is saved in RUN_DIR/plan.json for --resume.
     time_budget: Union[float, None] = None
+    #: Wall-clock minutes this machine trains per minute of ``train.time_budget``: a table
+    #: whose budget was set for one machine continues on a slower one at equal steps
+    #: (e.g. 1.5 where the bare step runs at two thirds of that machine's views/s; see
+    #: ``selfsup sweep --budget-scale``). Recorded with the run, not part of what it computes.
+    budget_scale: float = field(default=1.0, metadata=FREE)
     #: With train.time_budget: re-plan the remaining steps from the measured step time
     #: about 20 times in a run (each re-plan saved with a checkpoint), so the budget holds
     #: when the machine gets slower or faster; false keeps the first plan.
@@ -681,6 +686,7 @@ def validate(cfg: Config) -> None:
     need(t.batch_size >= 2, "train.batch_size", "must be at least 2 (batch statistics)")
     need(t.epochs > 0, "train.epochs", "must be a positive integer")
     need(t.time_budget is None or t.time_budget > 0, "train.time_budget", "must be positive (minutes)")
+    need(t.budget_scale > 0, "train.budget_scale", "must be positive (wall minutes per budget minute)")
     need(t.low_res == 0 or t.low_res >= 8, "train.low_res", "must be 0 (off) or at least 8 pixels")
     need(0 <= t.low_res_until <= 1, "train.low_res_until", "must be a fraction of the run, in [0, 1]")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must not be negative")

@@ -229,7 +229,7 @@ def _plan(
     ``data`` is the training images and labels already on the device.
     """
     from .train.loop import next_batch, view_augment
-    from .train.plan import plan_steps, throwaway, time_steps
+    from .train.plan import plan_steps, throwaway, time_steps, wall_minutes
     from .train.step import train_step
 
     t, (images, labels) = cfg.train, data
@@ -250,10 +250,12 @@ def _plan(
         finally:
             torch.set_rng_state(rng)
 
-    plan = plan_steps(run_dir, float(t.time_budget or 0), seconds_per_step, write=rank() == 0)
+    minutes = wall_minutes(t.time_budget, t.budget_scale) or 0.0
+    plan = plan_steps(run_dir, minutes, seconds_per_step, write=rank() == 0)
     total = int(broadcast_object(plan["total_steps"]))  # under torchrun every rank follows rank 0's plan
+    scaled = f" x {t.budget_scale:g} = {minutes:g}" if t.budget_scale != 1 else ""
     log(
-        f"time budget {t.time_budget:g} min: {total} steps ({total / sampler.steps_per_epoch:.2f} epochs) "
+        f"time budget {t.time_budget:g}{scaled} min: {total} steps ({total / sampler.steps_per_epoch:.2f} epochs) "
         f"at {plan['seconds_per_step']:.3f} s per step"
     )
     return total

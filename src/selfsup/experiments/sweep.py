@@ -144,7 +144,8 @@ class SweepSpec:
     out: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     #: Overrides applied last, over every cell's and encoder's values: the precision
-    #: :func:`run_sweep` holds a folder to (see :func:`_pin_precision`).
+    #: :func:`run_sweep` holds a folder to (see :func:`_pin_precision`) and this
+    #: machine's ``train.budget_scale``.
     pinned: dict[str, Any] = field(default_factory=dict)
 
     def config(
@@ -419,6 +420,7 @@ def run_sweep(
     gpus_per_cell: float | None = None,
     reuse: list[str | Path] | None = None,
     precision: str | None = None,
+    budget_scale: float | None = None,
 ) -> SweepResult:
     """Run (or continue) every cell of a sweep, then write ``results.csv`` and the table.
 
@@ -443,6 +445,10 @@ def run_sweep(
             Default: the precision of the folder's finished cells, so that a table
             continued on another machine keeps one precision; the recipe's where
             nothing has finished.
+        budget_scale: ``train.budget_scale`` of the cells still to run: wall minutes per
+            minute of the spec's ``train.time_budget`` on this machine, so that a table of
+            time-budgeted cells set for one machine continues at about the same steps on
+            a slower (above 1) or faster one. Finished cells keep theirs.
 
     Returns:
         The folder, the per-cell rows and the aggregated markdown table.
@@ -478,6 +484,13 @@ def run_sweep(
         raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
     todo = _select(spec, folder, all_cells, configs, scale, only, reuse, log)
     if todo and _pin_precision(spec, folder, all_cells, configs, todo, scale, precision, log):
+        configs = _cell_configs(spec, all_cells, scale)
+    if budget_scale is not None and todo:
+        if not any(configs[c.dir].train.time_budget for c in todo):
+            raise ConfigError(f"--budget-scale {budget_scale:g}: no cell to run has a train.time_budget to scale")
+        if budget_scale <= 0:
+            raise ConfigError(f"--budget-scale {budget_scale:g}: must be positive (wall minutes per budget minute)")
+        spec.pinned = {**spec.pinned, "train.budget_scale": budget_scale}
         configs = _cell_configs(spec, all_cells, scale)
     if launcher == "ray":
         from .ray_launcher import run_cells_on_ray

@@ -38,7 +38,7 @@ from ..errors import ConfigError, TrainingDivergedError
 from ..methods import Method, method_class
 from ..optim import lr_factor, scaled_lr, set_lr
 from ..runtime import step_seed, to_device
-from .plan import REPLAN_TOLERANCE, REPLANS_PER_RUN, record_replan, replan_total
+from .plan import REPLAN_TOLERANCE, REPLANS_PER_RUN, record_replan, replan_total, wall_minutes
 from .recorder import Recorder
 from .sampler import StepSampler
 from .state import TrainState
@@ -201,7 +201,8 @@ class _Loop:
         self.final_loss: float | None = None
         # A time budget is re-planned every replan_every steps (a multiple of log_every,
         # where the step time is exact on a GPU too), from the pace since the last look.
-        self.budget_s = 60 * t.time_budget if (t.time_budget is not None and t.replan) else None
+        minutes = wall_minutes(t.time_budget, t.budget_scale)
+        self.budget_s = 60 * minutes if (minutes is not None and t.replan) else None
         looks = max(t.log_every, total // REPLANS_PER_RUN // t.log_every * t.log_every)
         self.replan_every = looks
         self.looked_at = (state.step, state.train_time)

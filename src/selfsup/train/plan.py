@@ -40,6 +40,11 @@ REPLANS_PER_RUN = 20
 WARMUP_STEPS, TIMED_STEPS = 2, 4
 
 
+def wall_minutes(time_budget: float | None, budget_scale: float = 1.0) -> float | None:
+    """The wall-clock minutes a run trains: ``train.time_budget`` times ``train.budget_scale``."""
+    return None if time_budget is None else time_budget * budget_scale
+
+
 def read_plan(run_dir: Path) -> dict[str, Any] | None:
     """The saved plan of a run, or None."""
     path = run_dir / PLAN
@@ -65,7 +70,7 @@ def plan_steps(run_dir: Path, minutes: float, seconds_per_step: Callable[[], flo
 
     Args:
         run_dir: The run directory.
-        minutes: ``train.time_budget``.
+        minutes: The wall-clock minutes (:func:`wall_minutes`).
         seconds_per_step: Measures a step (called only when there is no saved plan).
         write: Save a new plan (rank 0).
 
