@@ -483,14 +483,8 @@ def run_sweep(
     if launcher not in ("local", "ray"):
         raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
     todo = _select(spec, folder, all_cells, configs, scale, only, reuse, log)
-    if todo and _pin_precision(spec, folder, all_cells, configs, todo, scale, precision, log):
-        configs = _cell_configs(spec, all_cells, scale)
-    if budget_scale is not None and todo:
-        if not any(configs[c.dir].train.time_budget for c in todo):
-            raise ConfigError(f"--budget-scale {budget_scale:g}: no cell to run has a train.time_budget to scale")
-        if budget_scale <= 0:
-            raise ConfigError(f"--budget-scale {budget_scale:g}: must be positive (wall minutes per budget minute)")
-        spec.pinned = {**spec.pinned, "train.budget_scale": budget_scale}
+    pinned = todo and _pin_precision(spec, folder, all_cells, configs, todo, scale, precision, log)
+    if todo and (_pin_budget_scale(spec, configs, todo, budget_scale) or pinned):  # both pin, then rebuild
         configs = _cell_configs(spec, all_cells, scale)
     if launcher == "ray":
         from .ray_launcher import run_cells_on_ray
@@ -687,6 +681,24 @@ def _pin_precision(
     if here != want and not own:
         log(f"{folder}'s finished cells ran in {want}: the rest run in {want} too (here 'auto' would be {here})")
     spec.pinned = {"train.precision": want}
+    return True
+
+
+def _pin_budget_scale(
+    spec: SweepSpec, configs: dict[Path, Config], todo: list[Cell], budget_scale: float | None
+) -> bool:
+    """Hold the cells still to run to ``train.budget_scale`` (finished cells keep theirs); whether it did.
+
+    Raises:
+        ConfigError: If the scale is not positive or no cell to run has a time budget to scale.
+    """
+    if budget_scale is None:
+        return False
+    if budget_scale <= 0:
+        raise ConfigError(f"--budget-scale {budget_scale:g}: must be positive (wall minutes per budget minute)")
+    if not any(configs[c.dir].train.time_budget for c in todo):
+        raise ConfigError(f"--budget-scale {budget_scale:g}: no cell to run has a train.time_budget to scale")
+    spec.pinned = {**spec.pinned, "train.budget_scale": budget_scale}
     return True
 
 
