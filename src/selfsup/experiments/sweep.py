@@ -483,9 +483,7 @@ def run_sweep(
     if launcher not in ("local", "ray"):
         raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
     todo = _select(spec, folder, all_cells, configs, scale, only, reuse, log)
-    pinned = todo and _pin_precision(spec, folder, all_cells, configs, todo, scale, precision, log)
-    if todo and (_pin_budget_scale(spec, configs, todo, budget_scale) or pinned):  # both pin, then rebuild
-        configs = _cell_configs(spec, all_cells, scale)
+    configs = _pinned_configs(spec, folder, all_cells, configs, todo, scale, precision, budget_scale, log)
     if launcher == "ray":
         from .ray_launcher import run_cells_on_ray
 
@@ -625,6 +623,30 @@ def _select(
     return todo
 
 
+def _pinned_configs(
+    spec: SweepSpec,
+    folder: Path,
+    all_cells: list[Cell],
+    configs: dict[Path, Config],
+    todo: list[Cell],
+    scale: str | None,
+    precision: str | None,
+    budget_scale: float | None,
+    log: Callable[[str], None],
+) -> dict[Path, Config]:
+    """The cells' configs once the folder's precision and this machine's budget scale are pinned.
+
+    Both pins are applied (see :func:`_pin_precision`, :func:`_pin_budget_scale`); the
+    configs are rebuilt once if either changed ``spec.pinned``, and only when cells remain.
+    """
+    if not todo:
+        return configs
+    precision_pinned = _pin_precision(spec, folder, all_cells, configs, todo, scale, precision, log)
+    if _pin_budget_scale(spec, configs, todo, budget_scale) or precision_pinned:
+        return _cell_configs(spec, all_cells, scale)
+    return configs
+
+
 def _pin_precision(
     spec: SweepSpec,
     folder: Path,
@@ -689,13 +711,13 @@ def _pin_budget_scale(
 ) -> bool:
     """Hold the cells still to run to ``train.budget_scale`` (finished cells keep theirs); whether it did.
 
+    The configs rebuilt with it are validated like any other (a scale must be positive).
+
     Raises:
-        ConfigError: If the scale is not positive or no cell to run has a time budget to scale.
+        ConfigError: If no cell to run has a time budget to scale.
     """
     if budget_scale is None:
         return False
-    if budget_scale <= 0:
-        raise ConfigError(f"--budget-scale {budget_scale:g}: must be positive (wall minutes per budget minute)")
     if not any(configs[c.dir].train.time_budget for c in todo):
         raise ConfigError(f"--budget-scale {budget_scale:g}: no cell to run has a train.time_budget to scale")
     spec.pinned = {**spec.pinned, "train.budget_scale": budget_scale}
