@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -423,12 +424,12 @@ def main(argv: list[str] | None = None) -> int:
                         "compile": c,
                         "batch": args.batch,
                     }
-                    attempt(base, lambda n=name, b=backbone, c=c: throughput(n, b, c, args, args.data))
+                    attempt(base, partial(throughput, name, backbone, c, args, args.data))
         if not compiled and "recipes" not in skip:
             with tempfile.TemporaryDirectory(prefix="gpu-check-runs-") as runs:
                 for key in RECIPES:
                     base = {"part": "recipe", "recipe": RECIPES[key]}
-                    attempt(base, lambda k=key: recipe_run(k, args, Path(runs), args.data))
+                    attempt(base, partial(recipe_run, key, args, Path(runs), args.data))
     text = table(record.records)
     text += (
         f"\n\n{env.get('gpu') or env.get('cpu')}, torch {env['torch']}, {env['date']}, "

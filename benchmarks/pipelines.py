@@ -23,10 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from selfsup.methods import Method
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 Step = Callable[[], torch.Tensor]
@@ -84,7 +87,7 @@ def setup(
     return Context(cfg, splits, dev, use_bf16(precision, dev), batch, backbone)
 
 
-def selfsup_model(ctx: Context, seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
+def selfsup_model(ctx: Context, seed: int = 0) -> tuple[Method, torch.optim.Optimizer]:
     """selfsup's SimCLR method and optimizer for this context."""
     from selfsup.methods import build_method
     from selfsup.optim import build_optimizer

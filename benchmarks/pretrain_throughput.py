@@ -110,7 +110,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     last = None
     for _ in range(args.steps):
         last = step()
-    float(last)  # one sync at the end, as the training loop syncs at log intervals
+    if last is not None:  # one sync at the end, as the training loop syncs at log intervals
+        float(last)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -231,12 +232,13 @@ def main() -> None:
             f"{peak['step_mflop_per_view']:.0f} MFLOP per view, so the peak allows {peak['peak_views_per_s']:.0f} "
             f"views/s and the bare step runs at {bare / peak['peak_views_per_s']:.2f} of it"
         )
-    first = next(iter(next(iter(runs.values()))), None)
-    if first:
+    first_pipeline = next(iter(runs.values()), [])
+    run0 = first_pipeline[0] if first_pipeline else None
+    if run0:
         print(
-            f"\n{first['backbone']}, batch {first['batch']} images ({2 * first['batch']} views), device "
-            f"{first['device']}, bf16 {first['bf16']}, {first['threads']} threads, {args.steps} timed steps x "
-            f"{args.rounds} rounds; memory: {first['memory']}"
+            f"\n{run0['backbone']}, batch {run0['batch']} images ({2 * run0['batch']} views), device "
+            f"{run0['device']}, bf16 {run0['bf16']}, {run0['threads']} threads, {args.steps} timed steps x "
+            f"{args.rounds} rounds; memory: {run0['memory']}"
         )
 
 

@@ -91,6 +91,8 @@ def selfsup_points(ctx: Any, args: argparse.Namespace, out: Path) -> list[dict[s
     if args.smoke:
         extra["train.batch_size"] = args.batch
     cfg = resolve_config(load_config(args.config, extra), ctx.splits)  # mean and std from the data
+    mean, std = cfg.augment.mean, cfg.augment.std
+    assert mean is not None and std is not None, "resolve_config fills augment.mean/std"
     run = out / "selfsup-run"
     pretrain(cfg, out=run, overwrite=True, log=lambda _m: None)
     records = read_jsonl(run / "metrics.jsonl")
@@ -101,7 +103,7 @@ def selfsup_points(ctx: Any, args: argparse.Namespace, out: Path) -> list[dict[s
     points = []
     for i, (minutes, step) in enumerate(chosen):
         _, model, _ = load_run_model(run, ctx.device, step=step if i < len(chosen) - 1 else None)
-        result = evaluate(model.backbone, ctx, cfg.augment.mean, cfg.augment.std, linear=i == len(chosen) - 1)
+        result = evaluate(model.backbone, ctx, mean, std, linear=i == len(chosen) - 1)
         points.append({"pipeline": "selfsup", "train_min": minutes, "step": step, **result})
     return points
 

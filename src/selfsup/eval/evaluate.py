@@ -29,7 +29,7 @@ from .linear import linear_probe
 
 def load_run_model(
     run_dir: str | Path, device: torch.device | str = "cpu", random_init: bool = False, step: int | None = None
-) -> tuple[Config, nn.Module, dict[str, Any]]:
+) -> tuple[Config, Method, dict[str, Any]]:
     """Rebuild a run's method from its config and newest checkpoint (or the one of ``step``).
 
     Args:
