@@ -146,6 +146,29 @@ def test_killed_sweep_finishes_only_missing_cells(shared_folder: Path, tmp_path:
         assert all(row["status"] == "done" for row in csv.DictReader(f))
 
 
+def test_table_is_current_after_each_cell(shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep stopped after its first cell (here: the second cell raises) leaves a table of that cell."""
+    import selfsup.experiments.sweep as sweep_module
+
+    real = sweep_module.run_cell
+    calls: list[str] = []
+
+    def first_then_stop(*args: Any, **kwargs: Any) -> None:
+        calls.append(args[1].dir.name)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "run_cell", first_then_stop)
+    out = tmp_path / "sweep"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(write_spec(tmp_path, shared_folder, seeds=[0]), out=out, log=lambda _m: None)
+    with open(out / "results.csv") as f:
+        status = {row["method.temperature"]: row["status"] for row in csv.DictReader(f)}
+    assert status == {"0.1": "done", "0.5": "missing"}, status
+    assert "1 cell(s) not finished" in (out / "table.md").read_text()
+
+
 def test_plan_and_single_cells(shared_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from selfsup.cli import main
 

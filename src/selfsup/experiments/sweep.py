@@ -422,7 +422,7 @@ def run_sweep(
     precision: str | None = None,
     budget_scale: float | None = None,
 ) -> SweepResult:
-    """Run (or continue) every cell of a sweep, then write ``results.csv`` and the table.
+    """Run (or continue) every cell of a sweep, writing ``results.csv`` and the table after each.
 
     Args:
         spec_path: The sweep spec.
@@ -506,15 +506,24 @@ def run_sweep(
                 bar.set_postfix_str(cell.dir.name, refresh=True)
                 run_cell(spec, cell, configs[cell.dir], folder, scale, tqdm.write)
                 bar.update(1)
+                _write_table(spec, folder, all_cells, configs, scale)  # current after every cell
         finally:
             bar.close()
+    rows, table = _write_table(spec, folder, all_cells, configs, scale)
+    log(table)
+    return SweepResult(folder, rows, table)
+
+
+def _write_table(
+    spec: SweepSpec, folder: Path, all_cells: list[Cell], configs: dict[Path, Config], scale: str | None
+) -> tuple[list[dict[str, Any]], str]:
+    """Write the folder's ``results.csv`` and table from its cells' records as they stand now."""
     rows = collect(spec, all_cells, {c.dir: record_config(spec, c, configs[c.dir], scale) for c in all_cells})
     axes = [a.name for a in spec.axes]
     write_csv(folder / "results.csv", rows, axes)
     table = markdown_table(rows, axes, table_command(spec.raw), spec.raw.get("reference"), spec.raw.get("compare"))
     write_atomic(folder / TABLE_FILE, (table + "\n").encode())
-    log(table)
-    return SweepResult(folder, rows, table)
+    return rows, table
 
 
 def _cell_configs(spec: SweepSpec, all_cells: list[Cell], scale: str | None) -> dict[Path, Config]:
