@@ -310,6 +310,7 @@ def test_resolve_fills_from_preset_and_keeps_overrides() -> None:
         dict(preset="fancy"),
         dict(flip_p=1.5),
         dict(crop_scale=[0.5, 0.1]),
+        dict(preset="none", crop="resized"),  # preset none's crop_scale [1, 1]: every crop the whole image
         dict(blur_kernel=4),
         dict(crop="zoom"),
         dict(jitter_strength=-1.0),

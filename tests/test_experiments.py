@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import REPO, subprocess_env, tiny_overrides
@@ -820,3 +821,34 @@ def test_aug_pairs_cells_apply_only_their_operations() -> None:
             for key, op in (("rotate_p", "rotate"), ("blur_p", "blur"), ("sobel_p", "sobel"),
                             ("noise_p", "noise"), ("cutout", "cutout")):  # fmt: skip
                 assert (getattr(aug, key) > 0) == (op in ops), f"{c.dir.name}: {key}"
+
+
+def test_every_aug_pairs_operation_changes_the_first_view() -> None:
+    """Each of the heat map's pairs changes what its operations alone leave unchanged.
+
+    A configured operation can still do nothing (``crop: resized`` over preset none's
+    ``crop_scale: [1, 1]`` cropped the whole image, so 'crop' cells trained on identical
+    views); so each pair's first views must differ from those of the cell without it
+    (its partner alone, or no augmentation for a single operation).
+    """
+    from dataclasses import replace
+
+    from selfsup.augment import BatchAugment
+    from selfsup.augment.presets import resolve_augment
+
+    spec = load_spec(REPO / "configs" / "ablations" / "aug_pairs.yaml")
+    by_label = {c.dir.name.split(",")[0].removeprefix("pair="): c for c in cells(spec, Path("x"), "cpu")}
+    images = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def views(label: str | None) -> torch.Tensor:
+        overrides = by_label[label].overrides if label else {}
+        aug = resolve_augment(spec.config({**overrides, "train.seed": 0}, "cpu").augment, "simclr")
+        aug = replace(aug, mean=[0.5] * 3, std=[0.25] * 3)
+        return BatchAugment(aug)(images, torch.Generator().manual_seed(0), 1)
+
+    for label in by_label:
+        ops = label.split("+")
+        for op in ops:
+            rest = [o for o in ops if o != op]
+            without = views(rest[0] if rest else None)
+            assert not torch.allclose(views(label), without), f"{label}: {op} changes nothing"

@@ -154,6 +154,8 @@ def _check(c: AugmentConfig) -> None:
             raise bad(key, "must be two positive numbers [low, high] with low <= high")
     if cfg.crop_scale[1] > 1:
         raise bad("crop_scale", "the largest crop area is 1.0 (the whole image)")
+    if cfg.crop == "resized" and cfg.crop_scale[0] >= 1:  # e.g. crop: resized over preset none's [1, 1]
+        raise bad("crop_scale", "with crop 'resized' every crop would be the whole image; give a smaller low end")
     for key in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "sobel_p", "noise_p", "rotate_p"):
         if not 0 <= getattr(cfg, key) <= 1:
             raise bad(key, "a probability must lie in [0, 1]")
