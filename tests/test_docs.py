@@ -193,6 +193,32 @@ def test_a_bench_block_from_a_benchmark_folder(tmp_path: Path, monkeypatch: pyte
     assert len(update_docs(root, check=True)) == 1  # a rerun's table is a difference to regenerate
 
 
+def test_a_milestones_figure_block_draws_each_cells_curve_and_checks_its_numbers(tmp_path: Path) -> None:
+    """``figure NAME,milestones``: the equal-time curves, redrawn when a milestone's accuracy changes."""
+    root = tmp_path / "repo"
+    shutil.copytree(
+        REPO / "results" / "heads-cpu",
+        root / "results" / "heads-cpu",
+        ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "*.png", "report*"),
+    )
+    (root / "docs").mkdir()
+    page = root / "docs" / "page.md"
+    page.write_text("<!-- results figure heads-cpu,milestones -->\n<!-- /results -->\n")
+    with pytest.raises(ConfigError, match="nothing to draw for milestones"):  # none evaluated yet
+        update_docs(root)
+    metrics = next(p for p in sorted((root / "results" / "heads-cpu").glob("*/metrics.json")))
+    values = json.loads(metrics.read_text())
+    values["milestones"] = {str(s): {"step": s, "knn_top1": 0.3 + s / 10000} for s in (100, 200)}
+    metrics.write_text(json.dumps(values))
+    assert len(update_docs(root)) == 1
+    image = root / "docs" / "figures" / "heads-cpu-milestones.png"
+    assert image.read_bytes()[:4] == b"\x89PNG" and "](figures/heads-cpu-milestones.png)" in page.read_text()
+    assert update_docs(root, check=True) == []
+    values["milestones"]["200"]["knn_top1"] = 0.5
+    metrics.write_text(json.dumps(values))
+    assert [d.kind for d in update_docs(root, check=True)] == ["figure"]
+
+
 def test_a_spec_recorded_from_another_checkout_is_named_as_in_this_one(tmp_path: Path) -> None:
     from selfsup.experiments.docs import _spec_in_root
 

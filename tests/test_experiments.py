@@ -546,7 +546,8 @@ def test_time_plot_only_for_cells_of_one_machine(monkeypatch: pytest.MonkeyPatch
 
 
 def test_milestone_curves_against_minutes_or_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Each cell's evaluated milestones: by training minutes on one machine, by step across machines."""
+    """Each cell's evaluated milestones: by training minutes on one machine (in budget minutes where
+    every cell stretched its budget alike), by step across machines."""
     from selfsup.experiments import report
 
     for cell, slow in (("t=a,seed=0", 1.0), ("t=b,seed=0", 2.0)):
@@ -564,6 +565,15 @@ def test_milestone_curves_against_minutes_or_steps(monkeypatch: pytest.MonkeyPat
     ax = drawn[-1].axes[0]
     assert ax.get_xlabel() == "training minutes on Zen 3"
     assert [list(line.get_xdata()) for line in ax.get_lines()] == [[2.0, 4.0], [4.0, 8.0]]
+    for r in rows:  # budgets stretched alike (--budget-scale 2): minutes of the spec's budget
+        (tmp_path / r["cell"] / "config.yaml").write_text("train: {budget_scale: 2.0, time_budget: 4}\n")
+    report._milestone_plot(tmp_path, rows, ["t"], tmp_path)
+    ax = drawn[-1].axes[0]
+    assert ax.get_xlabel() == "budget minutes (training minutes on Zen 3 / 2)"
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1.0, 2.0], [2.0, 4.0]]
+    (tmp_path / "t=b,seed=0" / "config.yaml").write_text("train: {budget_scale: 1.0}\n")  # two scales: wall minutes
+    report._milestone_plot(tmp_path, rows, ["t"], tmp_path)
+    assert drawn[-1].axes[0].get_xlabel() == "training minutes on Zen 3"
     rows[1]["machine"] = "Zen 5"  # minutes of two machines do not compare: steps instead
     report._milestone_plot(tmp_path, rows, ["t"], tmp_path)
     ax = drawn[-1].axes[0]

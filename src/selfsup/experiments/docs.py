@@ -34,6 +34,9 @@ Kinds of block (NAME is a folder under ``results/``):
   spec with ``heatmap:``). The block holds the image link and a digest of the plotted
   numbers, so ``--check`` fails when the records change and the figure was not redrawn
   (or is missing). METRIC defaults to test top-1 where cells have it, else kNN top-1.
+- ``figure NAME,milestones``: kNN top-1 of every cell's evaluated milestones against
+  training minutes (``docs/figures/NAME-milestones.png``), as ``selfsup report`` draws
+  it: the curves of an equal-time comparison.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -325,13 +330,16 @@ def _figure_metric(groups: list[dict[str, Any]], asked: str | None, folder: Path
     return "test_top1" if "test_top1" in have else "knn_top1"
 
 
-def render_figure(folder: Path, root: Path, where: Path, metric: str | None, old: str, check: bool) -> str:
+def render_figure(folder: Path, root: Path, where: Path, option: str | None, old: str, check: bool) -> str:
     """The ``figure`` block: draw the sweep's figure under docs/figures/ (unless ``check``) and link it.
 
+    ``option`` is a metric (the accuracy figure of ``selfsup report``, or the matrix of a
+    spec with ``heatmap:``) or ``milestones``: kNN of every cell's evaluated milestones
+    against training minutes (budget minutes where the cells stretched their budget alike).
     The PNG is redrawn only when the plotted numbers changed (their digest is in the block)
     or the file is missing, so regenerating the docs does not rewrite unchanged images.
     """
-    from .report import _accuracy_plot, _heatmap
+    from .report import _accuracy_plot, _heatmap, _milestone_plot, milestone_curve
     from .results import aggregate
 
     rows, axes = _sweep_rows(folder)
@@ -339,32 +347,41 @@ def render_figure(folder: Path, root: Path, where: Path, metric: str | None, old
     groups = aggregate(rows, axes)
     if not groups:
         raise ConfigError(f"{folder}: no finished cell to plot")
-    metric = _figure_metric(groups, metric, folder)
-    data = sorted((tuple(str(g[a]) for a in axes), [round(v, 6) for v in g["values"].get(metric, [])]) for g in groups)
-    digest = hashlib.sha256(json.dumps(data).encode()).hexdigest()[:12]
-    image = root / "docs" / "figures" / f"{folder.name}-{metric}.png"
-    link = Path(os.path.relpath(image.resolve(), where.parent.resolve()))
     heat = record.get("heatmap")
     x = record.get("x_axis") or axes[0]
     others = [a for a in axes if a != x]
-    lines = f"a line per {', '.join(others)}" if others else "one line"
-    shown = "one operation (diagonal) or two" if heat else f"against {x}, {lines}"
-    what = f"{metric_label(metric)}: {shown}"
-    done = sum(g["n"] for g in groups)
+    draw: Callable[[Path], str | None]
+    if option == "milestones":
+        suffix, what = "milestones", "kNN top-1 of each milestone against training time, a line per cell"
+        done = [r for r in rows if r.get("status") == "done"]
+        data: list[Any] = [[r["cell"], milestone_curve(folder / r["cell"])] for r in done]
+        data = [[cell, [[s, round(v, 6), t if t is None else round(t, 4)] for s, v, t in c]] for cell, c in data]
+        draw = partial(_milestone_plot, folder, rows, axes)
+    else:
+        metric = suffix = _figure_metric(groups, option, folder)
+        data = [[[str(g[a]) for a in axes], [round(v, 6) for v in g["values"].get(metric, [])]] for g in groups]
+        lines = f"a line per {', '.join(others)}" if others else "one line"
+        shown = "one operation (diagonal) or two" if heat else f"against {x}, {lines}"
+        what = f"{metric_label(metric)}: {shown}"
+        if heat:
+            draw = partial(_heatmap, groups, heat, metric)
+        else:
+            draw = partial(_accuracy_plot, groups, [x, *others], metric, reference=record.get("reference"))
+    digest = hashlib.sha256(json.dumps(sorted(data)).encode()).hexdigest()[:12]
+    image = root / "docs" / "figures" / f"{folder.name}-{suffix}.png"
+    link = Path(os.path.relpath(image.resolve(), where.parent.resolve()))
+    done_cells = sum(g["n"] for g in groups)
     text = (
         f"![{what}]({link.as_posix()})\n\n"
-        f"Drawn by `selfsup docs` from results/{folder.name} ({done} finished cells; plotted numbers {digest}).\n"
+        f"Drawn by `selfsup docs` from results/{folder.name} ({done_cells} finished cells; plotted numbers {digest}).\n"
     )
     if check:
         return text if image.is_file() else text + "(image missing: run selfsup docs)\n"
     if text != old or not image.is_file():
         with tempfile.TemporaryDirectory() as tmp:
-            if heat:
-                name = _heatmap(groups, heat, metric, Path(tmp))
-            else:
-                name = _accuracy_plot(groups, [x, *others], metric, Path(tmp), record.get("reference"))
+            name = draw(Path(tmp))
             if name is None:
-                raise ConfigError(f"{folder}: nothing to draw for {metric}")
+                raise ConfigError(f"{folder}: nothing to draw for {suffix}")
             image.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(Path(tmp) / name), image)
     return text

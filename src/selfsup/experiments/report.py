@@ -476,6 +476,14 @@ def milestone_curve(run_dir: Path, metric: str = "knn_top1") -> list[tuple[int, 
     return [(step, value, float(np.interp(step, steps, seconds)) / 60) for step, value in points]
 
 
+def budget_scale(run_dir: Path) -> float:
+    """A run's ``train.budget_scale``: wall minutes it trained per minute of its time budget."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
+    return float(((config or {}).get("train") or {}).get("budget_scale", 1.0))
+
+
 def _milestone_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
     """The kNN top-1 of every cell's milestones against training minutes (one machine) or steps.
 
@@ -488,6 +496,12 @@ def _milestone_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str]
         return None
     ran_on = machines(rows)
     by_time = len(ran_on) == 1 and all(t is not None for c in curves.values() for _, _, t in c)
+    where = next(iter(ran_on), "unrecorded")
+    xlabel = f"training minutes on {where}" if by_time else "step"
+    scales = {budget_scale(sweep_dir / r["cell"]) for r in done if curves[r["cell"]]}
+    scale = next(iter(scales)) if by_time and len(scales) == 1 else 1.0
+    if scale != 1.0:  # stretched budgets (--budget-scale): the spec's minutes, as on the machine it names
+        xlabel = f"budget minutes (training minutes on {where} / {scale:g})"
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     names = list(dict.fromkeys(",".join(str(r[a]) for a in axes) for r in done))
@@ -497,12 +511,10 @@ def _milestone_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str]
         if not curve:
             continue
         name = ",".join(str(row[a]) for a in axes)
-        xs = [t if by_time else step for step, _, t in curve]
+        xs = [t / scale if by_time and t is not None else step for step, _, t in curve]
         label = name if name not in drawn else None
         drawn.add(name)
         ax.plot(xs, [v for _, v, _ in curve], "o-", ms=3, lw=1.2, color=f"C{names.index(name) % 10}", label=label)
-    where = next(iter(ran_on), "unrecorded")
-    xlabel = f"training minutes on {where}" if by_time else "step"
     ax.set(xlabel=xlabel, ylabel="kNN top-1 (%)", title="kNN top-1 of each milestone (one line per seed)")
     ax.legend(fontsize=7)
     return _save(fig, folder, "milestones.png")
