@@ -193,8 +193,8 @@ def test_a_bench_block_from_a_benchmark_folder(tmp_path: Path, monkeypatch: pyte
     assert len(update_docs(root, check=True)) == 1  # a rerun's table is a difference to regenerate
 
 
-def test_a_milestones_figure_block_draws_each_cells_curve_and_checks_its_numbers(tmp_path: Path) -> None:
-    """``figure NAME,milestones``: the equal-time curves, redrawn when a milestone's accuracy changes."""
+def _page_over_heads_cpu(tmp_path: Path) -> tuple[Path, Path]:
+    """A repository root holding a copy of results/heads-cpu's records, and a page under its docs/."""
     root = tmp_path / "repo"
     shutil.copytree(
         REPO / "results" / "heads-cpu",
@@ -202,7 +202,12 @@ def test_a_milestones_figure_block_draws_each_cells_curve_and_checks_its_numbers
         ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "*.png", "report*"),
     )
     (root / "docs").mkdir()
-    page = root / "docs" / "page.md"
+    return root, root / "docs" / "page.md"
+
+
+def test_a_milestones_figure_block_draws_each_cells_curve_and_checks_its_numbers(tmp_path: Path) -> None:
+    """``figure NAME,milestones``: the equal-time curves, redrawn when a milestone's accuracy changes."""
+    root, page = _page_over_heads_cpu(tmp_path)
     page.write_text("<!-- results figure heads-cpu,milestones -->\n<!-- /results -->\n")
     with pytest.raises(ConfigError, match="nothing to draw for milestones"):  # none evaluated yet
         update_docs(root)
@@ -233,14 +238,7 @@ def test_a_spec_recorded_from_another_checkout_is_named_as_in_this_one(tmp_path:
 
 
 def test_a_figure_block_draws_the_sweeps_records_and_fails_the_check_when_they_change(tmp_path: Path) -> None:
-    root = tmp_path / "repo"
-    shutil.copytree(
-        REPO / "results" / "heads-cpu",
-        root / "results" / "heads-cpu",
-        ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "*.png", "report*"),
-    )
-    (root / "docs").mkdir()
-    page = root / "docs" / "page.md"
+    root, page = _page_over_heads_cpu(tmp_path)
     page.write_text("<!-- results figure heads-cpu -->\n<!-- /results -->\n")
     assert len(update_docs(root)) == 1
     image = root / "docs" / "figures" / "heads-cpu-knn_top1.png"
