@@ -557,6 +557,7 @@ def test_milestone_curves_against_minutes_or_steps(monkeypatch: pytest.MonkeyPat
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         stones = {str(s): {"step": s, "knn_top1": 0.3 + s / 1000} for s in (20, 40)}
         (d / "metrics.json").write_text(json.dumps({"milestones": stones}))
+        (d / "config.yaml").write_text("train: {budget_scale: 1.0}\n")  # a finished cell's saved config
     assert report.milestone_curve(tmp_path / "t=b,seed=0") == [(20, 32.0, 4.0), (40, 34.0, 8.0)]
     rows = [{"cell": f"t={t},seed=0", "t": t, "seed": 0, "status": "done", "machine": "Zen 3"} for t in "ab"]
     drawn: list[Any] = []

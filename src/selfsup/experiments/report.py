@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RunDirError
-from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl, write_atomic
+from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, load_run_config, read_jsonl, write_atomic
 from .results import (
     COLUMNS,
     aggregate,
@@ -476,14 +476,6 @@ def milestone_curve(run_dir: Path, metric: str = "knn_top1") -> list[tuple[int, 
     return [(step, value, float(np.interp(step, steps, seconds)) / 60) for step, value in points]
 
 
-def budget_scale(run_dir: Path) -> float:
-    """A run's ``train.budget_scale``: wall minutes it trained per minute of its time budget."""
-    import yaml
-
-    config = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
-    return float(((config or {}).get("train") or {}).get("budget_scale", 1.0))
-
-
 def _milestone_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
     """The kNN top-1 of every cell's milestones against training minutes (one machine) or steps.
 
@@ -498,7 +490,7 @@ def _milestone_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str]
     by_time = len(ran_on) == 1 and all(t is not None for c in curves.values() for _, _, t in c)
     where = next(iter(ran_on), "unrecorded")
     xlabel = f"training minutes on {where}" if by_time else "step"
-    scales = {budget_scale(sweep_dir / r["cell"]) for r in done if curves[r["cell"]]}
+    scales = {load_run_config(sweep_dir / r["cell"]).train.budget_scale for r in done if curves[r["cell"]]}
     scale = next(iter(scales)) if by_time and len(scales) == 1 else 1.0
     if scale != 1.0:  # stretched budgets (--budget-scale): the spec's minutes, as on the machine it names
         xlabel = f"budget minutes (training minutes on {where} / {scale:g})"
