@@ -13,7 +13,7 @@ from conftest import REPO
 from selfsup.cli import main
 from selfsup.config import load_config, save_config
 from selfsup.errors import ConfigError
-from selfsup.experiments.docs import BLOCK, doc_files, update_docs
+from selfsup.experiments.docs import BLOCK, Difference, doc_files, update_docs
 from selfsup.machine import record_machine
 
 
@@ -34,6 +34,12 @@ def test_relative_links_in_the_docs_resolve() -> None:
             if "://" not in target and not (path.parent / target).exists():
                 missing.append(f"{path.relative_to(REPO)} -> {target}")
     assert missing == []
+
+
+def test_a_figure_blocks_difference_names_its_folder_without_the_option() -> None:
+    d = Difference(Path("docs/methods.md"), "figure", "methods-cpu-time,milestones")
+    assert d.folder == "methods-cpu-time"
+    assert Difference(Path("README.md"), "run", "main-job-cpu").folder == "main-job-cpu"
 
 
 def _copy(tmp_path: Path) -> Path:

@@ -407,7 +407,7 @@ def _cmd_docs(args: argparse.Namespace) -> int:
     differences = update_docs(args.root, check=args.check)
     for d in differences:
         verb = "differs from" if args.check else "regenerated from"
-        print(f"{d.file}: block '{d.kind} {d.name}' {verb} results/{d.name}")
+        print(f"{d.file}: block '{d.kind} {d.name}' {verb} results/{d.folder}")
     if args.check and differences:
         print(f"{len(differences)} block(s) out of date; run 'selfsup docs' and commit", file=sys.stderr)
         return 1

@@ -71,6 +71,11 @@ class Difference:
     kind: str
     name: str
 
+    @property
+    def folder(self) -> str:
+        """The results folder the block reads (a figure block's name may carry ``,OPTION``)."""
+        return self.name.partition(",")[0]
+
 
 def _sweep_rows(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Every cell of a sweep folder (from its sweep.yaml), read from its record, and the axes.
