@@ -74,7 +74,15 @@ class Difference:
     @property
     def folder(self) -> str:
         """The results folder the block reads (a figure block's name may carry ``,OPTION``)."""
-        return self.name.partition(",")[0]
+        return block_target(self.kind, self.name)[0]
+
+
+def block_target(kind: str, name: str) -> tuple[str, str]:
+    """A block's results folder and option: only a ``figure`` block's name carries ``,OPTION``."""
+    if kind != "figure":
+        return name, ""
+    folder, _, option = name.partition(",")
+    return folder, option
 
 
 def _sweep_rows(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -407,7 +415,7 @@ RENDERERS = {
 def _render(kind: str, name: str, results: Path, root: Path, where: Path, old: str, check: bool) -> str:
     if kind not in (*RENDERERS, "figure"):
         raise ConfigError(f"{where}: unknown results block kind {kind!r} (known: {', '.join(RENDERERS)}, figure)")
-    name, _, option = name.partition(",") if kind == "figure" else (name, "", "")
+    name, option = block_target(kind, name)
     folder = results / name
     if not folder.is_dir():
         raise ConfigError(f"{where}: results block names {folder}, which does not exist")
