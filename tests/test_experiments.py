@@ -776,8 +776,14 @@ def test_separation_names_what_stands_out_of_seed_noise() -> None:
     # d has one seed and is left out.
     assert note == (
         "Best kNN top-1: a. Below it by more than two pooled seed std: b (-10.0); "
-        "within two std (not separated): c (+0.0)."
+        "within two std (not separated): c (+0.0).\n"
+        "Order of kNN top-1, best first ('>' where neighbours differ by more than two pooled seed std, "
+        "'≈' where not): a ≈ c > b."
     )
+    # Neighbours only: e 48 ± 1.4 sits between c and b, within two std of c (pooled 2.2), and
+    # 7 points above b (pooled 1.4): separated.
+    ranked = separation(data + rows("e", 0.47, 0.49), ["m"], "knn_top1").splitlines()[1]
+    assert ranked.endswith(": a ≈ c ≈ e > b.")
     assert separation(rows("a", 0.5, 0.6), ["m"], "knn_top1") == ""
     # Two axes: the first compared within each value of the second.
     two = [{**r, "labels": 250} for r in rows("a", 0.50, 0.52) + rows("b", 0.40, 0.42)]

@@ -415,7 +415,8 @@ def separation(rows: list[dict[str, Any]], axes: list[str], metric: str, along: 
     within each combination of the others (e.g. rows at each label count). The noise of a pair is the pooled
     standard deviation of its two groups over seeds, ``sqrt((s1^2 + s2^2) / 2)``; a
     difference of the means above twice that is called separated. Grid points with one
-    seed are left out; '' when nothing can be compared.
+    seed are left out; '' when nothing can be compared. With three or more grid points
+    compared, a second line ranks them and marks which neighbours are separated.
     """
     if not axes:
         return ""
@@ -442,4 +443,22 @@ def separation(rows: list[dict[str, Any]], axes: list[str], metric: str, along: 
         text = f"Best {label}{where}: {best[0]}. Below it by more than two pooled seed std: "
         text += ", ".join(apart) or "none"
         notes.append(text + (f"; within two std (not separated): {', '.join(within)}." if within else "."))
+        if len(stats) >= 3:  # with two, the line above says it all
+            notes.append(
+                f"Order of {label}{where}, best first ('>' where neighbours differ by more "
+                f"than two pooled seed std, '≈' where not): {_order(stats)}."
+            )
     return "\n".join(notes)
+
+
+def _order(stats: list[tuple[str, float, float]]) -> str:
+    """``(name, mean, std)`` ranked best first, neighbours joined by '>' when separated, else '≈'.
+
+    Only neighbours are compared: ``a ≈ b ≈ c`` may still hide an ``a``-``c`` difference
+    above two std, which the best-first line above names when ``a`` is the best.
+    """
+    ranked = sorted(stats, key=lambda t: -t[1])
+    text = ranked[0][0]
+    for (_, m1, s1), (name, m2, s2) in zip(ranked, ranked[1:]):
+        text += (" > " if m1 - m2 > 2 * math.sqrt((s1**2 + s2**2) / 2) else " ≈ ") + name
+    return text
