@@ -437,8 +437,7 @@ def separation(rows: list[dict[str, Any]], axes: list[str], metric: str, along: 
         within: list[str] = []
         for name, m, s in stats:
             if name != best[0]:
-                pooled = math.sqrt((s**2 + best[2] ** 2) / 2)
-                (apart if best[1] - m > 2 * pooled else within).append(f"{name} ({m - best[1]:+.1f})")
+                (apart if _separated(best[1:], (m, s)) else within).append(f"{name} ({m - best[1]:+.1f})")
         where = f" at {', '.join(rest)}" if rest else ""
         text = f"Best {label}{where}: {best[0]}. Below it by more than two pooled seed std: "
         text += ", ".join(apart) or "none"
@@ -460,5 +459,10 @@ def _order(stats: list[tuple[str, float, float]]) -> str:
     ranked = sorted(stats, key=lambda t: -t[1])
     text = ranked[0][0]
     for (_, m1, s1), (name, m2, s2) in zip(ranked, ranked[1:]):
-        text += (" > " if m1 - m2 > 2 * math.sqrt((s1**2 + s2**2) / 2) else " ≈ ") + name
+        text += (" > " if _separated((m1, s1), (m2, s2)) else " ≈ ") + name
     return text
+
+
+def _separated(high: tuple[float, float], low: tuple[float, float]) -> bool:
+    """Whether ``high``'s mean exceeds ``low``'s by more than twice their pooled std, ``sqrt((s1^2 + s2^2) / 2)``."""
+    return high[0] - low[0] > 2 * math.sqrt((high[1] ** 2 + low[1] ** 2) / 2)
