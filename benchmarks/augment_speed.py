@@ -4,7 +4,8 @@ On a GPU, the augmentation of a CIFAR batch is bound by kernel launches, not ari
 on a CPU it is the other way round. ``selfsup.augment.ops.color_jitter`` therefore has
 two paths (grouped by op order on a CPU, whole-batch rounds on a GPU); this times both on
 the device it runs on, and the whole default augmentation (parameters drawn on the host,
-applied on the device), for the quick recipe's SimCLR views.
+applied on the device) by its per-op path, its fixed path and (on a GPU) the fixed path
+compiled (``selfsup.augment.batch.apply_fixed``), for the quick recipe's SimCLR views.
 
     python benchmarks/augment_speed.py --out results/augment-speed-h200        # a GPU: seconds
     python benchmarks/augment_speed.py --smoke --out /tmp/augment-smoke        # any CPU: seconds
@@ -38,8 +39,8 @@ def summed(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """ms per batch of ``2 * batch`` views: the whole augmentation, then each jitter path."""
-    from selfsup.augment import color_jitter, sample_params
+    """ms per batch of ``2 * batch`` views: the whole augmentation (each path), then each jitter path."""
+    from selfsup.augment import BatchAugment, color_jitter, sample_params
     from selfsup.augment.ops import to_float
     from selfsup.train.loop import view_augment
 
@@ -52,8 +53,15 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(0)
     x = to_float(images.repeat(2, 1, 1, 1))
     params = sample_params(spec, views, x.shape[-2], x.shape[-1], gen)
+    per_op, fixed = BatchAugment(spec, fixed=False), BatchAugment(spec, fixed=True)
     steps: dict[str, Callable[[], torch.Tensor]] = {
-        "whole augmentation (default path)": lambda: aug(images, gen),
+        "whole augmentation, per-op path": lambda: per_op(images, gen, 2),
+        "whole augmentation, fixed path": lambda: fixed(images, gen, 2),
+    }
+    if ctx.device.type == "cuda":  # BatchAugment compiles on a GPU only
+        compiled = BatchAugment(spec, compile=True, fixed=True)
+        steps["whole augmentation, fixed path compiled"] = lambda: compiled(images, gen, 2)
+    steps |= {
         "colour jitter, grouped": lambda: color_jitter(x, params, grouped=True),
         "colour jitter, rounds": lambda: color_jitter(x, params, grouped=False),
     }

@@ -363,7 +363,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, help="skip what starts after this many seconds (default 420)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: throughput, compile, recipes")
     p.add_argument("--wheels", help="install lightly from this folder of wheels first")
+    p.add_argument(
+        "--pipelines",
+        default=",".join(EAGER_PIPELINES),
+        help=f"comma-separated eager pipelines of part 1 (default {','.join(EAGER_PIPELINES)}; "
+        f"the compiled rows are those of {','.join(COMPILED_PIPELINES)} among them; see pipelines.py)",
+    )
     args = p.parse_args(argv)
+    unknown = set(args.pipelines.split(",")) - set(PIPELINES)
+    if unknown:
+        p.error(f"unknown pipelines {sorted(unknown)}; known: {', '.join(PIPELINES)}")
     smoke = args.smoke
     defaults = {
         "data": "cifar10",
@@ -408,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
 
     plan: list[tuple[str, bool]] = []
     if "throughput" not in skip:
-        plan += [(name, False) for name in EAGER_PIPELINES]
+        plan += [(name, False) for name in args.pipelines.split(",")]
     if "compile" not in skip:
-        plan += [(name, True) for name in COMPILED_PIPELINES]
+        plan += [(name, True) for name in COMPILED_PIPELINES if name in args.pipelines.split(",")]
     # Eager rows of both backbones first, the recipes next, compiled rows last: if the
     # lease runs short, what is lost is the slowest and least essential part.
     for compiled in (False, True):

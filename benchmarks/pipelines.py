@@ -118,13 +118,20 @@ def bare(ctx: Context) -> Step:
     return lambda: model_step(model, opt, views, ctx)
 
 
-def selfsup_pipeline(ctx: Context) -> Step:
+def selfsup_pipeline(ctx: Context, fixed: bool | None = None) -> Step:
+    """selfsup's training step on the device-resident uint8 data (``compile``: model and augmentation).
+
+    ``fixed=False`` keeps the per-op augmentation path on a GPU (the default there is the
+    fixed path, :func:`selfsup.augment.batch.apply_fixed`).
+    """
     from selfsup.runtime import to_device
     from selfsup.train import train_step
     from selfsup.train.loop import view_augment
 
     model, opt = selfsup_model(ctx)
-    aug = view_augment(ctx.cfg, model)
+    aug = view_augment(ctx.cfg, model, compile=ctx.compile)
+    for a in aug.augments:
+        a.fixed = fixed
     images = torch.from_numpy(ctx.splits.train.images).to(ctx.device)
     labels = torch.from_numpy(ctx.splits.train.labels).to(ctx.device)
     count = {"i": 0}
@@ -322,6 +329,7 @@ def lightly_pipeline(ctx: Context, tuned: bool = False) -> Step:
 PIPELINES: dict[str, Callable[[Context], Step]] = {
     "bare": bare,
     "selfsup": selfsup_pipeline,
+    "selfsup_per_op": lambda ctx: selfsup_pipeline(ctx, fixed=False),
     "seed_style": seed_style,
     "lightly": lambda ctx: lightly_pipeline(ctx, tuned=False),
     "lightly_tuned": lambda ctx: lightly_pipeline(ctx, tuned=True),

@@ -27,6 +27,7 @@ from selfsup.augment import (
     sample_crop_boxes,
     sample_params,
 )
+from selfsup.augment.batch import fixed_path_supported
 from selfsup.config import AugmentConfig
 from selfsup.errors import ConfigError
 
@@ -321,8 +322,35 @@ def test_resolve_rejects_bad_values(bad: dict) -> None:
         resolve_augment(AugmentConfig(**bad), "simclr")
 
 
+@pytest.mark.parametrize("size", [None, 24])
+@pytest.mark.parametrize(
+    "preset,change",
+    [(p, {}) for p in sorted(PRESETS)] + [("simclr", {"solarize_p": 0.5, "blur_p": 0.5}), ("weak", {"jitter_p": 0.5})],
+    ids=[*sorted(PRESETS), "simclr+solarize+blur", "weak+jitter"],
+)
+def test_fixed_path_gives_the_per_op_images(preset: str, change: dict, size: int | None) -> None:
+    # The GPU's fixed path runs every op on every sample with identity parameters where a
+    # sample skips it; it must give the per-op path's images, including the skipped samples.
+    cfg = replace(resolved(preset), **change)
+    u8 = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    per_op = BatchAugment(cfg, fixed=False)(u8, torch.Generator().manual_seed(4), 2, size=size)
+    fixed = BatchAugment(cfg, fixed=True)(u8, torch.Generator().manual_seed(4), 2, size=size)
+    assert fixed.shape == per_op.shape and fixed.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fixed, per_op, atol=1e-5, rtol=0)
+
+
+def test_fixed_path_leaves_the_configs_it_does_not_cover_to_the_per_op_path() -> None:
+    cfg = replace(resolved(), randaugment_n=2, cutout=0.5)
+    assert not fixed_path_supported(cfg) and fixed_path_supported(resolved())
+    u8 = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    a = BatchAugment(cfg, fixed=True)(u8, torch.Generator().manual_seed(1), 2)
+    b = BatchAugment(cfg, fixed=False)(u8, torch.Generator().manual_seed(1), 2)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["per-op", "fixed"])
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_augmentation_never_reads_values_back_from_the_device(preset: str) -> None:
+def test_augmentation_never_reads_values_back_from_the_device(preset: str, fixed: bool) -> None:
     """The whole batch augmentation runs on 'meta' tensors, which hold no values.
 
     Reading a value of a device tensor (``bool(t)``, ``.item()``, ``.cpu()``, ``.tolist()``)
@@ -331,7 +359,7 @@ def test_augmentation_never_reads_values_back_from_the_device(preset: str) -> No
     """
     cfg = resolve_augment(AugmentConfig(preset=preset, mean=[0.5] * 3, std=[0.25] * 3), preset)
     images = torch.empty((6, 32, 32, 3), dtype=torch.uint8, device="meta")
-    views = BatchAugment(cfg)(images, torch.Generator().manual_seed(0), n_views=2)
+    views = BatchAugment(cfg, fixed=fixed)(images, torch.Generator().manual_seed(0), n_views=2)
     assert views.device.type == "meta" and views.shape == (12, 3, 32, 32)
     with pytest.raises(RuntimeError):  # the check has teeth: a read-back does fail here
         bool(views.sum() > 0)

@@ -51,12 +51,26 @@ def test_gpu_check_smoke(shared_folder: Path, tmp_path: Path) -> None:
     assert table.strip() in done.stdout
 
 
+def test_gpu_check_rejects_an_unknown_pipeline(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "gpu_check.py"),
+        "--out",
+        str(tmp_path),
+        "--pipelines",
+        "bare,nope",
+    ]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "unknown pipelines ['nope']" in done.stderr
+
+
 def test_augment_speed_smoke(shared_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "aug"
     done = smoke("augment_speed.py", out, shared_folder)
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["what"] for r in records] == [
-        "whole augmentation (default path)",
+        "whole augmentation, per-op path",
+        "whole augmentation, fixed path",
         "colour jitter, grouped",
         "colour jitter, rounds",
     ]

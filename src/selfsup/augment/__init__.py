@@ -10,7 +10,10 @@ here a whole batch of uint8 images is augmented at once on the device that train
 2. :func:`~selfsup.augment.batch.apply_params` runs the ops
    (:mod:`selfsup.augment.ops`) on the device: one ``grid_sample`` does crop, resize,
    flip and translation together; colour jitter, grayscale and blur follow; the result is
-   normalised and returned in channels_last layout.
+   normalised and returned in channels_last layout. On a GPU,
+   :func:`~selfsup.augment.batch.apply_fixed` does the same with control flow fixed by
+   the config (every op on every sample, identity where a sample skips it), which
+   ``torch.compile`` can fuse (``train.compile``).
 
 The distributions follow torchvision's ``RandomResizedCrop``, ``RandomHorizontalFlip``,
 ``RandomApply([ColorJitter], p)``, ``RandomGrayscale`` and ``GaussianBlur`` (tests compare
@@ -18,7 +21,7 @@ them). Presets for the recipes live in :mod:`selfsup.augment.presets`; FixMatch'
 RandAugment and Cutout in :mod:`selfsup.augment.randaugment`.
 """
 
-from .batch import BatchAugment, ViewAugment, apply_params
+from .batch import BatchAugment, ViewAugment, apply_fixed, apply_params
 from .ops import (
     add_noise,
     adjust_brightness,
@@ -49,6 +52,7 @@ __all__ = [
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
+    "apply_fixed",
     "apply_params",
     "blur_kernel_for",
     "color_jitter",

@@ -4,11 +4,19 @@
 together, then the colour operations, and returns normalised float images in
 channels_last layout; :class:`BatchAugment` samples and applies one pipeline,
 :class:`ViewAugment` one per view of a method.
+
+On a GPU the common augmentations take the *fixed* path, :func:`apply_fixed`: every
+operation on every sample (identity parameters where a sample skips it, which change
+nothing exactly), the parameters copied in one transfer, and no value read back to the
+host, so the same kernels run every step and ``torch.compile`` can fuse them (a CIFAR
+batch's augmentation is bound by kernel launches there, not by arithmetic).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +29,7 @@ from .ops import (
     color_jitter,
     gaussian_blur,
     grayscale,
+    jitter_rounds,
     normalize,
     rotate_quarters,
     sobel,
@@ -80,6 +89,80 @@ def apply_params(
     return normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
 
 
+class DeviceParams(NamedTuple):
+    """What :func:`apply_fixed` reads, on the training device (see :class:`AugmentParams`)."""
+
+    theta: torch.Tensor  # (B, 2, 3) float32
+    jitter: torch.Tensor  # (B, 4) float32, identity where not applied
+    order: torch.Tensor  # (B, 4) int64
+    gray: torch.Tensor  # (B,) bool
+    blur_sigma: torch.Tensor  # (B,) float32, 0 where not blurred
+    solarize: torch.Tensor  # (B,) bool
+
+
+def device_params(params: AugmentParams, device: torch.device) -> DeviceParams:
+    """The parameters :func:`apply_fixed` needs, packed into one (B, 17) float tensor and copied at once."""
+    b = len(params.flip)
+    packed = torch.cat(
+        [
+            params.theta.reshape(b, 6),
+            params.jitter,
+            params.jitter_order.float(),  # op ids 0-3: exact in float32
+            params.gray.float()[:, None],
+            params.blur_sigma[:, None],
+            params.solarize.float()[:, None],
+        ],
+        1,
+    )
+    d = to_device(packed, device)
+    theta, jitter, order = d[:, :6].view(b, 2, 3), d[:, 6:10], d[:, 10:14].long()
+    return DeviceParams(theta, jitter, order, d[:, 14] > 0.5, d[:, 15], d[:, 16] > 0.5)
+
+
+def fixed_path_supported(cfg: AugmentSpec) -> bool:
+    """Whether :func:`apply_fixed` covers ``cfg`` (not RandAugment, Cutout or SimCLR's Figure 5 ops)."""
+    return cfg.randaugment_n == 0 and cfg.cutout == 0 and cfg.sobel_p == 0 and cfg.noise_p == 0 and cfg.rotate_p == 0
+
+
+def apply_fixed(images: torch.Tensor, p: DeviceParams, cfg: AugmentSpec, size: int | None = None) -> torch.Tensor:
+    """:func:`apply_params` with control flow fixed by ``cfg`` alone; the same images (tested).
+
+    Every operation the config can draw runs on the whole batch, with identity
+    parameters for the samples that skip it (``x * 1``, a delta blur kernel,
+    ``where(False, ...)``: exact no-ops), and nothing is read back to the host. The
+    resampling runs whenever the config crops or flips, also for a batch that drew no flip
+    (then an identity map, where :func:`apply_params` would copy).
+
+    Args:
+        images: uint8 (B, H, W, 3) on the training device.
+        p: From :func:`device_params`, on the same device.
+        cfg: The augmentation; :func:`fixed_path_supported` must hold.
+        size: Side of the output views (progressive resizing); None = the images' own.
+
+    Returns:
+        float32 (B, 3, H, W), normalised, channels_last.
+    """
+    x = to_float(images)
+    b, _, h, w = x.shape
+    if size is not None:
+        h = w = size
+    if cfg.crop != "none" or cfg.flip_p > 0 or x.shape[-2:] != (h, w):
+        grid = F.affine_grid(p.theta, [b, 3, h, w], align_corners=False)
+        mode = "reflection" if cfg.crop == "pad" else "border"
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode=mode, align_corners=False)
+    if cfg.jitter_p > 0 and cfg.jitter_strength > 0:
+        x = jitter_rounds(x, p.jitter, p.order, [0, 1, 2, 3])
+    if cfg.grayscale_p > 0:
+        x = torch.where(p.gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+    if cfg.blur_p > 0:
+        x = gaussian_blur(x, p.blur_sigma, cfg.blur_kernel or blur_kernel_for(min(h, w)))
+    if cfg.solarize_p > 0:
+        x = solarize(x, p.solarize)
+    mean = torch.tensor(cfg.mean, device=x.device)
+    std = torch.tensor(cfg.std, device=x.device)
+    return normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
+
+
 class ViewAugment:
     """Augments a batch once per view, each view with its own spec; views stacked on dim 0.
 
@@ -87,8 +170,8 @@ class ViewAugment:
     :class:`BatchAugment` with ``n_views`` does.
     """
 
-    def __init__(self, specs: Sequence[AugmentConfig | AugmentSpec]) -> None:
-        self.augments = [BatchAugment(s) for s in specs]
+    def __init__(self, specs: Sequence[AugmentConfig | AugmentSpec], compile: bool = False) -> None:
+        self.augments = [BatchAugment(s, compile=compile) for s in specs]
         self.shared = all(a.cfg == self.augments[0].cfg for a in self.augments)
 
     def __call__(
@@ -111,13 +194,30 @@ class ViewAugment:
 class BatchAugment:
     """Callable that augments uint8 batches into normalised float views.
 
+    On a GPU, configs that :func:`fixed_path_supported` covers take :func:`apply_fixed`
+    (``fixed=None``, the default; ``True``/``False`` force a path on any device), compiled
+    with ``torch.compile`` when ``compile`` is set (then on a GPU only; the first batch of
+    each view size compiles).
+
     Example:
         >>> aug = BatchAugment(resolved_cfg)
         >>> views = aug(images_u8, generator, n_views=2)  # (2B, 3, H, W), views stacked
     """
 
-    def __init__(self, cfg: AugmentConfig | AugmentSpec) -> None:
+    def __init__(self, cfg: AugmentConfig | AugmentSpec, compile: bool = False, fixed: bool | None = None) -> None:
         self.cfg = cfg if isinstance(cfg, AugmentSpec) else AugmentSpec.from_config(cfg)
+        self.compile = compile
+        self.fixed = fixed
+        self._compiled: dict[int | None, Callable[..., torch.Tensor]] = {}
+
+    def _fixed_fn(self, size: int | None, device: torch.device) -> Callable[..., torch.Tensor]:
+        """:func:`apply_fixed` for this config and size, compiled once where asked."""
+        fn: Callable[..., torch.Tensor] = functools.partial(apply_fixed, cfg=self.cfg, size=size)
+        if not (self.compile and device.type == "cuda"):
+            return fn
+        if size not in self._compiled:
+            self._compiled[size] = torch.compile(fn, dynamic=False)
+        return self._compiled[size]
 
     def __call__(
         self,
@@ -144,4 +244,7 @@ class BatchAugment:
 
         if n_views > 1:
             images = images.repeat(n_views, 1, 1, 1)
+        fixed = self.fixed if self.fixed is not None else images.device.type == "cuda"
+        if fixed and fixed_path_supported(self.cfg):
+            return self._fixed_fn(size, images.device)(images, device_params(params, images.device))
         return apply_params(images, params, self.cfg, size)

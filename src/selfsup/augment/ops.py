@@ -137,9 +137,20 @@ def _jitter_rounds(x: torch.Tensor, params: AugmentParams, active: list[int]) ->
     (``x * 1``, ``1 * x + 0 * m``, clamps of values already in [0, 1]); hue, whose
     RGB-HSV round trip is not exact, is kept only where its shift is non-zero.
     """
+    return jitter_rounds(x, to_device(params.jitter, x.device), to_device(params.jitter_order, x.device), active)
+
+
+def jitter_rounds(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, active: list[int]) -> torch.Tensor:
+    """:func:`_jitter_rounds` on parameters already on ``x``'s device; reads nothing back to the host.
+
+    Args:
+        x: float (B, 3, H, W) in [0, 1].
+        factors: (B, 4) brightness, contrast, saturation factors and hue shift, identity
+            (1, 1, 1, 0) where jitter is not applied.
+        order: (B, 4) int64 op ids, each sample's first op first.
+        active: The op ids to run (identity factors make the others no-ops).
+    """
     dev = x.device
-    factors = to_device(params.jitter, dev)  # (B, 4), identity where not applied
-    order = to_device(params.jitter_order, dev)  # (B, 4) op ids, first applied first
     identity = torch.tensor(_JITTER_IDENTITY, device=dev)
     ops = torch.arange(4, device=dev)
     for r in range(4):
@@ -156,7 +167,7 @@ def _jitter_rounds(x: torch.Tensor, params: AugmentParams, active: list[int]) ->
 def _gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
     """(B,) sigmas -> (B, size) normalised 1-D kernels; sigma 0 gives the identity kernel."""
     half = (size - 1) / 2
-    t = torch.linspace(-half, half, size)
+    t = torch.linspace(-half, half, size, device=sigma.device)  # on sigma's device: no copy when it is on a GPU
     safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
     k = torch.exp(-0.5 * (t[None, :] / safe[:, None]) ** 2)
     k = k / k.sum(1, keepdim=True)

@@ -64,9 +64,14 @@ def resolve_config(cfg: Config, splits: DataSplits) -> Config:
     return out
 
 
-def view_augment(cfg: Config, method: Method) -> ViewAugment:
-    """The method's views: the run's augmentation with each view's own changes."""
-    return ViewAugment(view_configs(cfg.augment, method.view_augment, method.n_views))
+def view_augment(cfg: Config, method: Method, compile: bool | None = None) -> ViewAugment:
+    """The method's views: the run's augmentation with each view's own changes.
+
+    ``compile`` (default ``train.compile``) compiles the augmentation as well as the
+    model, on a GPU (see :class:`~selfsup.augment.BatchAugment`).
+    """
+    compile = cfg.train.compile if compile is None else compile
+    return ViewAugment(view_configs(cfg.augment, method.view_augment, method.n_views), compile=compile)
 
 
 def peak_memory_mb(device: torch.device) -> float:
