@@ -121,8 +121,8 @@ def bare(ctx: Context) -> Step:
 def selfsup_pipeline(ctx: Context, fixed: bool | None = None) -> Step:
     """selfsup's training step on the device-resident uint8 data (``compile``: model and augmentation).
 
-    ``fixed=False`` keeps the per-op augmentation path on a GPU (the default there is the
-    fixed path, :func:`selfsup.augment.batch.apply_fixed`).
+    ``fixed=True`` takes the fixed augmentation path
+    (:func:`selfsup.augment.batch.apply_fixed`) also where it is not compiled.
     """
     from selfsup.runtime import to_device
     from selfsup.train import train_step
@@ -329,7 +329,7 @@ def lightly_pipeline(ctx: Context, tuned: bool = False) -> Step:
 PIPELINES: dict[str, Callable[[Context], Step]] = {
     "bare": bare,
     "selfsup": selfsup_pipeline,
-    "selfsup_per_op": lambda ctx: selfsup_pipeline(ctx, fixed=False),
+    "selfsup_fixed": lambda ctx: selfsup_pipeline(ctx, fixed=True),
     "seed_style": seed_style,
     "lightly": lambda ctx: lightly_pipeline(ctx, tuned=False),
     "lightly_tuned": lambda ctx: lightly_pipeline(ctx, tuned=True),

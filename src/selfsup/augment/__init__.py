@@ -10,10 +10,10 @@ here a whole batch of uint8 images is augmented at once on the device that train
 2. :func:`~selfsup.augment.batch.apply_params` runs the ops
    (:mod:`selfsup.augment.ops`) on the device: one ``grid_sample`` does crop, resize,
    flip and translation together; colour jitter, grayscale and blur follow; the result is
-   normalised and returned in channels_last layout. On a GPU,
+   normalised and returned in channels_last layout.
    :func:`~selfsup.augment.batch.apply_fixed` does the same with control flow fixed by
    the config (every op on every sample, identity where a sample skips it), which
-   ``torch.compile`` can fuse (``train.compile``).
+   ``torch.compile`` can fuse (``train.compile`` on a GPU).
 
 The distributions follow torchvision's ``RandomResizedCrop``, ``RandomHorizontalFlip``,
 ``RandomApply([ColorJitter], p)``, ``RandomGrayscale`` and ``GaussianBlur`` (tests compare

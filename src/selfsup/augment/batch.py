@@ -5,11 +5,13 @@ together, then the colour operations, and returns normalised float images in
 channels_last layout; :class:`BatchAugment` samples and applies one pipeline,
 :class:`ViewAugment` one per view of a method.
 
-On a GPU the common augmentations take the *fixed* path, :func:`apply_fixed`: every
-operation on every sample (identity parameters where a sample skips it, which change
-nothing exactly), the parameters copied in one transfer, and no value read back to the
-host, so the same kernels run every step and ``torch.compile`` can fuse them (a CIFAR
-batch's augmentation is bound by kernel launches there, not by arithmetic).
+The *fixed* path, :func:`apply_fixed`, gives the same images with control flow that
+depends on the config alone: every operation on every sample (identity parameters where
+a sample skips it, which change nothing exactly), the parameters copied in one transfer,
+and no value read back to the host, so the same kernels run every step and
+``torch.compile`` can fuse them (on a GPU a CIFAR batch's augmentation is bound by kernel
+launches, not by arithmetic). It is what ``train.compile`` compiles on a GPU; it is not
+yet timed on one (the lease that was to time it ended first), so it is not the default.
 """
 
 from __future__ import annotations
@@ -194,10 +196,10 @@ class ViewAugment:
 class BatchAugment:
     """Callable that augments uint8 batches into normalised float views.
 
-    On a GPU, configs that :func:`fixed_path_supported` covers take :func:`apply_fixed`
-    (``fixed=None``, the default; ``True``/``False`` force a path on any device), compiled
-    with ``torch.compile`` when ``compile`` is set (then on a GPU only; the first batch of
-    each view size compiles).
+    With ``compile`` on a GPU, configs that :func:`fixed_path_supported` covers take
+    :func:`apply_fixed` compiled with ``torch.compile`` (the first batch of each view size
+    compiles); ``fixed=True``/``False`` forces a path on any device (``None``: the fixed
+    path only where it is compiled).
 
     Example:
         >>> aug = BatchAugment(resolved_cfg)
@@ -244,7 +246,7 @@ class BatchAugment:
 
         if n_views > 1:
             images = images.repeat(n_views, 1, 1, 1)
-        fixed = self.fixed if self.fixed is not None else images.device.type == "cuda"
+        fixed = self.fixed if self.fixed is not None else (self.compile and images.device.type == "cuda")
         if fixed and fixed_path_supported(self.cfg):
             return self._fixed_fn(size, images.device)(images, device_params(params, images.device))
         return apply_params(images, params, self.cfg, size)
