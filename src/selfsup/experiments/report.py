@@ -352,6 +352,7 @@ def _accuracy_plot(
         if min(xs_num) > 0 and max(xs_num) / min(xs_num) >= 10:  # a decade or more: equal ratios, equal steps
             ax.set_xscale("log")
         ax.set_xticks(xs_num, all_labels)
+        ax.minorticks_off()  # a log axis would label its minor ticks too (3x10^2 over 250)
     else:
         ax.set_xticks(range(len(all_labels)), all_labels, rotation=20)
     name = metric_label(metric)
