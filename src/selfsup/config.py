@@ -283,7 +283,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata=FREE)
     #: Feed images in channels_last memory format (faster convolutions).
     channels_last: bool = True
-    #: torch.compile the model (pays on GPUs; costs start-up time).
+    #: torch.compile the model, and on a GPU the augmentation too (pays on GPUs; costs start-up time).
     compile: bool = field(default=False, metadata=FREE)
     #: torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'.
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = field(default="default", metadata=FREE)
