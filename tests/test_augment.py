@@ -513,3 +513,27 @@ def test_blur_kernel_follows_the_image_size_as_seed_000_computes_it() -> None:
     auto = BatchAugment(cfg)(u8, torch.Generator().manual_seed(0))
     three = BatchAugment(replace(cfg, blur_kernel=3))(u8, torch.Generator().manual_seed(0))
     assert torch.equal(auto, three)
+
+
+def test_compile_is_for_gpus_and_follows_train_compile() -> None:
+    # On a CPU a compiling augmenter keeps the per-op path (compiling pays where kernel
+    # launches cost, on a GPU); the training loop takes the flag from train.compile.
+    from selfsup.config import Config
+    from selfsup.methods.base import Method
+    from selfsup.train.loop import view_augment
+
+    cfg = resolved()
+    u8 = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    plain = BatchAugment(cfg)(u8, torch.Generator().manual_seed(1), 2)
+    compiling = BatchAugment(cfg, compile=True)
+    assert torch.equal(compiling(u8, torch.Generator().manual_seed(1), 2), plain)
+    assert not compiling._compiled  # nothing was compiled on the CPU
+
+    class TwoViews(Method):
+        n_views = 2
+
+    base = Config()
+    base.augment = resolve_augment(AugmentConfig(preset="simclr", mean=[0.5] * 3, std=[0.25] * 3), "simclr")
+    for flag in (False, True):
+        base.train.compile = flag
+        assert all(a.compile is flag for a in view_augment(base, TwoViews.__new__(TwoViews)).augments)
