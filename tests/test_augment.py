@@ -537,3 +537,21 @@ def test_compile_is_for_gpus_and_follows_train_compile() -> None:
     for flag in (False, True):
         base.train.compile = flag
         assert all(a.compile is flag for a in view_augment(base, TwoViews.__new__(TwoViews)).augments)
+
+
+@pytest.mark.parametrize("preset", ["simclr", "moco_v2", "seed000", "weak"])
+def test_fixed_path_traces_to_one_graph(preset: str) -> None:
+    # What train.compile fuses on a GPU must trace without graph breaks (a break would
+    # split the augmentation back into many launches); the 'eager' backend checks the
+    # trace on a CPU in seconds, without generating code.
+    import functools
+
+    from selfsup.augment.batch import apply_fixed, device_params
+
+    cfg = resolved(preset)
+    u8 = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    p = device_params(sample_params(cfg, 16, 32, 32, torch.Generator().manual_seed(1)), torch.device("cpu"))
+    fn = functools.partial(apply_fixed, cfg=cfg, size=24)
+    torch._dynamo.reset()
+    traced = torch.compile(fn, backend="eager", fullgraph=True, dynamic=False)
+    torch.testing.assert_close(traced(u8, p), fn(u8, p))
