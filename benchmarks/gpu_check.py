@@ -415,11 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - record the failure, measure the rest
             record({**base, "error": f"{type(e).__name__}: {e}"[:300]})
 
+    pipelines = args.pipelines.split(",")
     plan: list[tuple[str, bool]] = []
     if "throughput" not in skip:
-        plan += [(name, False) for name in args.pipelines.split(",")]
+        plan += [(name, False) for name in pipelines]
     if "compile" not in skip:
-        plan += [(name, True) for name in COMPILED_PIPELINES if name in args.pipelines.split(",")]
+        plan += [(name, True) for name in COMPILED_PIPELINES if name in pipelines]
     # Eager rows of both backbones first, the recipes next, compiled rows last: if the
     # lease runs short, what is lost is the slowest and least essential part.
     for compiled in (False, True):

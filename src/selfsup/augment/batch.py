@@ -57,17 +57,13 @@ def apply_params(
         float32 (B, 3, H, W) (H = W = ``size`` when given), normalised, channels_last.
     """
     x = to_float(images)
-    b, _, h, w = x.shape
+    h, w = x.shape[-2:]
     if size is not None and (size, size) != (h, w):
         if params.randaugment is not None:
             raise ValueError("views of another size cannot take RandAugment or Cutout (drawn in input pixels)")
         h = w = size  # the crop's resampling grid has the output's size: one interpolation
     if cfg.crop != "none" or bool(params.flip.any()) or x.shape[-2:] != (h, w):
-        theta = to_device(params.theta, x.device)
-        grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
-        # 'reflection' pads translations by mirroring; crops stay inside the image.
-        mode = "reflection" if cfg.crop == "pad" else "border"
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode=mode, align_corners=False)
+        x = _resample(x, to_device(params.theta, x.device), cfg, h, w)
     if params.rotate is not None and bool(params.rotate.any()):
         x = rotate_quarters(x, params.rotate)
     x = color_jitter(x, params)
@@ -86,6 +82,19 @@ def apply_params(
         from .randaugment import apply as randaugment
 
         x = randaugment(x, params.randaugment)
+    return _normalized(x, cfg)
+
+
+def _resample(x: torch.Tensor, theta: torch.Tensor, cfg: AugmentSpec, h: int, w: int) -> torch.Tensor:
+    """One bilinear ``grid_sample`` of ``x`` through the affine maps ``theta`` (B, 2, 3) to ``h`` x ``w``."""
+    grid = F.affine_grid(theta, [len(x), 3, h, w], align_corners=False)
+    # 'reflection' pads translations by mirroring; crops stay inside the image.
+    mode = "reflection" if cfg.crop == "pad" else "border"
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=mode, align_corners=False)
+
+
+def _normalized(x: torch.Tensor, cfg: AugmentSpec) -> torch.Tensor:
+    """``x`` normalised with the config's mean and std, in channels_last layout."""
     mean = torch.tensor(cfg.mean, device=x.device)
     std = torch.tensor(cfg.std, device=x.device)
     return normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
@@ -145,13 +154,9 @@ def apply_fixed(images: torch.Tensor, p: DeviceParams, cfg: AugmentSpec, size: i
         float32 (B, 3, H, W), normalised, channels_last.
     """
     x = to_float(images)
-    b, _, h, w = x.shape
-    if size is not None:
-        h = w = size
+    h, w = (size, size) if size is not None else x.shape[-2:]
     if cfg.crop != "none" or cfg.flip_p > 0 or x.shape[-2:] != (h, w):
-        grid = F.affine_grid(p.theta, [b, 3, h, w], align_corners=False)
-        mode = "reflection" if cfg.crop == "pad" else "border"
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode=mode, align_corners=False)
+        x = _resample(x, p.theta, cfg, h, w)
     if cfg.jitter_p > 0 and cfg.jitter_strength > 0:
         x = jitter_rounds(x, p.jitter, p.order, [0, 1, 2, 3])
     if cfg.grayscale_p > 0:
@@ -160,9 +165,7 @@ def apply_fixed(images: torch.Tensor, p: DeviceParams, cfg: AugmentSpec, size: i
         x = gaussian_blur(x, p.blur_sigma, cfg.blur_kernel or blur_kernel_for(min(h, w)))
     if cfg.solarize_p > 0:
         x = solarize(x, p.solarize)
-    mean = torch.tensor(cfg.mean, device=x.device)
-    std = torch.tensor(cfg.std, device=x.device)
-    return normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
+    return _normalized(x, cfg)
 
 
 class ViewAugment:
