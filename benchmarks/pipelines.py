@@ -124,8 +124,9 @@ def selfsup_pipeline(ctx: Context, fixed: bool | None = None) -> Step:
     ``fixed=True`` takes the fixed augmentation path
     (:func:`selfsup.augment.batch.apply_fixed`) also where it is not compiled.
     """
+    from selfsup.methods.base import Batch
     from selfsup.runtime import to_device
-    from selfsup.train import train_step
+    from selfsup.train import StepContext, train_step
     from selfsup.train.loop import view_augment
 
     model, opt = selfsup_model(ctx)
@@ -134,15 +135,15 @@ def selfsup_pipeline(ctx: Context, fixed: bool | None = None) -> Step:
         a.fixed = fixed
     images = torch.from_numpy(ctx.splits.train.images).to(ctx.device)
     labels = torch.from_numpy(ctx.splits.train.labels).to(ctx.device)
+    step_ctx = StepContext(ctx.device, ctx.bf16)
     count = {"i": 0}
 
     def step() -> torch.Tensor:
         g = torch.Generator().manual_seed(count["i"])
         idx = to_device(torch.randint(0, len(images), (ctx.batch,), generator=g), ctx.device)
         count["i"] += 1
-        return train_step(
-            model, opt, aug, images.index_select(0, idx), labels.index_select(0, idx), g, ctx.device, ctx.bf16
-        )["loss"]
+        batch = Batch(images.new_empty(0), labels.index_select(0, idx), g, images=images.index_select(0, idx))
+        return train_step(model, opt, aug, batch, step_ctx)["loss"]
 
     return step
 

@@ -176,3 +176,10 @@ def reference_run(shared_folder: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("ref") / "run"
     subprocess.run(cli_command(out, shared_folder), check=True, env=subprocess_env(), capture_output=True)
     return out
+
+
+def epoch_records(run: Path) -> list[dict]:
+    """The per-epoch records (with a validation loss) of one fine-tuning's run directory."""
+    from selfsup.rundir import read_jsonl
+
+    return [r for r in read_jsonl(run / "metrics.jsonl") if "val_loss" in r]

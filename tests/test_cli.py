@@ -110,7 +110,7 @@ def test_pretrain_then_eval(shared_folder: Path, tmp_path: Path, capsys: pytest.
     ft = ["finetune", str(out), "--out", str(tmp_path / "ft"), "--labels", "5", "--epochs", "1"]
     code, stdout, _ = run_main(capsys, [*ft, "--finetune.val_size", "5", "--finetune.batch_size", "4"])
     assert code == 0 and "fine-tuned (pretrained encoder, 5 labels)" in stdout
-    assert (tmp_path / "ft" / "finetune" / "labels-5.jsonl").is_file() and not (out / "finetune").exists()
+    assert (tmp_path / "ft" / "finetune" / "labels-5" / "metrics.jsonl").is_file() and not (out / "finetune").exists()
 
 
 @pytest.mark.slow

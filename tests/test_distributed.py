@@ -19,7 +19,7 @@ from selfsup.errors import ConfigError
 from selfsup.losses import nt_xent
 from selfsup.methods import Batch
 from selfsup.rundir import read_jsonl
-from selfsup.train.loop import local_positions
+from selfsup.train.sampler import local_positions
 
 TESTS = Path(__file__).resolve().parent
 

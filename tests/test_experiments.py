@@ -18,13 +18,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, subprocess_env, tiny_overrides
+from conftest import REPO, epoch_records, subprocess_env, tiny_overrides
 from selfsup.errors import ConfigError, RunDirError
 from selfsup.experiments import load_spec, run_sweep
 from selfsup.experiments.report import make_report
 from selfsup.experiments.results import markdown_table, mean_std, noise
 from selfsup.experiments.sweep import cells, recorded_cells
-from selfsup.rundir import read_jsonl
 
 
 def write_recipe(path: Path, data: Path, **extra: Any) -> Path:
@@ -211,8 +210,8 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
     assert len(result.rows) == 4 and all(0 <= r["test_top1"] <= 1 for r in result.rows)
     assert (tmp_path / "sweep" / "encoder,seed=0" / "checkpoints").is_dir()
     # Each cell keeps its own per-epoch curve; the encoder's run is only read.
-    for row, log in [("pretrained", "labels-6.jsonl"), ("scratch", "labels-6-random-init.jsonl")]:
-        assert len(read_jsonl(tmp_path / "sweep" / f"finetune.labels=6,init={row},seed=0" / "finetune" / log)) == 2
+    for row, log in [("pretrained", "labels-6"), ("scratch", "labels-6-random-init")]:
+        assert len(epoch_records(tmp_path / "sweep" / f"finetune.labels=6,init={row},seed=0" / "finetune" / log)) == 2
     assert not (tmp_path / "sweep" / "encoder,seed=0" / "finetune").exists()
     assert "finetune" not in json.loads((tmp_path / "sweep" / "encoder,seed=0" / "metrics.json").read_text())
     cell_metrics = json.loads(
@@ -691,8 +690,8 @@ def test_ray_fine_tuning_cells_wait_for_their_shared_encoder(
     trained = json.loads((tmp_path / "s" / "encoder,seed=0" / "machine.json").read_text())["entries"]
     assert [e["what"] for e in trained].count("train") == 1  # pretrained once, by its own task
     for batch in (4, 8):
-        log = tmp_path / "s" / f"finetune.batch_size={batch},seed=0" / "finetune" / "labels-6.jsonl"
-        assert len(read_jsonl(log)) == 1
+        log = tmp_path / "s" / f"finetune.batch_size={batch},seed=0" / "finetune" / "labels-6"
+        assert len(epoch_records(log)) == 1
 
 
 def test_ray_launcher_without_ray_says_how_to_get_it(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, epoch_records, tiny_overrides
 from selfsup import pretrain
 from selfsup.checkpoint import load_latest
 from selfsup.config import load_config
@@ -392,7 +392,7 @@ def test_finetune(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         log=lines.append,
     )["15"]
     assert 0 <= r["test_top1"] <= 1 and 1 <= r["best_epoch"] <= 3 and r["n_test"] == 24 and r["val_size"] == 9
-    records = read_jsonl(simclr_run / "finetune" / "labels-15.jsonl")
+    records = epoch_records(simclr_run / "finetune" / "labels-15")
     assert len(records) == 3 and min(x["val_loss"] for x in records) == pytest.approx(r["val_loss"])
     scratch = finetune(
         simclr_run,
@@ -451,15 +451,17 @@ def test_finetune_into_another_directory_only_reads_the_encoder(simclr_run: Path
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         small = {"finetune.labels": 7, "finetune.val_size": 9, "finetune.epochs": 2, "finetune.batch_size": 8}
-        with pytest.raises(RunDirError, match="in use|another process|held"):
-            finetune(simclr_run, small, log=lambda s: None)  # into the run itself: refused
         r = finetune(simclr_run, small, log=lambda s: None, out=tmp_path / "cell")["7"]
+        assert (simclr_run / "metrics.json").read_bytes() == before
+        assert not (simclr_run / "finetune" / "labels-7").exists()
+        # Into the run itself too: the fine-tuning is a run of its own there, with its own lock.
+        inside = finetune(simclr_run, small, log=lambda s: None)["7"]
     finally:
         holder.kill()
         holder.wait()
-    assert (simclr_run / "metrics.json").read_bytes() == before
-    assert not (simclr_run / "finetune" / "labels-7.jsonl").exists()
-    assert len(read_jsonl(tmp_path / "cell" / "finetune" / "labels-7.jsonl")) == 2
+    assert inside["test_top1"] == r["test_top1"]
+    assert json.loads((simclr_run / "metrics.json").read_text())["finetune"]["7"]["test_top1"] == r["test_top1"]
+    assert len(epoch_records(tmp_path / "cell" / "finetune" / "labels-7")) == 2
     m = json.loads((tmp_path / "cell" / "metrics.json").read_text())
     assert m["finetune"]["7"]["test_top1"] == r["test_top1"]
     # The settings and the encoder go with the result (a folder of its own has no config.yaml).
@@ -471,7 +473,9 @@ def test_finetune_into_another_directory_only_reads_the_encoder(simclr_run: Path
     assert not (tmp_path / "cell2").exists()
 
 
-def test_finetune_trains_the_head_first_then_every_layer(simclr_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finetune_trains_the_head_first_then_every_layer(
+    simclr_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import selfsup.eval.finetune as ft_module
     from selfsup.methods.supervised import Supervised
 
@@ -483,13 +487,13 @@ def test_finetune_trains_the_head_first_then_every_layer(simclr_run: Path, monke
             super().__init__(*args, **kwargs)
             built.append(self)
 
-    def record(path: Path, entry: dict[str, Any]) -> None:  # called once per epoch
+    def record(self: Any, model: nn.Module, epoch: float) -> dict[str, float]:  # called once per epoch
         snapshots.append({k: v.clone() for k, v in built[-1].backbone.state_dict().items()})
-        real(path, entry)
+        return real(self, model, epoch)
 
-    real = ft_module.append_jsonl
+    real = ft_module.Validation.__call__
     monkeypatch.setattr(ft_module, "Supervised", Recorded)
-    monkeypatch.setattr(ft_module, "append_jsonl", record)
+    monkeypatch.setattr(ft_module.Validation, "__call__", record)
     overrides = {
         "finetune.labels": 15,
         "finetune.val_size": 9,
@@ -498,7 +502,7 @@ def test_finetune_trains_the_head_first_then_every_layer(simclr_run: Path, monke
         "finetune.head_epochs": 2,
         "finetune.encoder_lr": 0.1,
     }
-    finetune(simclr_run, overrides, log=lambda s: None)
+    finetune(simclr_run, overrides, log=lambda s: None, out=tmp_path / "ft")
     pretrained = {
         k.removeprefix("backbone."): v
         for k, v in load_latest(simclr_run)[0]["model"].items()
@@ -509,7 +513,7 @@ def test_finetune_trains_the_head_first_then_every_layer(simclr_run: Path, monke
 
 
 def test_finetune_whose_validation_loss_is_always_nan_stops_with_one_line(
-    simclr_run: Path, capsys: pytest.CaptureFixture[str]
+    simclr_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from selfsup.cli import main
 
@@ -517,6 +521,8 @@ def test_finetune_whose_validation_loss_is_always_nan_stops_with_one_line(
         [
             "finetune",
             str(simclr_run),
+            "--out",
+            str(tmp_path / "ft"),
             "--finetune.labels",
             "15",
             "--finetune.val_size",
@@ -531,7 +537,7 @@ def test_finetune_whose_validation_loss_is_always_nan_stops_with_one_line(
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert "fine-tuning with 15 labels diverged: the validation loss was nan in every epoch" in err[0]
+    assert "loss became nan by step" in err[0] and "(finetune.lr=1e+30) is likely too high" in err[0]
 
 
 def test_sgd_is_plain_momentum_unless_nesterov_is_asked() -> None:

@@ -203,7 +203,7 @@ def test_progressive_resizing_trains_small_views_first(
     real = loop.train_step
 
     def recording(*args: Any, **kwargs: Any) -> Any:
-        sizes.append(kwargs["size"])
+        sizes.append(args[3].size)  # the step's Batch record
         return real(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", recording)
@@ -280,9 +280,9 @@ def test_time_budget_uses_the_time_when_the_plan_was_measured_too_slow(
     shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The other way round: the plan is timed while the machine is busy (a planted 0.5 s per step)."""
-    import selfsup.train.step as step_module
+    import selfsup.train.plan as plan_module
 
-    _plant_delay(monkeypatch, step_module, 0.5)  # what the plan times; the loop keeps its own
+    _plant_delay(monkeypatch, plan_module, 0.5)  # what the plan times; the loop keeps its own
     budget_s = 60 * 0.06
     run = _budget_run(shared_folder, tmp_path / "run", 0.06)
     assert run["replans"] and run["replans"][-1]["total_steps"] > run["total_steps"]

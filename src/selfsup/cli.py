@@ -145,19 +145,24 @@ def _add_eval_parsers(sub: Any) -> None:
         help="fine-tune a run's encoder with N labels and test it",
         description="Fine-tune a run's encoder with a new linear head on N labelled images, keep the "
         "epoch with the lowest validation loss, report test top-1 into RUN_DIR/metrics.json "
-        "(or OUT/metrics.json with --out).",
+        "(or OUT/metrics.json with --out). Each label count trains as a run of its own in "
+        "OUT/finetune/labels-N/ (checkpoints, per-epoch records); RUN_DIR is only read.",
     )
     f.add_argument("run_dir", metavar="RUN_DIR")
     f.add_argument(
         "--out",
         metavar="DIR",
-        help="write the results and per-epoch logs here and only read RUN_DIR (default: RUN_DIR)",
+        help="write the results and the fine-tuning runs here (default: RUN_DIR)",
     )
+    again = f.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue fine-tunings begun in OUT")
+    again.add_argument("--overwrite", action="store_true", help="start fine-tunings already in OUT over")
     f.add_argument("--device", help="device (default: the run's train.device)")
     f.add_argument("--random-init", action="store_true", help="train the same architecture from scratch instead")
     f.add_argument("--debug", action="store_true", help="show tracebacks")
     f.add_argument("--config", metavar="FILE.yaml", help="a recipe with a finetune: section")
-    _add_config_flags(f, ["finetune"], {"labels": "finetune.labels", "epochs": "finetune.epochs"})
+    short = {"labels": "finetune.labels", "epochs": "finetune.epochs", "time-budget": "finetune.time_budget"}
+    _add_config_flags(f, ["finetune"], short)
 
 
 def _add_sweep_parsers(sub: Any) -> None:
@@ -471,7 +476,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .eval.finetune import finetune
 
     overrides = _section_overrides(args, "finetune")
-    finetune(args.run_dir, overrides, random_init=args.random_init, device=args.device, out=args.out)
+    finetune(args.run_dir, overrides, args.random_init, args.device, out=args.out, resume=args.resume,
+             overwrite=args.overwrite)  # fmt: skip
     return 0
 
 

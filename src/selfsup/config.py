@@ -367,6 +367,9 @@ class FinetuneConfig:
     head_epochs: int = 0
     #: Start from a randomly initialised encoder instead (the "from scratch" reference).
     from_scratch: bool = False
+    #: Train each fine-tuning for this many minutes instead of ``epochs`` epochs (the
+    #: steps that fit, planned and re-planned as ``train.time_budget`` does; None = epochs).
+    time_budget: Union[float, None] = None
 
     #: Augmentation preset of the labelled images.
     preset: str = "supervised"
@@ -728,6 +731,7 @@ def validate(cfg: Config) -> None:
     need(f.epochs > 0, "finetune.epochs", "must be a positive integer")
     need(f.batch_size > 1, "finetune.batch_size", "must be at least 2")
     need(f.lr > 0, "finetune.lr", "must be positive")
+    need(f.time_budget is None or f.time_budget > 0, "finetune.time_budget", "must be positive (minutes)")
     need(f.weight_decay >= 0, "finetune.weight_decay", "must not be negative")
     need(f.encoder_lr >= 0, "finetune.encoder_lr", "must not be negative")
     need(0 <= f.head_epochs < f.epochs, "finetune.head_epochs", "must lie in [0, finetune.epochs)")

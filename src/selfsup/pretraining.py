@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_latest
-from .config import Config, diff, resume_free_keys, save_config
+from .config import Config, save_config
 from .data import DataSplits, load_data, with_subset
 from .distributed import broadcast_object, init_from_env, local_device, rank, world_size
 from .errors import ConfigError, RunDirError, SelfsupError
@@ -32,18 +31,18 @@ from .rundir import (
     METRICS_JSONL,
     append_jsonl,
     check_not_busy,
+    check_resume_config,
     default_run_dir,
     load_run_config,
     prepare_run_dir,
     read_jsonl,
     run_lock,
-    truncate_jsonl,
 )
 from .runtime import resolve_device, set_threads, use_bf16
-from .train.loop import build_sampler, peak_memory_mb, resolve_config, run_loop
+from .train.job import Job
+from .train.loop import build_sampler, fit, peak_memory_mb, resolve_config, start
 from .train.sampler import StepSampler
-from .train.state import TrainState
-from .train.step import Steps
+from .train.step import StepContext, Steps
 
 
 @dataclass
@@ -59,19 +58,6 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def check_resume_config(saved: Config, new: Config, run_dir: Path) -> None:
-    """Refuse to resume with settings that would change what the run computes."""
-    free = resume_free_keys()
-    changed = {k: v for k, v in diff(saved, new).items() if k not in free}
-    if changed:
-        key, (old, now) = next(iter(changed.items()))
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise RunDirError(
-            f"cannot resume {run_dir}: {key} was {old!r} and is now {now!r}{more}; "
-            f"resume with the saved settings (selfsup pretrain --out {run_dir} --resume) or start a new run"
-        )
 
 
 def pretrain(
@@ -162,48 +148,52 @@ def _train_and_evaluate(
     as it is, not loaded again.
     """
     t, (splits, whole) = cfg.train, data
-    distributed, leader = world_size() > 1, rank() == 0
-    bf16 = use_bf16(t.precision, device)
-    model.to(device)
-    if t.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if distributed and t.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = method_optimizer(model, cfg)
-    state = TrainState(device)
-    images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
-    labels = torch.from_numpy(splits.train.labels).to(device)
-    total = t.epochs * sampler.steps_per_epoch
-    if t.time_budget is not None:
-        total = _plan(cfg, model, optimizer, sampler, (images, labels), run_dir, bf16, log)
-    if existing:
-        saved_total = _resume(run_dir, state, model, optimizer, total, leader, log)
-        if t.time_budget is not None and saved_total:  # a re-planned budget: the total the checkpoint ran to
-            total = saved_total
-    start_step, start_time = state.step, state.train_time
+    leader = rank() == 0
+    job = _job(cfg, model, splits, sampler, run_dir, device)
+    model = job.model
+    start(job, existing, log)
+    start_step, start_time = job.counters.step, job.counters.train_time
     if t.compile:
         model.backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
-    step_fn = None
-    if distributed:
+    if world_size() > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        step_fn = DistributedDataParallel(Steps(model), device_ids=[device.index] if device.type == "cuda" else None)
-    monitor = Monitor(cfg, splits, device, train_images=images) if t.knn_every and leader else None
-    extra = {"classes": list(splits.train.classes), "method": cfg.method.name}
-    final_loss = run_loop(
-        cfg, model, optimizer, sampler, (images, labels), state, run_dir, bf16, extra, step_fn, monitor, total
-    )
-    summary = _summary(cfg, state, sampler, model, device, bf16, len(splits.train), final_loss, run_dir)
+        job.ctx.step_fn = DistributedDataParallel(
+            Steps(model), device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if t.knn_every and leader:
+        job.monitor = Monitor(cfg, splits, device, train_images=job.data[0])
+    final_loss = fit(job)
+    summary = _summary(job, len(splits.train), final_loss)
     result = RunResult(run_dir=run_dir, summary=summary)
     if not leader:
         return result
+    state = job.counters
     append_jsonl(run_dir / METRICS_JSONL, summary)
-    record_machine(run_dir, "train", state.train_time - start_time, device, steps=[start_step, state.step], bf16=bf16)
+    steps = [start_step, state.step]
+    record_machine(run_dir, "train", state.train_time - start_time, device, steps=steps, bf16=job.ctx.bf16)
     log(training_line(summary))
     if t.eval_after:
         evaluate = evaluate_run if cfg.semi.labels is None else evaluate_classifiers
         result.metrics = evaluate(run_dir, model=model, step=state.step, log=log, data=whole)
     return result
+
+
+def _job(
+    cfg: Config, model: Method, splits: DataSplits, sampler: StepSampler, run_dir: Path, device: torch.device
+) -> Job:
+    """The training job: the model on the device (SyncBatchNorm where asked), its optimizer, the data uploaded."""
+    t = cfg.train
+    model.to(device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if world_size() > 1 and t.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    images = torch.from_numpy(splits.train.images).to(device)  # uint8, resident on the device
+    labels = torch.from_numpy(splits.train.labels).to(device)
+    ctx = StepContext(device, use_bf16(t.precision, device))
+    extra = {"classes": list(splits.train.classes), "method": cfg.method.name}
+    return Job(cfg, model, method_optimizer(model, cfg), sampler, (images, labels), run_dir, ctx, extra)
 
 
 def training_line(summary: dict[str, Any]) -> str:
@@ -214,108 +204,27 @@ def training_line(summary: dict[str, Any]) -> str:
     )
 
 
-def _plan(
-    cfg: Config,
-    model: Method,
-    optimizer: torch.optim.Optimizer,
-    sampler: StepSampler,
-    data: tuple[torch.Tensor, torch.Tensor],
-    run_dir: Path,
-    bf16: bool,
-    log: Callable[[str], None],
-) -> int:
-    """The steps that fit ``train.time_budget``: the saved plan, or one from timing a throwaway copy.
-
-    ``data`` is the training images and labels already on the device.
-    """
-    from .train.loop import next_batch, view_augment
-    from .train.plan import plan_steps, throwaway, time_steps, wall_minutes
-    from .train.step import train_step
-
-    t, (images, labels) = cfg.train, data
-    device = images.device
-
-    def seconds_per_step() -> float:
-        twin, opt = throwaway(model, lambda m: method_optimizer(m, cfg))
-        augment = view_augment(cfg, twin)
-        rng = torch.get_rng_state()  # timing must not change what the run draws
-
-        def step(i: int) -> None:
-            b = next_batch(sampler, i, images, labels)
-            train_step(twin, opt, augment, b.images, b.labels, torch.Generator().manual_seed(i), device, bf16,
-                       step=i, positions=b.positions, total=b.total)  # fmt: skip
-
-        try:
-            return time_steps(step, device)
-        finally:
-            torch.set_rng_state(rng)
-
-    minutes = wall_minutes(t.time_budget, t.budget_scale) or 0.0
-    plan = plan_steps(run_dir, minutes, seconds_per_step, write=rank() == 0)
-    total = int(broadcast_object(plan["total_steps"]))  # under torchrun every rank follows rank 0's plan
-    scaled = f" x {t.budget_scale:g} = {minutes:g}" if t.budget_scale != 1 else ""
-    log(
-        f"time budget {t.time_budget:g}{scaled} min: {total} steps ({total / sampler.steps_per_epoch:.2f} epochs) "
-        f"at {plan['seconds_per_step']:.3f} s per step"
-    )
-    return total
-
-
-def _resume(
-    run_dir: Path,
-    state: TrainState,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    total: int,
-    leader: bool,
-    log: Callable[[str], None],
-) -> int | None:
-    """Load the newest checkpoint into ``state``, ``model`` and ``optimizer``; drop later records.
-
-    Returns:
-        The total steps the checkpoint's run was heading for (None without a checkpoint).
-    """
-    loaded = load_latest(run_dir)
-    saved_total = None
-    if loaded is not None:
-        checkpoint, path = loaded
-        state.restore(checkpoint, model, optimizer)
-        saved_total = checkpoint.get("total_steps")
-        log(f"resuming {run_dir} from {path.name} (step {state.step}/{saved_total or total})")
-    if leader:
-        truncate_jsonl(run_dir / METRICS_JSONL, state.step)
-    return int(saved_total) if saved_total else None
-
-
-def _summary(
-    cfg: Config,
-    state: TrainState,
-    sampler: StepSampler,
-    model: Method,
-    device: torch.device,
-    bf16: bool,
-    n_train: int,
-    final_loss: float | None,
-    run_dir: Path,
-) -> dict[str, Any]:
+def _summary(job: Job, n_train: int, final_loss: float | None) -> dict[str, Any]:
     """The run's last record in metrics.jsonl."""
+    state, device, cfg = job.counters, job.ctx.device, job.cfg
     if final_loss is None and rank() == 0:  # resumed after the last epoch: as it was recorded
-        final_loss = next((r["epoch_loss"] for r in reversed(read_jsonl(run_dir / METRICS_JSONL))
+        final_loss = next((r["epoch_loss"] for r in reversed(read_jsonl(job.run_dir / METRICS_JSONL))
                            if "epoch_loss" in r), None)  # fmt: skip
-    images_per_step = len(sampler(0)[0])
+    images_per_step = len(job.sampler(0)[0])
+    spe = job.sampler.steps_per_epoch
     return {
         "step": state.step,
         "summary": True,
         "final_loss": final_loss if final_loss is not None else float("nan"),
         "train_time_s": state.train_time,
-        "views_per_s": state.step * images_per_step * model.n_views / max(state.train_time, 1e-9),
+        "views_per_s": state.step * images_per_step * job.model.n_views / max(state.train_time, 1e-9),
         "peak_memory_mb": peak_memory_mb(device),
         "device": str(device),
-        "bf16": bf16,
+        "bf16": job.ctx.bf16,
         "processes": world_size(),
         "n_train": n_train,
         # A time-budgeted run trains the planned steps, not train.epochs.
-        "epochs": cfg.train.epochs if cfg.train.time_budget is None else state.step / sampler.steps_per_epoch,
+        "epochs": cfg.train.epochs if cfg.train.time_budget is None else state.step / spe,
     }
 
 

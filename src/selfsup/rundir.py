@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, diff, resume_free_keys
 from .errors import RunDirError
 from .fileio import write_atomic
 
@@ -255,6 +255,15 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """The mapping in a JSON file; empty when it is missing or torn."""
+    try:
+        current = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+    return current if isinstance(current, dict) else {}
+
+
 def update_metrics_json(run_dir: Path, values: dict[str, Any], section: str | None = None) -> dict[str, Any]:
     """Merge ``values`` into ``run_dir/metrics.json`` (atomically) and return the result.
 
@@ -262,16 +271,31 @@ def update_metrics_json(run_dir: Path, values: dict[str, Any], section: str | No
     other entries), e.g. ``{"finetune": {"1000": {...}, "300": {...}}}``.
     """
     path = run_dir / METRICS_JSON
-    current: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            current = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            current = {}
-    if section is None:
-        current.update(values)
-    else:
-        nested = current.get(section)
-        current[section] = {**(nested if isinstance(nested, dict) else {}), **values}
-    write_atomic(path, (json.dumps(current, indent=2) + "\n").encode())
+    # Fine-tunings of one encoder may finish at the same moment in several processes:
+    # each merges its entry under this lock, so none is lost.
+    fd = os.open(run_dir / ".metrics.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        current = _read_json(path)
+        if section is None:
+            current.update(values)
+        else:
+            nested = current.get(section)
+            current[section] = {**(nested if isinstance(nested, dict) else {}), **values}
+        write_atomic(path, (json.dumps(current, indent=2) + "\n").encode())
+    finally:
+        os.close(fd)
     return current
+
+
+def check_resume_config(saved: Config, new: Config, run_dir: Path) -> None:
+    """Refuse to resume with settings that would change what the run computes."""
+    free = resume_free_keys()
+    changed = {k: v for k, v in diff(saved, new).items() if k not in free}
+    if changed:
+        key, (old, now) = next(iter(changed.items()))
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise RunDirError(
+            f"cannot resume {run_dir}: {key} was {old!r} and is now {now!r}{more}; "
+            f"resume with the saved settings or start a new run"
+        )

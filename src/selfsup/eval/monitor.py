@@ -39,10 +39,15 @@ class Monitor:
         self.query_labels = torch.from_numpy(splits.test.labels[query])
         self.num_classes = len(splits.train.classes)
         self.cfg = cfg
+        self.every = cfg.train.knn_every
         self.options = feature_options(cfg, device)
 
-    def __call__(self, encoder: nn.Module) -> float:
-        """Top-1 kNN accuracy (a fraction) of the encoder's features on the fixed subsets."""
+    def __call__(self, model: nn.Module, epoch: float = 0.0) -> dict[str, float]:
+        """``{"knn_top1": fraction}``: kNN accuracy of the encoder's features on the fixed subsets."""
+        return {"knn_top1": self.knn_top1(getattr(model, "backbone", model))}
+
+    def knn_top1(self, encoder: nn.Module) -> float:
+        """Top-1 kNN accuracy (a fraction) of ``encoder``'s features on the fixed subsets."""
         e = self.cfg.eval
         bank = extract_features(encoder, self.bank_images, **self.options)
         query = extract_features(encoder, self.query_images, **self.options)

@@ -853,7 +853,7 @@ def _run_finetune_cell(
     # The cell's own directory gets the per-epoch log, the result and the machine: cells
     # sharing an encoder and a label count (other batch sizes, probe / LP-FT rows) must
     # not overwrite each other's curves in the encoder's run, nor wait for its lock.
-    results = finetune(run, ft, log=log, out=cell.dir)
+    results = finetune(run, ft, log=log, out=cell.dir, resume=True)  # an interrupted cell continues
     (result,) = results.values()  # names its encoder unless it trained from scratch
     if not cfg.finetune.from_scratch:
         note_encoder(cell.dir, run)

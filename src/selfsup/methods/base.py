@@ -1,4 +1,4 @@
-"""The method protocol: what the training loop hands a method, and what it gets back.
+"""The method protocol: what the training engine hands a method, and what it gets back.
 
 A method is a :class:`Method` (an ``nn.Module``) in one file of this package plus one
 line in the registry (:data:`selfsup.methods.METHODS`). The loop augments each image
@@ -34,6 +34,11 @@ class Batch:
         epoch: ``step / steps_per_epoch``: ramp-ups counted in epochs.
         truth: (B,) the true labels, unlabelled images included, for health signals only
             (e.g. FixMatch's pseudo-label accuracy); None where the loop does not give them.
+        images: (B, H, W, 3) uint8, the images before augmentation (the sampler fills
+            them, the step turns them into ``views``); None once augmented.
+        positions: Under torchrun, where these images sit in the global batch ...
+        total: ... of this many images (so augmentation draws as one process would).
+        size: Side of the views in pixels (progressive resizing); None = the images'.
     """
 
     views: torch.Tensor
@@ -43,6 +48,10 @@ class Batch:
     progress: float = 0.0
     epoch: float = 0.0
     truth: torch.Tensor | None = None
+    images: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    total: int | None = None
+    size: int | None = None
 
     def view(self, index: int) -> torch.Tensor:
         """(B, 3, H, W): view ``index`` of every image."""

@@ -29,16 +29,20 @@ class Supervised(Method):
     Args:
         backbone: Encoder.
         num_classes: Number of classes.
+        frozen_epochs: Train the classifier alone, the encoder frozen with its BatchNorm
+            statistics kept, while the run is this many epochs in (fine-tuning's LP-FT
+            head epochs; ``inf`` for a linear classifier on a frozen encoder).
     """
 
     n_views = 1
     default_augment = "supervised"
     uses_labels = True
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, frozen_epochs: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.classifier = linear_classifier(backbone, num_classes)
+        self.frozen_epochs = frozen_epochs
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> Supervised:
@@ -55,6 +59,12 @@ class Supervised(Method):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Cross-entropy of ``views`` (B, 3, H, W) against ``labels`` (B,), -1 = unlabelled."""
-        features = self.backbone(batch.views)
+        if batch.epoch < self.frozen_epochs:
+            self.backbone.eval()  # a frozen encoder keeps its BatchNorm statistics
+            with torch.no_grad():
+                features = self.backbone(batch.views)
+        else:
+            self.backbone.train(self.training)
+            features = self.backbone(batch.views)
         loss = masked_cross_entropy(self.classifier(features), batch.labels)
         return {"loss": loss, "embedding_std": embedding_std(features)}

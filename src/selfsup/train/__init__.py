@@ -1,10 +1,13 @@
-"""Training: the loop, its step and state, the semi-supervised sampler.
+"""Training: one engine for every stage, its step record, state and samplers.
 
-:func:`selfsup.pretrain` (in :mod:`selfsup.pretraining`) drives it; run directories and
-checkpoints are :mod:`selfsup.rundir` and :mod:`selfsup.checkpoint`.
+A stage builds a :class:`Job`, :func:`start` plans and restores it, :func:`fit` trains
+it. :func:`selfsup.pretrain` (pretraining and semi-supervised training) and
+:func:`selfsup.finetune` drive it; run directories and checkpoints are
+:mod:`selfsup.rundir` and :mod:`selfsup.checkpoint`.
 """
 
-from .loop import Interrupted, resolve_config
-from .step import train_step
+from .job import Job
+from .loop import Interrupted, fit, resolve_config, start
+from .step import StepContext, train_step
 
-__all__ = ["Interrupted", "resolve_config", "train_step"]
+__all__ = ["Interrupted", "Job", "StepContext", "fit", "resolve_config", "start", "train_step"]

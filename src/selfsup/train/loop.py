@@ -1,11 +1,14 @@
-"""The training loop: data on the device, per-view batch augmentation, checkpoints, resume.
+"""The training engine: data on the device, per-view batch augmentation, checkpoints, resume.
 
-One loop serves every method: self-supervised pretraining (all images, labels unused),
-supervised training, and semi-supervised training with ``semi.labels`` (a labelled
-stream beside the unlabelled one, see :mod:`selfsup.train.sampler`). A step is
-:func:`selfsup.train.step.train_step`; what a checkpoint holds is a
-:class:`~selfsup.train.state.TrainState`; where numbers go is a
-:class:`~selfsup.train.recorder.Recorder`; which images a step takes is :func:`next_batch`.
+One engine serves every stage: self-supervised pretraining (all images, labels unused),
+supervised training, semi-supervised training with ``semi.labels`` (a labelled stream
+beside the unlabelled one, see :mod:`selfsup.train.sampler`), fine-tuning an encoder
+with few labels, and the time-budget plan, which times the same step. What a run needs
+is one :class:`Job`; :func:`start` plans its length and restores a checkpoint,
+:func:`fit` trains it. A step is :func:`selfsup.train.step.train_step` on the one
+:class:`~selfsup.methods.base.Batch` record that :func:`next_batch` fills; what a
+checkpoint holds is a :class:`~selfsup.train.state.TrainState`; where numbers go is a
+:class:`~selfsup.train.recorder.Recorder`.
 
 Every random draw of a step (the batch, the augmentations, MoCo's shuffle) is a function
 of ``(train.seed, step)``; together with checkpoints that hold the model (with its EMA
@@ -22,27 +25,29 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..augment import ViewAugment, resolve_augment, view_configs
-from ..checkpoint import save_checkpoint
+from ..augment import resolve_augment
+from ..checkpoint import load_latest, save_checkpoint
 from ..config import Config, copy_config
 from ..data import DataSplits, channel_stats, class_balanced_indices
 from ..distributed import all_reduce_mean, any_rank, broadcast_object, rank, world_size
 from ..errors import ConfigError, TrainingDivergedError
-from ..methods import Method, method_class
+from ..methods import method_class
 from ..optim import lr_factor, scaled_lr, set_lr
-from ..runtime import step_seed, to_device
-from .plan import REPLAN_TOLERANCE, REPLANS_PER_RUN, record_replan, replan_total, wall_minutes
+from ..rundir import METRICS_JSONL, truncate_jsonl
+from ..runtime import step_seed
+from .job import Job, view_augment
+from .plan import REPLAN_TOLERANCE, REPLANS_PER_RUN, budget_total, record_replan, replan_total, wall_minutes
 from .recorder import Recorder
-from .sampler import StepSampler
-from .state import TrainState
-from .step import StepFn, train_step
+from .sampler import StepSampler, next_batch
+from .step import train_step
+
+__all__ = ["Interrupted", "Job", "build_sampler", "fit", "next_batch", "resolve_config", "start", "view_augment"]
 
 
 class Interrupted(Exception):
@@ -62,16 +67,6 @@ def resolve_config(cfg: Config, splits: DataSplits) -> Config:
         mean, std = channel_stats(splits.train.images)
         out.augment = replace(out.augment, mean=out.augment.mean or mean, std=out.augment.std or std)
     return out
-
-
-def view_augment(cfg: Config, method: Method, compile: bool | None = None) -> ViewAugment:
-    """The method's views: the run's augmentation with each view's own changes.
-
-    ``compile`` (default ``train.compile``) compiles the augmentation as well as the
-    model, on a GPU (see :class:`~selfsup.augment.BatchAugment`).
-    """
-    compile = cfg.train.compile if compile is None else compile
-    return ViewAugment(view_configs(cfg.augment, method.view_augment, method.n_views), compile=compile)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -101,18 +96,6 @@ def _stop_signals() -> Iterator[dict[str, int]]:
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
-
-
-def local_positions(total: int, n_labeled: int, part: int, parts: int) -> torch.Tensor:
-    """Positions of rank ``part``'s share of a global batch of ``total`` images.
-
-    Each rank takes 1/parts of the labelled images (the first ``n_labeled``) and 1/parts
-    of the others, so every rank's batch has the same mix.
-    """
-    n_other = total - n_labeled
-    lab = torch.arange(part * n_labeled // parts, (part + 1) * n_labeled // parts)
-    other = n_labeled + torch.arange(part * n_other // parts, (part + 1) * n_other // parts)
-    return torch.cat([lab, other])
 
 
 def build_sampler(cfg: Config, splits: DataSplits) -> StepSampler:
@@ -147,60 +130,20 @@ def build_sampler(cfg: Config, splits: DataSplits) -> StepSampler:
     )
 
 
-@dataclass
-class StepImages:
-    """This process's images of one step, on the device, and where they sit in the global batch."""
+class _Engine:
+    """A :class:`Job` in progress, and what the engine does between its steps."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    positions: torch.Tensor | None
-    total: int
-    truth: torch.Tensor
-
-
-def next_batch(sampler: StepSampler, step: int, images: torch.Tensor, labels: torch.Tensor) -> StepImages:
-    """The images of ``step`` (this rank's share under torchrun); unlabelled ones get label -1."""
-    idx_cpu, n_labeled = sampler(step)
-    total, positions, parts = len(idx_cpu), None, world_size()
-    if parts > 1:  # this rank's share of the global batch
-        positions = local_positions(total, n_labeled, rank(), parts)
-        idx_cpu, n_labeled = idx_cpu[positions], n_labeled // parts
-    idx = to_device(idx_cpu, images.device)
-    truth = batch_labels = labels.index_select(0, idx)
-    if n_labeled < len(idx):
-        batch_labels = truth.clone()  # the truth stays for health signals only
-        batch_labels[n_labeled:] = -1  # unlabelled stream: labels hidden
-    return StepImages(images.index_select(0, idx), batch_labels, positions, total, truth)
-
-
-class _Loop:
-    """The parts of one training run the loop needs, and what it does between steps."""
-
-    def __init__(
-        self,
-        cfg: Config,
-        model: Method,
-        optimizer: torch.optim.Optimizer,
-        sampler: StepSampler,
-        state: TrainState,
-        run_dir: Path,
-        extra: dict[str, Any],
-        step_fn: StepFn | None,
-        monitor: Callable[[nn.Module], float] | None,
-        total: int,
-    ) -> None:
-        t = cfg.train
-        self.cfg, self.model, self.optimizer, self.sampler, self.state = cfg, model, optimizer, sampler, state
-        self.run_dir, self.extra, self.step_fn, self.monitor = run_dir, extra, step_fn, monitor
-        self.spe = sampler.steps_per_epoch
-        self.total = total
+    def __init__(self, job: Job) -> None:
+        cfg, t, state = job.cfg, job.cfg.train, job.counters
+        self.job, self.cfg, self.model, self.optimizer, self.state = job, cfg, job.model, job.optimizer, state
+        self.spe = job.sampler.steps_per_epoch
+        self.total = job.total if job.total is not None else t.epochs * self.spe
         self.warmup = int(round(cfg.optim.warmup_epochs * self.spe))
         self.peak_lr = scaled_lr(cfg.optim, t.batch_size)
-        self.augment = view_augment(cfg, model)
+        self.augment = view_augment(cfg, job.model)
         self.leader = rank() == 0
-        self.recorder = Recorder(
-            run_dir, state.step, self.total, f"{cfg.method.name} {cfg.model.backbone}", self.leader, t.progress
-        )
+        name = f"{cfg.method.name} {cfg.model.backbone}"
+        self.recorder = Recorder(job.run_dir, state.step, self.total, name, self.leader, t.progress)
         self.last_checkpoint = time.monotonic()
         self.interval_start, self.interval_views = time.perf_counter(), 0
         self.final_loss: float | None = None
@@ -208,8 +151,7 @@ class _Loop:
         # where the step time is exact on a GPU too), from the pace since the last look.
         minutes = wall_minutes(t.time_budget, t.budget_scale)
         self.budget_s = 60 * minutes if (minutes is not None and t.replan) else None
-        looks = max(t.log_every, total // REPLANS_PER_RUN // t.log_every * t.log_every)
-        self.replan_every = looks
+        self.replan_every = max(t.log_every, self.total // REPLANS_PER_RUN // t.log_every * t.log_every)
         self.looked_at = (state.step, state.train_time)
 
     def overdue(self) -> bool:
@@ -236,7 +178,7 @@ class _Loop:
         self.recorder.set_total(total)
         if self.leader:
             entry = {"step": s.step, "total_steps": total, "seconds_per_step": pace, "train_time_s": s.train_time}
-            record_replan(self.run_dir, entry)
+            record_replan(self.job.run_dir, entry)
             self.recorder.write(
                 f"time budget: {pace:.3f} s per step lately; the run now ends at step {total} (was {before})"
             )
@@ -251,20 +193,16 @@ class _Loop:
         t = self.cfg.train
         return t.low_res if t.low_res and step < t.low_res_until * self.total else None
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device, bf16: bool) -> None:
+    def step(self) -> None:
         """One training step, its scalars accumulated on the device."""
-        s = self.state
-        batch = next_batch(self.sampler, s.step, images, labels)
+        s, job = self.state, self.job
         gen = torch.Generator().manual_seed(step_seed(self.cfg.train.seed, s.step))
+        batch = next_batch(job.sampler, s.step, job.data, gen)
+        batch.epoch, batch.progress, batch.size = s.step / self.spe, s.step / self.total, self.view_size(s.step)
         set_lr(self.optimizer, self.lr_at(s.step))
-        scalars = train_step(
-            self.model, self.optimizer, self.augment, batch.images, batch.labels, gen, device, bf16,
-            step=s.step, epoch=s.step / self.spe, progress=s.step / self.total, step_fn=self.step_fn,
-            positions=batch.positions, total=batch.total, truth=batch.truth, size=self.view_size(s.step),
-        )  # fmt: skip
-        s.add(scalars)
+        s.add(train_step(self.model, self.optimizer, self.augment, batch, job.ctx))
         s.step += 1
-        self.interval_views += batch.total * self.model.n_views
+        self.interval_views += (batch.total or len(batch.labels)) * self.model.n_views
 
     def check_finite(self, value: float) -> None:
         """Stop the run, naming the step and the likely cause, on a NaN or infinite loss."""
@@ -272,8 +210,8 @@ class _Loop:
             s = self.state
             raise TrainingDivergedError(
                 f"loss became {value} by step {s.step} (epoch {(s.step - 1) // self.spe + 1}, learning rate "
-                f"{self.lr_at(s.step - 1):.4g}); the learning rate (optim.lr={self.cfg.optim.lr}) is likely too "
-                f"high; the last good checkpoint in {self.run_dir} is kept"
+                f"{self.lr_at(s.step - 1):.4g}); the learning rate ({self.job.lr_key}={self.cfg.optim.lr}) is "
+                f"likely too high; the last good checkpoint in {self.job.run_dir} is kept"
             )
 
     def log_interval(self) -> None:
@@ -307,10 +245,14 @@ class _Loop:
         entry: dict[str, Any] = {"step": s.step, "epoch": epoch, "epoch_loss": means.pop("loss")}
         entry.update({f"epoch_{n}": v for n, v in means.items()})
         entry["train_time_s"] = s.train_time
-        due = isinstance(epoch, int) and epoch % max(self.cfg.train.knn_every, 1) == 0
-        if self.monitor is not None and (due or s.step == self.total):
-            entry["knn_top1"] = self.monitor(self.model.backbone)
-            self.recorder.write(f"epoch {epoch}: loss {entry['epoch_loss']:.4f}, kNN top-1 {entry['knn_top1']:.4f}")
+        monitor = self.job.monitor
+        due = monitor is not None and isinstance(epoch, int) and epoch % max(monitor.every, 1) == 0
+        if monitor is not None and (due or s.step == self.total):
+            measured = monitor(self.model, epoch)
+            self.model.train()
+            entry.update(measured)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in measured.items())
+            self.recorder.write(f"epoch {epoch:g}: loss {entry['epoch_loss']:.4f}, {shown}")
         self.recorder.record(entry)
         s.epoch = {}
         self.interval_start = time.perf_counter()
@@ -321,77 +263,98 @@ class _Loop:
         if s.interval:
             self.check_finite(float(s.interval["loss"]) + float(s.epoch.get("loss", torch.zeros(()))))
         if self.leader:
-            state = s.checkpoint(self.model, self.optimizer, epoch=s.step // self.spe, total_steps=self.total,
-                                 **self.extra)  # fmt: skip
-            save_checkpoint(self.run_dir, state, s.step, self.cfg.train.keep_checkpoints, milestone)
+            extra = dict(self.job.extra)
+            if hasattr(self.job.monitor, "state_dict"):
+                extra["monitor"] = self.job.monitor.state_dict()  # type: ignore[union-attr]
+            state = s.checkpoint(self.model, self.optimizer, epoch=s.step // self.spe, total_steps=self.total, **extra)
+            save_checkpoint(self.job.run_dir, state, s.step, self.cfg.train.keep_checkpoints, milestone)
         self.last_checkpoint = time.monotonic()
         self.interval_start = time.perf_counter()
 
 
-def run_loop(
-    cfg: Config,
-    model: Method,
-    optimizer: torch.optim.Optimizer,
-    sampler: StepSampler,
-    data: tuple[torch.Tensor, torch.Tensor],
-    state: TrainState,
-    run_dir: Path,
-    bf16: bool,
-    extra: dict[str, Any],
-    step_fn: StepFn | None = None,
-    monitor: Callable[[nn.Module], float] | None = None,
-    total: int | None = None,
-) -> float | None:
-    """Train from ``state.step`` to the end, logging and checkpointing on the way.
+def start(job: Job, existing: bool, log: Callable[[str], None]) -> None:
+    """Set ``job.total`` (epochs, or the steps a time budget allows) and restore the newest checkpoint.
 
     Args:
-        cfg: The resolved config.
-        model: The method, on the device.
-        optimizer: Its optimizer.
-        sampler: Which images each step takes.
-        data: uint8 images (N, H, W, 3) and labels (N,), resident on the device.
-        state: The counters (restored from a checkpoint when resuming).
-        run_dir: Where checkpoints and metrics go (rank 0).
-        bf16: bf16 autocast.
-        extra: More entries for every checkpoint (classes, method name).
-        step_fn: Computes the losses (DistributedDataParallel under torchrun).
-        monitor: Measures the encoder every ``train.knn_every`` epochs (rank 0).
-        total: Steps of the whole run (default ``train.epochs`` epochs; a time budget's plan).
+        job: The run; its state, model, optimizer and monitor are restored in place.
+        existing: The run directory holds a run to continue.
+        log: Where the plan and the resumed step are said.
+    """
+    t = job.cfg.train
+    total = t.epochs * job.sampler.steps_per_epoch
+    if t.time_budget is not None:
+        total = budget_total(job, log)
+    if existing:
+        saved_total = _restore(job, total, log)
+        if t.time_budget is not None and saved_total:  # a re-planned budget: the total the checkpoint ran to
+            total = saved_total
+    job.total = total
+
+
+def _restore(job: Job, total: int, log: Callable[[str], None]) -> int | None:
+    """Load the newest checkpoint into the job; drop records written after it.
+
+    Returns:
+        The total steps the checkpoint's run was heading for (None without a checkpoint).
+    """
+    loaded = load_latest(job.run_dir)
+    saved_total = None
+    if loaded is not None:
+        checkpoint, path = loaded
+        job.counters.restore(checkpoint, job.model, job.optimizer)
+        if "monitor" in checkpoint and hasattr(job.monitor, "load_state_dict"):
+            job.monitor.load_state_dict(checkpoint["monitor"])  # type: ignore[union-attr]
+        saved_total = checkpoint.get("total_steps")
+        log(f"resuming {job.run_dir} from {path.name} (step {job.counters.step}/{saved_total or total})")
+    if rank() == 0:
+        truncate_jsonl(job.run_dir / METRICS_JSONL, job.counters.step)
+    return int(saved_total) if saved_total else None
+
+
+def fit(job: Job) -> float | None:
+    """Train ``job`` from its state's step to ``job.total``, logging and checkpointing on the way.
 
     Returns:
         The last epoch's mean loss (None if no epoch ended here).
+
+    Raises:
+        Interrupted: After a SIGINT or SIGTERM, with a checkpoint saved.
     """
-    t, (images, labels) = cfg.train, data
-    total = total if total is not None else t.epochs * sampler.steps_per_epoch
-    loop = _Loop(cfg, model, optimizer, sampler, state, run_dir, extra, step_fn, monitor, total)
-    multi = world_size() > 1
-    model.train()
+    engine, state = _Engine(job), job.counters
+    job.model.train()
     try:
         with _stop_signals() as stop:
-            while state.step < loop.total:
-                t0 = time.perf_counter()
-                loop.step(images, labels, images.device, bf16)
-                logging = state.step % t.log_every == 0 or state.step % loop.spe == 0 or state.step == loop.total
-                if logging and images.device.type == "cuda":
-                    # Steps are queued, not done, when the host returns: the timed region
-                    # of a logging step ends when the device has finished every queued step.
-                    torch.cuda.synchronize(images.device)
-                state.train_time += time.perf_counter() - t0
-                loop.recorder.advance()
-                replanned = logging and loop.replan()  # may move loop.total, even to this step
-                end_of_epoch = state.step % loop.spe == 0 or state.step == loop.total
-                logging = logging or end_of_epoch
-                if logging:
-                    loop.log_interval()
-                if end_of_epoch:
-                    loop.log_epoch()
-                # Stopping must be agreed by every rank; they compare notes when they log.
-                stopping = any_rank(bool(stop), images.device) if (multi and logging) else (not multi and bool(stop))
-                if end_of_epoch or loop.overdue() or stopping or replanned:  # every epoch ends with one
-                    whole, epoch = state.step % loop.spe == 0, state.step // loop.spe
-                    loop.save(whole and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0)
-                if stopping:
-                    raise Interrupted(state.step, run_dir)
+            while state.step < engine.total:
+                _one_step(engine, stop)
     finally:
-        loop.recorder.close()
-    return loop.final_loss
+        engine.recorder.close()
+    return engine.final_loss
+
+
+def _one_step(engine: _Engine, stop: dict[str, int]) -> None:
+    """A step and what follows it: timing, logs, the monitor, re-planning, checkpoints, stopping."""
+    state, t, device = engine.state, engine.cfg.train, engine.job.ctx.device
+    t0 = time.perf_counter()
+    engine.step()
+    logging = state.step % t.log_every == 0 or state.step % engine.spe == 0 or state.step == engine.total
+    if logging and device.type == "cuda":
+        # Steps are queued, not done, when the host returns: the timed region of a
+        # logging step ends when the device has finished every queued step.
+        torch.cuda.synchronize(device)
+    state.train_time += time.perf_counter() - t0
+    engine.recorder.advance()
+    replanned = logging and engine.replan()  # may move engine.total, even to this step
+    end_of_epoch = state.step % engine.spe == 0 or state.step == engine.total
+    logging = logging or end_of_epoch
+    if logging:
+        engine.log_interval()
+    if end_of_epoch:
+        engine.log_epoch()
+    # Stopping must be agreed by every rank; they compare notes when they log.
+    multi = world_size() > 1
+    stopping = any_rank(bool(stop), device) if (multi and logging) else (not multi and bool(stop))
+    if end_of_epoch or engine.overdue() or stopping or replanned:  # every epoch ends with one
+        whole, epoch = state.step % engine.spe == 0, state.step // engine.spe
+        engine.save(whole and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0)
+    if stopping:
+        raise Interrupted(state.step, engine.job.run_dir)

@@ -29,7 +29,11 @@ from typing import Any
 
 import torch
 
+from ..distributed import broadcast_object, rank
 from ..fileio import write_atomic
+from .job import Job, view_augment
+from .sampler import next_batch
+from .step import StepContext, train_step
 
 PLAN = "plan.json"
 #: A re-plan that moves the total by this fraction or less (or by one step) is not worth a checkpoint.
@@ -92,12 +96,42 @@ def plan_steps(run_dir: Path, minutes: float, seconds_per_step: Callable[[], flo
     return plan
 
 
-def throwaway(
-    model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
-) -> tuple[Any, torch.optim.Optimizer]:
-    """A copy of a model and a fresh optimizer for it, to time steps on, leaving the run's untouched."""
-    twin = copy.deepcopy(model)
-    return twin, make_optimizer(twin)
+def throwaway(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, torch.optim.Optimizer]:
+    """Copies of a model and its optimizer (bound to the copy), to time steps on, leaving the run's untouched."""
+    twin, opt = copy.deepcopy((model, optimizer))  # one memo: the copied optimizer holds the copied parameters
+    return twin, opt
+
+
+def budget_total(job: Job, log: Callable[[str], None]) -> int:
+    """The steps of ``job`` that fit ``train.time_budget``: the saved plan, or one from timing a throwaway copy.
+
+    Every rank follows rank 0's plan. The timing draws nothing from the run's random streams.
+    """
+    t, device = job.cfg.train, job.ctx.device
+    ctx = StepContext(device, job.ctx.bf16)  # the copy trains alone, whatever wraps the run's model
+
+    def seconds_per_step() -> float:
+        twin, opt = throwaway(job.model, job.optimizer)
+        augment = view_augment(job.cfg, twin)
+        rng = torch.get_rng_state()  # timing must not change what the run draws
+
+        def step(i: int) -> None:
+            train_step(twin, opt, augment, next_batch(job.sampler, i, job.data, torch.Generator().manual_seed(i)), ctx)
+
+        try:
+            return time_steps(step, device)
+        finally:
+            torch.set_rng_state(rng)
+
+    minutes = wall_minutes(t.time_budget, t.budget_scale) or 0.0
+    plan = plan_steps(job.run_dir, minutes, seconds_per_step, write=rank() == 0)
+    total = int(broadcast_object(plan["total_steps"]))
+    scaled = f" x {t.budget_scale:g} = {minutes:g}" if t.budget_scale != 1 else ""
+    log(
+        f"time budget {t.time_budget:g}{scaled} min: {total} steps ({total / job.sampler.steps_per_epoch:.2f} epochs) "
+        f"at {plan['seconds_per_step']:.3f} s per step"
+    )
+    return total
 
 
 def replan_total(step: int, train_time: float, budget_s: float, seconds_per_step: float) -> int:

@@ -14,12 +14,26 @@ an uninterrupted one would.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 
-from ..runtime import step_seed
+from ..distributed import rank, world_size
+from ..methods.base import Batch
+from ..runtime import step_seed, to_device
 
 MAIN_STREAM, LABELED_STREAM = 1, 2
+
+
+class Sampler(Protocol):
+    """What the engine asks of a sampler: the steps of an epoch and each step's indices."""
+
+    steps_per_epoch: int
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, int]:
+        """(indices, n_labeled): the step's images, the first ``n_labeled`` of them labelled."""
+        ...
 
 
 class StepSampler:
@@ -82,3 +96,74 @@ class StepSampler:
             parts.append(self._perm(MAIN_STREAM, epoch, self.n_images)[i * self.batch_size : (i + 1) * self.batch_size])
         idx = torch.cat(parts)
         return idx, (self.labeled_batch_size if self.labeled is not None else len(idx))
+
+
+class EpochSampler:
+    """Every image of a small set once per epoch, in a fresh order, the last batch short.
+
+    Fine-tuning walks its few labelled images this way: dropping the remainder would
+    leave up to a batch of them out of every epoch. A last batch of a single image is
+    dropped all the same (BatchNorm needs two).
+
+    Args:
+        indices: The images (indices into the training split).
+        batch_size: Images per step.
+        seed: The run's seed.
+    """
+
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int) -> None:
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.batch_size, self.seed = batch_size, seed
+        n = len(self.indices)
+        self.steps_per_epoch = n // batch_size + (n % batch_size > 1)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, int]:
+        """(indices, n_labeled): every image of the step counts as labelled."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(step_seed(self.seed, epoch, stream=MAIN_STREAM))
+        order = torch.randperm(len(self.indices), generator=g)
+        idx = self.indices[order[i * self.batch_size : (i + 1) * self.batch_size]]
+        return idx, len(idx)
+
+
+def local_positions(total: int, n_labeled: int, part: int, parts: int) -> torch.Tensor:
+    """Positions of rank ``part``'s share of a global batch of ``total`` images.
+
+    Each rank takes 1/parts of the labelled images (the first ``n_labeled``) and 1/parts
+    of the others, so every rank's batch has the same mix.
+    """
+    n_other = total - n_labeled
+    lab = torch.arange(part * n_labeled // parts, (part + 1) * n_labeled // parts)
+    other = n_labeled + torch.arange(part * n_other // parts, (part + 1) * n_other // parts)
+    return torch.cat([lab, other])
+
+
+def next_batch(
+    sampler: Sampler, step: int, data: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+) -> Batch:
+    """The record of ``step`` (this rank's share under torchrun): images, labels, where they sit.
+
+    Args:
+        sampler: Which images each step takes.
+        step: The step.
+        data: uint8 images (N, H, W, 3) and labels (N,), on the training device.
+        generator: The step's CPU generator (its augmentation and any other draw).
+
+    Returns:
+        A :class:`~selfsup.methods.base.Batch` with ``images`` set (``views`` empty until
+        the step augments them); unlabelled images get label -1, their truth kept apart.
+    """
+    images, labels = data
+    idx_cpu, n_labeled = sampler(step)
+    total, positions, parts = len(idx_cpu), None, world_size()
+    if parts > 1:  # this rank's share of the global batch
+        positions = local_positions(total, n_labeled, rank(), parts)
+        idx_cpu, n_labeled = idx_cpu[positions], n_labeled // parts
+    idx = to_device(idx_cpu, images.device)
+    truth = batch_labels = labels.index_select(0, idx)
+    if n_labeled < len(idx):
+        batch_labels = truth.clone()  # the truth stays for health signals only
+        batch_labels[n_labeled:] = -1  # unlabelled stream: labels hidden
+    empty = torch.empty(0, device=images.device)
+    return Batch(empty, batch_labels, generator, step=step, truth=truth, images=images.index_select(0, idx),
+                 positions=positions, total=total)  # fmt: skip
