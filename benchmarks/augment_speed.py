@@ -105,7 +105,7 @@ def main() -> int:
     print()
     print(text)
     if args.out:
-        from selfsup.experiments.results import write_benchmark
+        from selfsup.lab.results import write_benchmark
 
         write_benchmark(args.out, records, text, time.perf_counter() - t0, device=records[0]["device"])
     return 0

@@ -12,7 +12,7 @@ under 2 seconds, and many times faster than decoding.
 
 Prints one JSON line per measurement, then a table; with ``--out``, writes
 ``results.jsonl``, ``table.md`` and ``machine.json`` (machine, date, command) there too,
-from which ``selfsup docs`` fills a ``bench`` block.
+from which ``python -m selfsup.lab.docs`` fills a ``bench`` block.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
     print()
     print(table)
     if args.out:
-        from selfsup.experiments.results import write_benchmark
+        from selfsup.lab.results import write_benchmark
 
         write_benchmark(args.out, records, table, time.perf_counter() - t_start, rounds=rounds)
     if any("error" in r for r in records):

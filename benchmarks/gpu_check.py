@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\n{env.get('gpu') or env.get('cpu')}, torch {env['torch']}, {env['date']}, "
         f"{time.perf_counter() - started:.0f} s in all\n"
     )
-    from selfsup.experiments.results import write_benchmark
+    from selfsup.lab.results import write_benchmark
 
     # results.jsonl and table.md again, with machine.json (a docs `bench` block reads it).
     write_benchmark(args.out, record.records, text.strip(), time.perf_counter() - started, device=env["device"])

@@ -136,7 +136,7 @@ def main() -> None:
     print()
     print(text)
     if args.out:
-        from selfsup.experiments.results import write_benchmark
+        from selfsup.lab.results import write_benchmark
 
         write_benchmark(args.out, records, text, time.perf_counter() - t_start, rounds=args.rounds)
 

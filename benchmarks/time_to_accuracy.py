@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from pipelines import calibrated_step_seconds, cycle, lightly_parts, setup  # noqa: E402
-from selfsup.experiments.time_to_accuracy import THRESHOLDS, by_pipeline, comparison_minutes, lead, table  # noqa: E402
+from selfsup.lab.time_to_accuracy import THRESHOLDS, by_pipeline, comparison_minutes, lead, table  # noqa: E402
 from selfsup.machine import record_machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -89,7 +89,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_the_layers() -> None:
     graph = import_graph()
-    assert {"selfsup.train", "selfsup.eval", "selfsup.methods", "selfsup.experiments", "selfsup.config"} <= set(graph)
+    assert {"selfsup.train", "selfsup.eval", "selfsup.methods", "selfsup.lab", "selfsup.config"} <= set(graph)
     assert "selfsup.train" in graph["selfsup.pretraining"] and "selfsup.eval" in graph["selfsup.pretraining"]
     assert "selfsup.config" in graph["selfsup.train"]
     # A planted cycle is found.
@@ -99,6 +99,60 @@ def test_the_graph_sees_the_layers() -> None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def _imports(path: Path) -> set[str]:
+    """The selfsup modules (and packages) ``path`` imports, TYPE_CHECKING imports aside."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_lines(tree)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name == "selfsup" or _is_module(a.name))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names]
+            found.update(n for n in names if _is_module(n))
+            if not any(_is_module(n) for n in names) and (base == "selfsup" or _is_module(base)):
+                found.add(base)
+    return found
+
+
+def module_graph(folder: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the same folder it imports (the folder's ``__init__`` excluded)."""
+    modules = {_module_name(p): p for p in folder.glob("*.py") if p.name != "__init__.py"}
+    return {m: {t for t in _imports(p) if t in modules and t != m} for m, p in modules.items()}
+
+
+def test_no_import_cycles_inside_a_folder() -> None:
+    folders = [SRC, *sorted(p for p in SRC.rglob("*") if p.is_dir() and (p / "__init__.py").is_file())]
+    cycles = {str(f.relative_to(SRC.parent)): c for f in folders if (c := find_cycle(module_graph(f)))}
+    assert cycles == {}
+    # A planted cycle is found.
+    planted = module_graph(SRC / "augment")
+    planted["selfsup.augment.presets"] = planted["selfsup.augment.presets"] | {"selfsup.augment.batch"}
+    assert find_cycle(planted) is not None
+
+
+def test_nothing_low_imports_the_package_face() -> None:
+    """Only the command line (the top layer) may import ``selfsup`` itself."""
+    low = [p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] not in ("__init__.py", "__main__.py", "cli.py")]
+    offenders = sorted(str(p.relative_to(SRC)) for p in low if "selfsup" in _imports(p))
+    assert offenders == []
+
+
+def test_the_core_does_not_import_the_lab() -> None:
+    """Sweeps, records and reports (``selfsup.lab``) sit on the core; only the command line reaches into them."""
+    core = [p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] not in ("lab", "cli.py", "__init__.py")]
+    offenders = sorted(str(p.relative_to(SRC)) for p in core if any(t.startswith("selfsup.lab") for t in _imports(p)))
+    assert offenders == []
 
 
 MAX_LINES = 60

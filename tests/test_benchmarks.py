@@ -102,7 +102,7 @@ def test_time_to_accuracy_smoke(shared_folder: Path, tmp_path: Path) -> None:
 
 def test_minutes_to_a_threshold_the_lead_and_the_marks() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from selfsup.experiments.time_to_accuracy import lead, minutes_to
+    from selfsup.lab.time_to_accuracy import lead, minutes_to
     from time_to_accuracy import _marks
 
     pts = [

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from selfsup.cli import main
 from selfsup.config import load_config, save_config
 from selfsup.errors import ConfigError
-from selfsup.experiments.docs import BLOCK, Difference, doc_files, update_docs
+from selfsup.lab.docs import BLOCK, Difference, doc_files, update_docs
+from selfsup.lab.docs import main as docs_main
 from selfsup.machine import record_machine
 
 
 def test_docs_match_the_committed_results() -> None:
     differences = update_docs(REPO, check=True)
-    assert differences == [], "run 'selfsup docs' and commit: " + ", ".join(
+    assert differences == [], "run 'python -m selfsup.lab.docs' and commit: " + ", ".join(
         f"{d.file.name} {d.kind} {d.name}" for d in differences
     )
     blocks = [m for p in doc_files(REPO) for m in BLOCK.finditer(p.read_text())]
@@ -58,16 +58,16 @@ def test_a_planted_difference_fails_the_check(tmp_path: Path, capsys: pytest.Cap
     planted = block.group(4).replace("kNN top-1 0.", "kNN top-1 9.", 1)
     assert planted != block.group(4)
     readme.write_text(text.replace(block.group(4), planted))
-    assert main(["docs", "--check", "--root", str(root)]) == 1
+    assert docs_main(["--check", "--root", str(root)]) == 1
     assert "README.md: block 'run main-job-cpu' differs from results/main-job-cpu" in capsys.readouterr().out
     assert readme.read_text() != text  # --check changed nothing ...
-    assert main(["docs", "--root", str(root)]) == 0  # ... regenerating puts the records' figure back
+    assert docs_main(["--root", str(root)]) == 0  # ... regenerating puts the records' figure back
     assert readme.read_text() == text and update_docs(root, check=True) == []
     capsys.readouterr()
-    assert main(["docs", "--check", "--root", str(root)]) == 0
+    assert docs_main(["--check", "--root", str(root)]) == 0
     assert capsys.readouterr().out.strip() == "every results block matches its records"
     # Outside a repository there is nothing to check: one line, not a silent pass.
-    assert main(["docs", "--check", "--root", str(tmp_path / "empty")]) == 2
+    assert docs_main(["--check", "--root", str(tmp_path / "empty")]) == 2
     assert "no README.md or docs/*.md under" in capsys.readouterr().err
 
     # A record changed without regenerating the docs fails too.
@@ -231,7 +231,7 @@ def test_a_milestones_figure_block_draws_each_cells_curve_and_checks_its_numbers
 
 
 def test_a_spec_recorded_from_another_checkout_is_named_as_in_this_one(tmp_path: Path) -> None:
-    from selfsup.experiments.docs import _spec_in_root
+    from selfsup.lab.docs import _spec_in_root
 
     root = tmp_path / "repo"
     (root / "configs" / "ablations").mkdir(parents=True)

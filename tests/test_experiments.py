@@ -20,10 +20,10 @@ import yaml
 
 from conftest import REPO, epoch_records, subprocess_env, tiny_overrides
 from selfsup.errors import ConfigError, RunDirError
-from selfsup.experiments import load_spec, run_sweep
-from selfsup.experiments.report import make_report
-from selfsup.experiments.results import markdown_table, mean_std, noise
-from selfsup.experiments.sweep import cells, recorded_cells
+from selfsup.lab import load_spec, run_sweep
+from selfsup.lab.report import make_report
+from selfsup.lab.results import markdown_table, mean_std, noise
+from selfsup.lab.sweep import cells, recorded_cells
 
 
 def write_recipe(path: Path, data: Path, **extra: Any) -> Path:
@@ -148,7 +148,7 @@ def test_killed_sweep_finishes_only_missing_cells(shared_folder: Path, tmp_path:
 
 def test_table_is_current_after_each_cell(shared_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sweep stopped after its first cell (here: the second cell raises) leaves a table of that cell."""
-    import selfsup.experiments.sweep as sweep_module
+    import selfsup.lab.sweep as sweep_module
 
     real = sweep_module.run_cell
     calls: list[str] = []
@@ -220,7 +220,7 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
     assert cell_metrics["encoder"] == str(tmp_path / "sweep" / "encoder,seed=0")  # the record names its encoder
     assert result.table.splitlines()[0].startswith("| finetune.labels | init | seeds | test top-1 (%)")
     # The docs block shows what the sweep's table shows (the encoder's precision and time too).
-    from selfsup.experiments.docs import render_table
+    from selfsup.lab.docs import render_table
 
     block = render_table(tmp_path / "sweep", tmp_path)
     assert result.table in block and "precision unrecorded" not in block
@@ -368,7 +368,7 @@ def test_scale_profile_sets_its_own_seeds(shared_folder: Path, tmp_path: Path) -
 
 
 def test_scale_profile_changes_the_encoder_alone(shared_folder: Path, tmp_path: Path) -> None:
-    from selfsup.experiments.sweep import _encoder_config
+    from selfsup.lab.sweep import _encoder_config
 
     write_recipe(tmp_path / "tiny.yaml", shared_folder)
     profile = {"train.epochs": 2, "encoder": {"train.epochs": 5, "optim.lr": 0.3}}
@@ -477,24 +477,24 @@ def test_noise_line_pools_the_seed_variance() -> None:
 
 
 def test_reference_values_are_drawn_beside_ours(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from selfsup.experiments import report
+    from selfsup.lab import report
 
     groups = [{"t": t, "n": 2, "values": {"knn_top1": [0.4, 0.42]}} for t in ("0.1", "0.5")]
     drawn: list[Any] = []
     monkeypatch.setattr(report, "_save", lambda fig, folder, name: drawn.append(fig) or name)
     ref = {"source": "seed 000", "metric": "knn_top1", "values": {0.07: 64, 0.5: 66}}
-    assert report._accuracy_plot(groups, ["t"], "knn_top1", tmp_path, ref) == "accuracy_knn_top1.png"
+    assert report.accuracy_plot(groups, ["t"], "knn_top1", tmp_path, ref) == "accuracy_knn_top1.png"
     line = next(ln for ln in drawn[0].axes[0].get_lines() if ln.get_label() == "seed 000")
     assert list(line.get_xdata()) == [0.07, 0.5] and list(line.get_ydata()) == [64, 66]
-    report._accuracy_plot(groups, ["t"], "linear_top1", tmp_path, ref)  # another metric: nothing drawn
-    report._accuracy_plot(groups, ["t"], "knn_top1", tmp_path, {**ref, "metric": "linear_top1"})
+    report.accuracy_plot(groups, ["t"], "linear_top1", tmp_path, ref)  # another metric: nothing drawn
+    report.accuracy_plot(groups, ["t"], "knn_top1", tmp_path, {**ref, "metric": "linear_top1"})
     assert not any(ln.get_label() == "seed 000" for ln in drawn[-1].axes[0].get_lines())
 
 
 def test_reference_by_two_axes(monkeypatch: pytest.MonkeyPatch, shared_folder: Path, tmp_path: Path) -> None:
     """Seed 001's accuracy by labels x batch: a column in the table, a dashed line per batch."""
-    from selfsup.experiments import report
-    from selfsup.experiments.results import markdown_table
+    from selfsup.lab import report
+    from selfsup.lab.results import markdown_table
 
     grid = {"method.temperature": [0.1, 0.5], "train.batch_size": [8, 16]}
     values = {0.1: {8: 61, 16: 62.5}, 0.5: {8: 64}}
@@ -518,7 +518,7 @@ def test_reference_by_two_axes(monkeypatch: pytest.MonkeyPatch, shared_folder: P
     groups = [{**{a: r[a] for a in axes}, "n": 1, "values": {"knn_top1": [0.4]}} for r in rows]
     drawn: list[Any] = []
     monkeypatch.setattr(report, "_save", lambda fig, folder, name: drawn.append(fig) or name)
-    report._accuracy_plot(groups, axes, "knn_top1", tmp_path, reference)
+    report.accuracy_plot(groups, axes, "knn_top1", tmp_path, reference)
     ax = drawn[0].axes[0]
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
     ours = {c.get_label(): c.lines[0].get_color() for c in ax.containers}  # the error-bar series
@@ -530,7 +530,7 @@ def test_reference_by_two_axes(monkeypatch: pytest.MonkeyPatch, shared_folder: P
 
 def test_time_plot_only_for_cells_of_one_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Wall times of two machines do not compare: no bars then, as the table drops its column."""
-    from selfsup.experiments import report
+    from selfsup.lab import report
 
     rows = [{"t": t, "seed": 0, "status": "done", "wall_time_s": 60.0, "machine": "Zen 3"} for t in ("a", "b")]
     groups = [{"t": t, "n": 1, "values": {"wall_time_s": [60.0]}} for t in ("a", "b")]
@@ -547,7 +547,7 @@ def test_time_plot_only_for_cells_of_one_machine(monkeypatch: pytest.MonkeyPatch
 def test_milestone_curves_against_minutes_or_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Each cell's evaluated milestones: by training minutes on one machine (in budget minutes where
     every cell stretched its budget alike), by step across machines."""
-    from selfsup.experiments import report
+    from selfsup.lab import report
 
     for cell, slow in (("t=a,seed=0", 1.0), ("t=b,seed=0", 2.0)):
         d = tmp_path / cell
@@ -561,26 +561,26 @@ def test_milestone_curves_against_minutes_or_steps(monkeypatch: pytest.MonkeyPat
     rows = [{"cell": f"t={t},seed=0", "t": t, "seed": 0, "status": "done", "machine": "Zen 3"} for t in "ab"]
     drawn: list[Any] = []
     monkeypatch.setattr(report, "_save", lambda fig, folder, name: drawn.append(fig) or name)
-    assert report._milestone_plot(tmp_path, rows, ["t"], tmp_path) == "milestones.png"
+    assert report.milestone_plot(tmp_path, rows, ["t"], tmp_path) == "milestones.png"
     ax = drawn[-1].axes[0]
     assert ax.get_xlabel() == "training minutes on Zen 3"
     assert [list(line.get_xdata()) for line in ax.get_lines()] == [[2.0, 4.0], [4.0, 8.0]]
     for r in rows:  # budgets stretched alike (--budget-scale 2): minutes of the spec's budget
         (tmp_path / r["cell"] / "config.yaml").write_text("train: {budget_scale: 2.0, time_budget: 4}\n")
-    report._milestone_plot(tmp_path, rows, ["t"], tmp_path)
+    report.milestone_plot(tmp_path, rows, ["t"], tmp_path)
     ax = drawn[-1].axes[0]
     assert ax.get_xlabel() == "budget minutes (training minutes on Zen 3 / 2)"
     assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1.0, 2.0], [2.0, 4.0]]
     (tmp_path / "t=b,seed=0" / "config.yaml").write_text("train: {budget_scale: 1.0}\n")  # two scales: wall minutes
-    report._milestone_plot(tmp_path, rows, ["t"], tmp_path)
+    report.milestone_plot(tmp_path, rows, ["t"], tmp_path)
     assert drawn[-1].axes[0].get_xlabel() == "training minutes on Zen 3"
     rows[1]["machine"] = "Zen 5"  # minutes of two machines do not compare: steps instead
-    report._milestone_plot(tmp_path, rows, ["t"], tmp_path)
+    report.milestone_plot(tmp_path, rows, ["t"], tmp_path)
     ax = drawn[-1].axes[0]
     assert ax.get_xlabel() == "step" and list(ax.get_lines()[1].get_xdata()) == [20, 40]
     for r in rows:
         (tmp_path / r["cell"] / "metrics.json").write_text("{}")
-    assert report._milestone_plot(tmp_path, rows, ["t"], tmp_path) is None
+    assert report.milestone_plot(tmp_path, rows, ["t"], tmp_path) is None
 
 
 def test_markdown_table_statistics() -> None:
@@ -620,7 +620,7 @@ def test_steps_and_speed_are_columns_when_cells_trained_different_steps() -> Non
 
 
 def test_after_head_accuracy_is_a_column_when_a_cell_has_it(tmp_path: Path) -> None:
-    from selfsup.experiments.results import run_row
+    from selfsup.lab.results import run_row
 
     run = tmp_path / "cell"
     run.mkdir()
@@ -704,7 +704,7 @@ def test_ray_launcher_without_ray_says_how_to_get_it(
 
 
 def test_pair_heatmap_is_symmetric_and_the_spec_names_its_axis(tmp_path: Path) -> None:
-    from selfsup.experiments.report import _heatmap, pair_matrix
+    from selfsup.lab.report import heatmap, pair_matrix
 
     groups = [
         {"pair": "crop", "values": {"linear_top1": [0.40, 0.42]}},
@@ -716,7 +716,7 @@ def test_pair_heatmap_is_symmetric_and_the_spec_names_its_axis(tmp_path: Path) -
     assert names == ["crop", "colour", "blur"]
     assert grid[0, 0] == pytest.approx(41.0) and grid[1, 1] == pytest.approx(30.0)
     assert grid[0, 1] == grid[1, 0] == pytest.approx(50.0) and np.isnan(grid[2]).all()
-    assert _heatmap(groups, "pair", "linear_top1", tmp_path) == "heatmap_linear_top1.png"
+    assert heatmap(groups, "pair", "linear_top1", tmp_path) == "heatmap_linear_top1.png"
     assert (tmp_path / "heatmap_linear_top1.png").is_file()
     spec = write_spec(tmp_path, tmp_path, heatmap="optimizer")
     with pytest.raises(ConfigError, match="heatmap must name a grid axis"):
@@ -725,8 +725,8 @@ def test_pair_heatmap_is_symmetric_and_the_spec_names_its_axis(tmp_path: Path) -
 
 def test_x_axis_puts_a_later_axis_on_x_with_a_line_per_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """optimizer.yaml's figure: batch size on x, one line per optimizer (the grid's first axis)."""
-    from selfsup.experiments import report
-    from selfsup.experiments.results import write_csv
+    from selfsup.lab import report
+    from selfsup.lab.results import write_csv
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()
@@ -764,7 +764,7 @@ def test_x_axis_puts_a_later_axis_on_x_with_a_line_per_first(monkeypatch: pytest
 
 
 def test_separation_names_what_stands_out_of_seed_noise() -> None:
-    from selfsup.experiments.results import separation
+    from selfsup.lab.results import separation
 
     def rows(label: str, *values: float) -> list[dict[str, Any]]:
         return [{"m": label, "seed": i, "status": "done", "knn_top1": v} for i, v in enumerate(values)]

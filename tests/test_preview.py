@@ -12,7 +12,7 @@ from PIL import Image
 from selfsup.augment import BatchAugment, resolve_augment
 from selfsup.cli import main
 from selfsup.config import AugmentConfig
-from selfsup.experiments.preview import augmented_views
+from selfsup.preview import augmented_views
 
 
 def test_views_are_the_training_augmentation_without_normalisation() -> None:

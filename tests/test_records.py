@@ -14,9 +14,9 @@ import yaml
 from conftest import REPO
 from selfsup.config import apply_overrides, load_config
 from selfsup.errors import ConfigError
-from selfsup.experiments import run_sweep
-from selfsup.experiments.records import config_changes, describe, resolved
-from selfsup.experiments.results import markdown_table, provenance
+from selfsup.lab import run_sweep
+from selfsup.lab.records import config_changes, describe, resolved
+from selfsup.lab.results import markdown_table, provenance
 from selfsup.machine import machine_info, read_machine, record_machine
 from test_experiments import write_recipe
 

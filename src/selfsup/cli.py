@@ -166,7 +166,7 @@ def _add_eval_parsers(sub: Any) -> None:
 
 
 def _add_sweep_parsers(sub: Any) -> None:
-    """``selfsup sweep``, ``selfsup report``, ``selfsup docs`` and ``selfsup export``."""
+    """``selfsup sweep``, ``selfsup report``, ``python -m selfsup.lab.docs`` and ``selfsup export``."""
     _add_sweep_parser(sub)
     _add_report_parsers(sub)
 
@@ -215,7 +215,7 @@ def _add_sweep_parser(sub: Any) -> None:
 
 
 def _add_report_parsers(sub: Any) -> None:
-    """``selfsup report``, ``selfsup docs`` and ``selfsup export``."""
+    """``selfsup report``, ``python -m selfsup.lab.docs`` and ``selfsup export``."""
     r = sub.add_parser(
         "report",
         help="write report.html with plots for a run, a sweep or a folder of runs",
@@ -226,16 +226,6 @@ def _add_report_parsers(sub: Any) -> None:
     r.add_argument("--samples", type=int, default=2000, help="test images in the t-SNE map (runs)")
     r.add_argument("--no-embedding", action="store_true", help="skip the t-SNE map and retrievals (runs)")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
-
-    d = sub.add_parser(
-        "docs",
-        help="regenerate the tables of README.md and docs/ from results/ (--check: only compare)",
-        description="Rewrite every '<!-- results KIND NAME -->' block of README.md and docs/*.md from the "
-        "committed records under results/; with --check, change nothing and exit 1 if a block differs.",
-    )
-    d.add_argument("--root", default=".", metavar="DIR", help="the repository root (default: here)")
-    d.add_argument("--check", action="store_true", help="compare only; exit 1 when a block differs")
-    d.add_argument("--debug", action="store_true", help="show tracebacks")
 
     x = sub.add_parser(
         "export",
@@ -378,7 +368,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .experiments import run_sweep
+    from .lab import run_sweep
 
     result = run_sweep(
         args.spec,
@@ -400,24 +390,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import make_report
+    from .lab.report import make_report
 
     print(make_report(args.dir, samples=args.samples, embedding=not args.no_embedding))
-    return 0
-
-
-def _cmd_docs(args: argparse.Namespace) -> int:
-    from .experiments.docs import update_docs
-
-    differences = update_docs(args.root, check=args.check)
-    for d in differences:
-        verb = "differs from" if args.check else "regenerated from"
-        print(f"{d.file}: block '{d.kind} {d.name}' {verb} results/{d.folder}")
-    if args.check and differences:
-        print(f"{len(differences)} block(s) out of date; run 'selfsup docs' and commit", file=sys.stderr)
-        return 1
-    if args.check:
-        print("every results block matches its records")
     return 0
 
 
@@ -465,7 +440,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_augment(args: argparse.Namespace) -> int:
     from .config import apply_overrides, load_config
-    from .experiments.preview import preview
+    from .preview import preview
 
     cfg = apply_overrides(load_config(), _overrides(args))
     print(preview(cfg.augment.preset, args.n, args.views, args.out, args.data, args.seed, augment=cfg.augment))
@@ -495,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
+        from .version import __version__
 
         print(__version__)
         return 0
@@ -512,7 +487,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _cmd_export,
         "sweep": _cmd_sweep,
         "report": _cmd_report,
-        "docs": _cmd_docs,
         "embed": _cmd_embed,
         "augment": _cmd_augment,
     }

@@ -30,3 +30,7 @@ class CheckpointError(SelfsupError):
 
 class TrainingDivergedError(SelfsupError):
     """The loss became NaN or infinite."""
+
+
+class MissingExtraError(SelfsupError):
+    """A feature needs a package of an optional extra that is not installed."""

@@ -129,8 +129,8 @@ def machine_info(device: Any = None) -> dict[str, Any]:
     """
     import torch
 
-    from . import __version__
     from .runtime import native_bf16
+    from .version import __version__
 
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())

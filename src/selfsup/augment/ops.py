@@ -8,12 +8,15 @@ normalisation; :func:`selfsup.augment.batch.apply_params` chains them.
 from __future__ import annotations
 
 from itertools import permutations
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..runtime import to_device
-from .params import AugmentParams
+
+if TYPE_CHECKING:
+    from .params import AugmentParams
 
 # Luma weights of torchvision's rgb_to_grayscale (ITU-R 601-2).
 _GRAY = (0.2989, 0.587, 0.114)

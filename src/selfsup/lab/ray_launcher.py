@@ -3,7 +3,7 @@
 Each cell that is not done becomes one task on the cluster that ``--ray-address`` (or
 ``$RAY_ADDRESS``) names, or on a local Ray started for the sweep; a task asks for its
 CPUs (``train.num_threads``, or 1) and, where the cluster has GPUs, one GPU. A task runs
-exactly what the local launcher runs for the cell (:func:`selfsup.experiments.sweep.run_cell`),
+exactly what the local launcher runs for the cell (:func:`selfsup.lab.sweep.run_cell`),
 into the same run directory, so the run directories must lie on a filesystem that every
 node sees. A cell whose worker dies is retried by Ray and resumes from its checkpoint;
 one that still fails is reported, and running the sweep again continues it. Results,

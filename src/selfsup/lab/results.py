@@ -154,7 +154,7 @@ def collect(spec: Any, cells: list[Any], configs: dict[Path, Any] | None = None)
     """One row per cell: its axis labels, seed, status and metrics.
 
     With ``configs`` (cell directory -> the config it should have run), a record whose
-    saved config differs counts as missing (see :func:`selfsup.experiments.records.cell_state`).
+    saved config differs counts as missing (see :func:`selfsup.lab.records.cell_state`).
     """
     rows = []
     for cell in cells:

@@ -1,6 +1,6 @@
 """Augmentation previews: real images beside views drawn by the batch augmentation (seeds' Figure 4).
 
->>> from selfsup.experiments.preview import preview
+>>> from selfsup.preview import preview
 >>> preview("seed000", n=8, views=4, out="views.png")      # bundled CIFAR-10 by default
 PosixPath('views.png')
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..augment import BatchAugment, resolve_augment
-from ..config import AugmentConfig, DataConfig
-from ..data import class_balanced_indices, load_data, load_dataset
-from ..errors import ConfigError
+from .augment import BatchAugment, resolve_augment
+from .config import AugmentConfig, DataConfig
+from .data import class_balanced_indices, load_data, load_dataset
+from .errors import ConfigError
 
 
 def augmented_views(images: np.ndarray, cfg: AugmentConfig, views: int, seed: int = 0) -> np.ndarray:
@@ -43,30 +43,30 @@ def augmented_views(images: np.ndarray, cfg: AugmentConfig, views: int, seed: in
 
 
 def draw_views(images: np.ndarray, views: np.ndarray, path: Path, title: str, labels: list[str] | None = None) -> Path:
-    """A grid: one row per image, the original first, then its views."""
-    import matplotlib
+    """A grid PNG: one row per image, the original first, then its views, the class name under it.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with Pillow (each panel enlarged without smoothing to at least 96 pixels), so
+    previews need no plotting library.
+    """
+    from PIL import Image, ImageDraw
 
     n, k = views.shape[:2]
-    fig, axes = plt.subplots(n, k + 1, figsize=(1.1 * (k + 1), 1.1 * n + 0.4), squeeze=False)
+    side = max(96, images.shape[1])
+    scale, pad, text_h = side / images.shape[1], 4, 14
+    width, height = (k + 1) * (side + pad) + pad, text_h + n * (side + pad + text_h) + pad
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((pad, 1), title, fill="black")
     for i in range(n):
-        axes[i][0].imshow(images[i])
-        if labels:
-            axes[i][0].set_ylabel(labels[i], fontsize=7)
-        for j in range(k):
-            axes[i][j + 1].imshow(views[i, j])
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0][0].set_title("image", fontsize=8)
-    for j in range(k):
-        axes[0][j + 1].set_title(f"view {j + 1}", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+        top = text_h + i * (side + pad + text_h)
+        panels = [images[i].astype(np.float32) / 255] + [views[i, j] for j in range(k)]
+        for j, panel in enumerate(panels):
+            tile = Image.fromarray((np.clip(panel, 0, 1) * 255).round().astype(np.uint8))
+            grid.paste(tile.resize((round(tile.width * scale), side), Image.Resampling.NEAREST), (pad + j * (side + pad), top))
+            caption = (labels[i] if labels else "image") if j == 0 else f"view {j}"
+            draw.text((pad + j * (side + pad), top + side + 1), caption, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    grid.save(path)
     return path
 
 

@@ -2,7 +2,7 @@
 
 The benchmark writes one JSON line per evaluated snapshot (``points.jsonl``: pipeline,
 training minutes, step, kNN top-1, the linear probe on the last snapshot). This module
-turns those points into the table that the benchmark prints and that ``selfsup docs``
+turns those points into the table that the benchmark prints and that ``python -m selfsup.lab.docs``
 regenerates from the committed record (block kind ``tta``).
 """
 

@@ -1,8 +1,8 @@
 """Docs from data: every measured table in README.md and docs/ is generated from results/.
 
 A markdown file marks a generated block with two comments; what lies between them is
-rewritten from the committed records by ``selfsup docs`` and checked by
-``selfsup docs --check`` (which the test suite runs, so a figure typed by hand, or a
+rewritten from the committed records by ``python -m selfsup.lab.docs`` and checked by
+``python -m selfsup.lab.docs --check`` (which the test suite runs, so a figure typed by hand, or a
 record changed without regenerating the docs, fails)::
 
     <!-- results table temperature-cpu -->
@@ -57,8 +57,9 @@ import yaml
 
 from ..errors import ConfigError
 from ..machine import read_machine
-from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, read_jsonl
-from .results import collect, markdown_table, mean_std, metric_label, milestone_rows, run_provenance, run_row
+from ..rundir import METRICS_JSON, METRICS_JSONL, read_jsonl
+from .report import render_runs
+from .results import collect, markdown_table, mean_std, metric_label, milestone_rows, run_provenance
 
 BLOCK = re.compile(r"(<!-- results (\w+) ([\w.,=+/-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
 
@@ -213,45 +214,6 @@ def render_checkpoints(folder: Path, root: Path) -> str:
     return "\n".join(out) + "\n\n" + _measured(run_provenance(folder), start=True) + "\n"
 
 
-def render_runs(folder: Path, root: Path) -> str:
-    """The ``runs`` block: one row per run directly under ``folder``.
-
-    Besides accuracy and cost, each row has the run's health: its final loss and the last
-    logged embedding std (the collapse signal). A run with no summary record (still
-    training, or killed) gets no row, only its name in a line after the table.
-    """
-    runs = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
-    head = (
-        "| run | kNN top-1 (%) | linear top-1 (%) | final loss | embedding std | steps | training (min) "
-        "| machine | precision |"
-    )
-    out = [head, "|---|---:|---:|---:|---:|---:|---:|---|---|"]
-    running = []
-    for run in runs:
-        records = read_jsonl(run / METRICS_JSONL)
-        summary: dict[str, Any] = next((r for r in reversed(records) if r.get("summary")), {})
-        if not summary:  # still training (or killed): its live numbers are not a result
-            running.append(run.name)
-            continue
-        row = run_row(run)
-
-        def pct(key: str, row: dict[str, Any] = row) -> str:
-            return f"{100 * row[key]:.1f}" if key in row else "-"
-
-        def num(key: str, digits: int, row: dict[str, Any] = row) -> str:
-            return f"{row[key]:.{digits}f}" if row.get(key) is not None else "-"
-
-        minutes = f"{row['train_time_s'] / 60:.1f}" if row.get("train_time_s") is not None else "-"
-        out.append(
-            f"| {run.name} | {pct('knn_top1')} | {pct('linear_top1')} | {num('final_loss', 3)} "
-            f"| {num('embedding_std', 4)} | {summary.get('step', '-')} | {minutes} "
-            f"| {row.get('machine', '-')} | {row.get('precision', '-')} |"
-        )
-    if running:
-        out.append(f"\nNot finished (left out): {', '.join(running)}.")
-    return "\n".join(out) + "\n"
-
-
 _SEED_SUFFIX = re.compile(r",seed=\d+$")
 
 
@@ -352,7 +314,7 @@ def render_figure(folder: Path, root: Path, where: Path, option: str | None, old
     The PNG is redrawn only when the plotted numbers changed (their digest is in the block)
     or the file is missing, so regenerating the docs does not rewrite unchanged images.
     """
-    from .report import _accuracy_plot, _heatmap, _milestone_plot, milestone_curve
+    from .report import accuracy_plot, heatmap, milestone_curve, milestone_plot
     from .results import aggregate
 
     rows, axes = _sweep_rows(folder)
@@ -369,7 +331,7 @@ def render_figure(folder: Path, root: Path, where: Path, option: str | None, old
         done = [r for r in rows if r.get("status") == "done"]
         data: list[Any] = [[r["cell"], milestone_curve(folder / r["cell"])] for r in done]
         data = [[cell, [[s, round(v, 6), t if t is None else round(t, 4)] for s, v, t in c]] for cell, c in data]
-        draw = partial(_milestone_plot, folder, rows, axes)
+        draw = partial(milestone_plot, folder, rows, axes)
     else:
         metric = suffix = _figure_metric(groups, option, folder)
         data = [[[str(g[a]) for a in axes], [round(v, 6) for v in g["values"].get(metric, [])]] for g in groups]
@@ -377,19 +339,19 @@ def render_figure(folder: Path, root: Path, where: Path, option: str | None, old
         shown = "one operation (diagonal) or two" if heat else f"against {x}, {lines}"
         what = f"{metric_label(metric)}: {shown}"
         if heat:
-            draw = partial(_heatmap, groups, heat, metric)
+            draw = partial(heatmap, groups, heat, metric)
         else:
-            draw = partial(_accuracy_plot, groups, [x, *others], metric, reference=record.get("reference"))
+            draw = partial(accuracy_plot, groups, [x, *others], metric, reference=record.get("reference"))
     digest = hashlib.sha256(json.dumps(sorted(data)).encode()).hexdigest()[:12]
     image = root / "docs" / "figures" / f"{folder.name}-{suffix}.png"
     link = Path(os.path.relpath(image.resolve(), where.parent.resolve()))
     done_cells = sum(g["n"] for g in groups)
     text = (
         f"![{what}]({link.as_posix()})\n\n"
-        f"Drawn by `selfsup docs` from results/{folder.name} ({done_cells} finished cells; plotted numbers {digest}).\n"
+        f"Drawn by `python -m selfsup.lab.docs` from results/{folder.name} ({done_cells} finished cells; plotted numbers {digest}).\n"
     )
     if check:
-        return text if image.is_file() else text + "(image missing: run selfsup docs)\n"
+        return text if image.is_file() else text + "(image missing: run python -m selfsup.lab.docs)\n"
     if text != old or not image.is_file():
         with tempfile.TemporaryDirectory() as tmp:
             name = draw(Path(tmp))
@@ -464,3 +426,38 @@ def update_docs(root: str | Path = ".", check: bool = False) -> list[Difference]
         if found and not check:
             path.write_text(new)
     return differences
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m selfsup.lab.docs [--check] [--root DIR]``: the development tool that keeps the docs' blocks."""
+    import argparse
+    import sys
+
+    from ..errors import SelfsupError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m selfsup.lab.docs",
+        description="Rewrite every '<!-- results KIND NAME -->' block of README.md and docs/*.md from the "
+        "committed records under results/; with --check, change nothing and exit 1 if a block differs.",
+    )
+    parser.add_argument("--root", default=".", metavar="DIR", help="the repository root (default: here)")
+    parser.add_argument("--check", action="store_true", help="compare only; exit 1 when a block differs")
+    args = parser.parse_args(argv)
+    try:
+        differences = update_docs(args.root, check=args.check)
+    except SelfsupError as e:
+        print(f"python -m selfsup.lab.docs: error: {e}", file=sys.stderr)
+        return 2
+    for d in differences:
+        verb = "differs from" if args.check else "regenerated from"
+        print(f"{d.file}: block '{d.kind} {d.name}' {verb} results/{d.folder}")
+    if args.check and differences:
+        print(f"{len(differences)} block(s) out of date; run 'python -m selfsup.lab.docs' and commit", file=sys.stderr)
+        return 1
+    if args.check:
+        print("every results block matches its records")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RunDirError
+from ..errors import MissingExtraError, RunDirError
 from ..rundir import CONFIG, METRICS_JSON, METRICS_JSONL, load_run_config, read_jsonl, write_atomic
 from .results import (
     COLUMNS,
@@ -36,6 +36,7 @@ from .results import (
     read_csv,
     reference_points,
     reference_title,
+    run_row,
 )
 from .sweep import SPEC_FILE, record_seeds, table_command
 
@@ -52,9 +53,21 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
-def _plt() -> Any:
-    import matplotlib
+def lab_module(name: str) -> Any:
+    """Import ``name``, a package of the ``lab`` extra; one clear error where it is missing."""
+    import importlib
 
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        top = name.partition(".")[0]
+        raise MissingExtraError(
+            f"reports need {top}, which is not installed: pip install 'selfsup[lab]' (or pip install -e '.[lab]')"
+        ) from None
+
+
+def _plt() -> Any:
+    matplotlib = lab_module("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -180,8 +193,7 @@ def _features(run_dir: Path, samples: int) -> dict[str, Any] | None:
 
 
 def _embedding(f: dict[str, Any], folder: Path) -> str:
-    from sklearn.manifold import TSNE
-
+    TSNE = lab_module("sklearn.manifold").TSNE  # noqa: N806 (the class)
     plt = _plt()
     x = f["test"] / np.linalg.norm(f["test"], axis=1, keepdims=True).clip(1e-8)
     perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
@@ -228,7 +240,7 @@ def _augmentation(config: dict[str, Any], folder: Path) -> str | None:
     """The run's own augmentation on 8 of its images (None if its data is gone)."""
     from ..config import config_from_dict
     from ..errors import DataError
-    from .preview import preview
+    from ..preview import preview
 
     cfg = config_from_dict(config, "config.yaml")
     try:
@@ -306,13 +318,18 @@ def _numeric(labels: list[str]) -> list[float] | None:
         return None
 
 
-def _accuracy_plot(
+def accuracy_plot(
     groups: list[dict[str, Any]],
     axes: list[str],
     metric: str,
     folder: Path,
     reference: dict[str, Any] | None = None,
 ) -> str | None:
+    """The metric against the first axis (one line per value of the others), with the paper's points.
+
+    Returns:
+        The figure's file name in ``folder``, or None when no cell has the metric.
+    """
     plt = _plt()
     first, rest = axes[0], axes[1:]
     series: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -410,7 +427,7 @@ def pair_matrix(groups: list[dict[str, Any]], axis: str, metric: str) -> tuple[l
     return names, grid
 
 
-def _heatmap(groups: list[dict[str, Any]], axis: str, metric: str, folder: Path) -> str | None:
+def heatmap(groups: list[dict[str, Any]], axis: str, metric: str, folder: Path) -> str | None:
     """A symmetric matrix from an axis labelled "a" (diagonal) and "a+b" (off-diagonal).
 
     SimCLR's Figure 5 layout (``heatmap:`` in a sweep spec, e.g. aug_pairs.yaml); cells
@@ -477,7 +494,7 @@ def milestone_curve(run_dir: Path, metric: str = "knn_top1") -> list[tuple[int, 
     return [(step, value, float(np.interp(step, steps, seconds)) / 60) for step, value in points]
 
 
-def _milestone_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
+def milestone_plot(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str], folder: Path) -> str | None:
     """The kNN top-1 of every cell's milestones against training minutes (one machine) or steps.
 
     Equal-time comparisons (``--time-budget`` with milestones) and the epochs table from
@@ -540,13 +557,13 @@ def report_sweep(sweep_dir: Path) -> Path:
     x = spec.get("x_axis") or axes[0]
     plot_axes = [x] + [a for a in axes if a != x]  # the x axis first, a line per value of the rest
     plots = [
-        _accuracy_plot(groups, plot_axes, m, folder, spec.get("reference"))
+        accuracy_plot(groups, plot_axes, m, folder, spec.get("reference"))
         for m in ("knn_top1", "linear_top1", "test_top1")
     ]
     if spec.get("heatmap"):
-        plots = [_heatmap(groups, spec["heatmap"], m, folder) for m in ("linear_top1", "knn_top1")] + plots
+        plots = [heatmap(groups, spec["heatmap"], m, folder) for m in ("linear_top1", "knn_top1")] + plots
     plots += [
-        _milestone_plot(sweep_dir, rows, axes, folder),
+        milestone_plot(sweep_dir, rows, axes, folder),
         _sweep_loss_plot(sweep_dir, rows, axes, folder),
         _time_plot(rows, groups, axes, folder),
     ]
@@ -595,8 +612,6 @@ def report_runs(folder: Path) -> Path:
     """
     import yaml
 
-    from .docs import render_runs
-
     runs = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
     if not runs:
         raise RunDirError(f"{folder} is neither a run directory, a sweep folder nor a folder of runs")
@@ -635,3 +650,42 @@ def make_report(path: str | Path, samples: int = 2000, embedding: bool = True) -
     if p.is_dir():
         return report_runs(p)
     raise RunDirError(f"{p} is neither a run directory, a sweep folder nor a folder of runs")
+
+
+def render_runs(folder: Path, root: Path) -> str:
+    """The ``runs`` block: one row per run directly under ``folder``.
+
+    Besides accuracy and cost, each row has the run's health: its final loss and the last
+    logged embedding std (the collapse signal). A run with no summary record (still
+    training, or killed) gets no row, only its name in a line after the table.
+    """
+    runs = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
+    head = (
+        "| run | kNN top-1 (%) | linear top-1 (%) | final loss | embedding std | steps | training (min) "
+        "| machine | precision |"
+    )
+    out = [head, "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    running = []
+    for run in runs:
+        records = read_jsonl(run / METRICS_JSONL)
+        summary: dict[str, Any] = next((r for r in reversed(records) if r.get("summary")), {})
+        if not summary:  # still training (or killed): its live numbers are not a result
+            running.append(run.name)
+            continue
+        row = run_row(run)
+
+        def pct(key: str, row: dict[str, Any] = row) -> str:
+            return f"{100 * row[key]:.1f}" if key in row else "-"
+
+        def num(key: str, digits: int, row: dict[str, Any] = row) -> str:
+            return f"{row[key]:.{digits}f}" if row.get(key) is not None else "-"
+
+        minutes = f"{row['train_time_s'] / 60:.1f}" if row.get("train_time_s") is not None else "-"
+        out.append(
+            f"| {run.name} | {pct('knn_top1')} | {pct('linear_top1')} | {num('final_loss', 3)} "
+            f"| {num('embedding_std', 4)} | {summary.get('step', '-')} | {minutes} "
+            f"| {row.get('machine', '-')} | {row.get('precision', '-')} |"
+        )
+    if running:
+        out.append(f"\nNot finished (left out): {', '.join(running)}.")
+    return "\n".join(out) + "\n"

@@ -46,7 +46,7 @@ Cells run one after another; a finished cell is skipped and an interrupted one r
 (from its own checkpoints), so a killed sweep is continued by running it again. A
 finished cell counts only while its saved config is the one the spec asks for: a cell
 whose value, recipe or scale changed since runs again, and the sweep names the key
-(:mod:`selfsup.experiments.records`). So a sweep folder under ``results/``, committed
+(:mod:`selfsup.lab.records`). So a sweep folder under ``results/``, committed
 without its checkpoints, is continued on another day and machine by running the same
 command in a clone; the spec may grow meanwhile (new values, seeds), and cells it no
 longer has stay on disk but leave the table.
