@@ -62,7 +62,8 @@ def draw_views(images: np.ndarray, views: np.ndarray, path: Path, title: str, la
         panels = [images[i].astype(np.float32) / 255] + [views[i, j] for j in range(k)]
         for j, panel in enumerate(panels):
             tile = Image.fromarray((np.clip(panel, 0, 1) * 255).round().astype(np.uint8))
-            grid.paste(tile.resize((round(tile.width * scale), side), Image.Resampling.NEAREST), (pad + j * (side + pad), top))
+            tile = tile.resize((round(tile.width * scale), side), Image.Resampling.NEAREST)
+            grid.paste(tile, (pad + j * (side + pad), top))
             caption = (labels[i] if labels else "image") if j == 0 else f"view {j}"
             draw.text((pad + j * (side + pad), top + side + 1), caption, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)

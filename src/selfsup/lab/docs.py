@@ -348,7 +348,8 @@ def render_figure(folder: Path, root: Path, where: Path, option: str | None, old
     done_cells = sum(g["n"] for g in groups)
     text = (
         f"![{what}]({link.as_posix()})\n\n"
-        f"Drawn by `python -m selfsup.lab.docs` from results/{folder.name} ({done_cells} finished cells; plotted numbers {digest}).\n"
+        f"Drawn by `python -m selfsup.lab.docs` from results/{folder.name} ({done_cells} finished cells; "
+        f"plotted numbers {digest}).\n"
     )
     if check:
         return text if image.is_file() else text + "(image missing: run python -m selfsup.lab.docs)\n"
