@@ -156,10 +156,11 @@ def test_the_core_does_not_import_the_lab() -> None:
 
 
 MAX_LINES = 60
+MAX_PARAMETERS = 8
 
 
 def long_functions() -> list[str]:
-    """Functions whose body (docstring aside) exceeds MAX_LINES without a ``# long:`` comment saying why."""
+    """Functions whose body (the docstring aside) is over MAX_LINES lines."""
     found = []
     for path in sorted(SRC.rglob("*.py")):
         text = path.read_text()
@@ -171,13 +172,33 @@ def long_functions() -> list[str]:
             has_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
             start = (first.end_lineno or first.lineno) + 1 if has_doc else first.lineno
             body = lines[start - 1 : node.end_lineno]
-            if len(body) > MAX_LINES and not any("# long:" in line for line in body):
+            if len(body) > MAX_LINES:
                 found.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({len(body)} lines)")
     return found
 
 
-def test_functions_are_short_or_say_why() -> None:
+def many_parameters() -> list[str]:
+    """Functions that take more than MAX_PARAMETERS parameters (``self`` and ``cls`` aside): pass a record instead."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            names = [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+            names += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+            n = len([x for x in names if x not in ("self", "cls")])
+            if n > MAX_PARAMETERS:
+                found.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({n} parameters)")
+    return found
+
+
+def test_functions_are_short() -> None:
     assert long_functions() == []
+
+
+def test_functions_take_few_parameters() -> None:
+    assert many_parameters() == []
 
 
 def test_init_files_are_faces() -> None:

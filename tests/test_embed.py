@@ -16,6 +16,7 @@ from selfsup import embed, embed_query, pretrain
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data import load_dataset
+from selfsup.embed import EmbedOptions
 from selfsup.errors import ConfigError, RunDirError
 from selfsup.eval import extract_features, feature_options, load_run_model
 
@@ -43,7 +44,9 @@ def odd_folder(root: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_bundled_test_split_equals_the_features_evaluation_uses(encoder_run: Path, tmp_path: Path) -> None:
-    out = embed(encoder_run, "cifar10", tmp_path / "emb", split="test", device="cpu", progress=False)
+    out = embed(
+        encoder_run, "cifar10", tmp_path / "emb", options=EmbedOptions(split="test", device="cpu", progress=False)
+    )
     got = np.load(out / "embeddings.npy")
     cfg, model, _ = load_run_model(encoder_run)
     test = load_dataset("cifar10", progress=False).test
@@ -58,7 +61,7 @@ def test_bundled_test_split_equals_the_features_evaluation_uses(encoder_run: Pat
 def test_odd_one_channel_pngs_one_row_each_in_index_order(encoder_run: Path, tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     paths = odd_folder(folder)
-    out = embed(encoder_run, folder, tmp_path / "emb", device="cpu", progress=False)
+    out = embed(encoder_run, folder, tmp_path / "emb", options=EmbedOptions(device="cpu", progress=False))
     vectors = np.load(out / "embeddings.npy")
     rows = list(csv.DictReader(open(out / "index.csv")))
     assert [r["path"] for r in rows] == paths and vectors.shape == (len(paths), 64)
@@ -82,22 +85,22 @@ def test_never_reads_its_output_and_never_overwrites_unasked(encoder_run: Path, 
     folder = tmp_path / "photos"
     paths = odd_folder(folder)
     out = folder / "embeddings"  # inside the data folder
-    embed(encoder_run, folder, out, device="cpu", progress=False)
+    embed(encoder_run, folder, out, options=EmbedOptions(device="cpu", progress=False))
     Image.new("RGB", (32, 32)).save(out / "stray.png")  # an image inside the output folder
     with pytest.raises(RunDirError, match="already exists; pass --overwrite"):
-        embed(encoder_run, folder, out, device="cpu", progress=False)
-    embed(encoder_run, folder, out, overwrite=True, device="cpu", progress=False)
+        embed(encoder_run, folder, out, options=EmbedOptions(device="cpu", progress=False))
+    embed(encoder_run, folder, out, overwrite=True, options=EmbedOptions(device="cpu", progress=False))
     assert [r["path"] for r in csv.DictReader(open(out / "index.csv"))] == paths
     with pytest.raises(RunDirError, match="holds the images to embed"):
-        embed(encoder_run, folder, folder, overwrite=True, device="cpu", progress=False)
+        embed(encoder_run, folder, folder, overwrite=True, options=EmbedOptions(device="cpu", progress=False))
     other = tmp_path / "mine"
     other.mkdir()
     (other / "keep.txt").write_text("x")
     with pytest.raises(RunDirError, match="not an embedding folder"):
-        embed(encoder_run, folder, other, overwrite=True, device="cpu", progress=False)
+        embed(encoder_run, folder, other, overwrite=True, options=EmbedOptions(device="cpu", progress=False))
     assert (other / "keep.txt").is_file()
     with pytest.raises(ConfigError, match="neither a run directory nor an exported encoder"):
-        embed(tmp_path, folder, tmp_path / "x", device="cpu", progress=False)
+        embed(tmp_path, folder, tmp_path / "x", options=EmbedOptions(device="cpu", progress=False))
 
 
 def test_cli_embeds_an_export_and_a_tar_and_queries(
@@ -143,8 +146,13 @@ def test_unreadable_images_stop_the_run_or_are_left_out_of_every_row(encoder_run
     paths = odd_folder(folder)
     (folder / "a" / "9.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="a/9.png: cannot decode image"):
-        embed(encoder_run, folder, tmp_path / "emb", device="cpu", progress=False)
+        embed(encoder_run, folder, tmp_path / "emb", options=EmbedOptions(device="cpu", progress=False))
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        out = embed(encoder_run, folder, tmp_path / "emb2", device="cpu", progress=False, skip_invalid=True)
+        out = embed(
+            encoder_run,
+            folder,
+            tmp_path / "emb2",
+            options=EmbedOptions(device="cpu", progress=False, skip_invalid=True),
+        )
     rows = list(csv.DictReader(open(out / "index.csv")))
     assert [r["path"] for r in rows] == paths and np.load(out / "embeddings.npy").shape[0] == len(paths)

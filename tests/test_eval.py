@@ -14,7 +14,7 @@ from conftest import tiny_overrides
 from selfsup import pretrain
 from selfsup.config import load_config
 from selfsup.errors import ConfigError, RunDirError
-from selfsup.eval import evaluate_run, extract_features, knn_predict, linear_probe
+from selfsup.eval import ProbeSettings, Which, evaluate_run, extract_features, knn_predict, linear_probe
 
 
 def knn_reference(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray, c: int, k: int, t: float) -> np.ndarray:
@@ -53,11 +53,11 @@ def test_knn_and_probe_separate_clusters() -> None:
     xtr, ytr = clusters(500, 0)
     xte, yte = clusters(200, 1)
     assert float((knn_predict(xtr, ytr, xte, 5, k=20) == yte).float().mean()) > 0.95
-    res = linear_probe(xtr, ytr, xte, yte, 5, epochs=20, lr=1e-2, batch_size=64)
+    res = linear_probe((xtr, ytr), (xte, yte), 5, ProbeSettings(epochs=20, lr=1e-2, batch_size=64))
     assert res.test_top1 > 0.95 and res.losses[-1] < res.losses[0]
-    again = linear_probe(xtr, ytr, xte, yte, 5, epochs=20, lr=1e-2, batch_size=64)
+    again = linear_probe((xtr, ytr), (xte, yte), 5, ProbeSettings(epochs=20, lr=1e-2, batch_size=64))
     assert again.test_top1 == res.test_top1 and again.losses == res.losses
-    sgd = linear_probe(xtr, ytr, xte, yte, 5, epochs=20, lr=0.1, batch_size=64, optimizer="sgd")
+    sgd = linear_probe((xtr, ytr), (xte, yte), 5, ProbeSettings(epochs=20, lr=0.1, batch_size=64, optimizer="sgd"))
     assert sgd.test_top1 > 0.95
 
 
@@ -65,7 +65,9 @@ def test_probe_on_random_labels_is_near_chance() -> None:
     xtr, _ = clusters(500, 0)
     xte, _ = clusters(500, 1)
     g = torch.Generator().manual_seed(0)
-    res = linear_probe(xtr, torch.randint(0, 5, (500,), generator=g), xte, torch.randint(0, 5, (500,), generator=g), 5)
+    res = linear_probe(
+        (xtr, torch.randint(0, 5, (500,), generator=g)), (xte, torch.randint(0, 5, (500,), generator=g)), 5
+    )
     assert res.test_top1 < 0.35
 
 
@@ -95,17 +97,17 @@ def test_evaluate_run(shared_folder: Path, tmp_path: Path) -> None:
     assert saved["knn_top1"] == m["knn_top1"] and 0 <= m["linear_top1"] <= 1
     assert m["n_test"] == 24 and m["n_train"] == 96 and m["checkpoint_step"] == 12 and m["knn_k"] == 5
     assert "kNN top-1" in lines[0] and "linear top-1" in lines[0]
-    r = evaluate_run(out, random_init=True, log=lines.append)
+    r = evaluate_run(out, log=lines.append, which=Which(random_init=True))
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["random_init"]["knn_top1"] == r["knn_top1"] and saved["knn_top1"] == m["knn_top1"]
     # After the projection head: its output's width, stored beside the encoder's results.
-    h = evaluate_run(out, {"eval.linear_epochs": 2, "eval.knn_k": 5}, after_head=True, log=lines.append)
+    h = evaluate_run(out, {"eval.linear_epochs": 2, "eval.knn_k": 5}, log=lines.append, which=Which(after_head=True))
     saved = json.loads((out / "metrics.json").read_text())
     cfg = load_config(None, tiny_overrides(shared_folder))
     assert h["feature_dim"] == cfg.model.head_dims[-1] != m["feature_dim"] and lines[-1].startswith("after the head")
     assert saved["after_head"]["knn_top1"] == h["knn_top1"] and saved["knn_top1"] == m["knn_top1"]
     with pytest.raises(ConfigError, match="after-head"):
-        evaluate_run(out, random_init=True, after_head=True)
+        evaluate_run(out, which=Which(random_init=True, after_head=True))
     with pytest.raises(ConfigError, match=r"only eval\.\* settings can change at evaluation time, not train\.epochs"):
         evaluate_run(out, {"train.epochs": 3})
     with pytest.raises(RunDirError, match="does not exist"):
@@ -131,7 +133,7 @@ def test_pretraining_beats_the_random_encoder_on_cifar10(tmp_path: Path) -> None
     out = tmp_path / "run"
     pretrain(load_config(None, overrides), out=out, log=lambda s: None)
     trained = evaluate_run(out, log=lambda s: None)
-    random = evaluate_run(out, random_init=True, log=lambda s: None)
+    random = evaluate_run(out, log=lambda s: None, which=Which(random_init=True))
     # Measured (10,000 test images): 2026-11-28, bf16: kNN 31.7 vs 26.9 %, linear 29.6 vs 24.1 %;
     # 2026-12-03, fp32 on a Zen 4 with AVX2 only: kNN 31.5 vs 26.9 %, linear 26.6 vs 24.2 %. The
     # 5-epoch probe's gain is the smaller and varies with the precision, hence its 1-point margin

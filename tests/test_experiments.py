@@ -20,7 +20,7 @@ import yaml
 
 from conftest import REPO, epoch_records, subprocess_env, tiny_overrides
 from selfsup.errors import ConfigError, RunDirError
-from selfsup.lab import load_spec, run_sweep
+from selfsup.lab import SweepOptions, load_spec, run_sweep
 from selfsup.lab.report import make_report
 from selfsup.lab.results import markdown_table, mean_std, noise
 from selfsup.lab.sweep import cells, recorded_cells
@@ -238,7 +238,7 @@ def test_finetune_sweep(shared_folder: Path, tmp_path: Path) -> None:
     assert {r["cell"]: r.get("knn_top1") for r in again.rows} == before
     # A cell from scratch needs the encoder's config, not its weights: alone, it pretrains nothing.
     cell = "finetune.labels=6,init=scratch,seed=0"
-    alone = run_sweep(spec, out=tmp_path / "alone", only=cell, log=lambda s: None)
+    alone = run_sweep(spec, out=tmp_path / "alone", log=lambda s: None, options=SweepOptions(only=cell))
     assert not (tmp_path / "alone" / "encoder,seed=0").exists()
     (row,) = [r for r in alone.rows if r["status"] == "done"]
     assert row["test_top1"] == next(r["test_top1"] for r in scratch if r["finetune.labels"] == "6")
@@ -279,7 +279,7 @@ def test_one_table_from_fine_tuning_and_semi_supervised_cells(shared_folder: Pat
         "labels=6,row=probe,seed=0",
         "labels=6,row=supervised,seed=0",
     ]
-    result = run_sweep(spec, out=tmp_path / "sweep", scale="small", log=lambda s: None)
+    result = run_sweep(spec, out=tmp_path / "sweep", log=lambda s: None, options=SweepOptions(scale="small"))
     assert [r["status"] for r in result.rows] == ["done", "done"] and all(0 <= r["test_top1"] <= 1 for r in result.rows)
     # The semi-supervised cell is a run of its own; only the fine-tuning one used the encoder.
     assert (tmp_path / "sweep" / "labels=6,row=supervised,seed=0" / "checkpoints").is_dir()
@@ -360,7 +360,7 @@ def test_scale_profile_sets_its_own_seeds(shared_folder: Path, tmp_path: Path) -
     # The seeds are not a config key: the cell's config differs only in its own seed.
     assert s.config({"train.seed": 5}, "noise").train.seed == 5
     # A committed folder is read back with the profile's seeds (the docs generator's view).
-    run_sweep(spec, out=tmp_path / "sweep", scale="noise", plan=True, log=lambda s: None)
+    run_sweep(spec, out=tmp_path / "sweep", log=lambda s: None, options=SweepOptions(scale="noise", plan=True))
     lines = (tmp_path / "sweep" / "plan.sh").read_text().splitlines()
     assert len(lines) == 3 and all("--scale noise" in line for line in lines) and "seed=6" in lines[2]
     recorded, axes = recorded_cells(tmp_path / "sweep")
@@ -422,11 +422,11 @@ def test_bad_specs(fields: dict, message: str, shared_folder: Path, tmp_path: Pa
 
 def test_sweep_folder_is_not_reused_for_another_sweep(shared_folder: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, shared_folder)
-    run_sweep(spec, out=tmp_path / "sweep", plan=True, log=lambda s: None)
+    run_sweep(spec, out=tmp_path / "sweep", log=lambda s: None, options=SweepOptions(plan=True))
     with pytest.raises(ConfigError, match="no scale profile 'huge'"):
-        run_sweep(spec, out=tmp_path / "sweep", scale="huge", log=lambda s: None)
+        run_sweep(spec, out=tmp_path / "sweep", log=lambda s: None, options=SweepOptions(scale="huge"))
     with pytest.raises(RunDirError, match="holds another sweep"):
-        run_sweep(spec, out=tmp_path / "sweep", scale="small", plan=True, log=lambda s: None)
+        run_sweep(spec, out=tmp_path / "sweep", log=lambda s: None, options=SweepOptions(scale="small", plan=True))
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="not a sweep folder"):
@@ -659,9 +659,11 @@ def test_ray_launcher_writes_what_the_local_launcher_writes(
     spec = write_spec(tmp_path, shared_folder, seeds=[0])  # 2 cells
     local = run_sweep(spec, out=tmp_path / "local", log=lambda s: None)
     assert len(local.rows) == 2
-    remote = run_sweep(spec, out=tmp_path / "ray", launcher="ray", cpus_per_cell=1, log=lambda s: None)
+    remote = run_sweep(
+        spec, out=tmp_path / "ray", log=lambda s: None, options=SweepOptions(launcher="ray", cpus_per_cell=1)
+    )
     # Finished cells are not run again; the table is collected from the run directories.
-    again = run_sweep(spec, out=tmp_path / "ray", launcher="ray", log=lambda s: None)
+    again = run_sweep(spec, out=tmp_path / "ray", log=lambda s: None, options=SweepOptions(launcher="ray"))
     with open(tmp_path / "local" / "results.csv") as f:
         local_rows = list(csv.DictReader(f))
     with open(tmp_path / "ray" / "results.csv") as f:
@@ -685,7 +687,9 @@ def test_ray_fine_tuning_cells_wait_for_their_shared_encoder(
     body = {"name": "ft", "command": "finetune", "encoder": {"base": "tiny.yaml"}, "grid": grid, "seeds": [0]}
     spec.write_text(yaml.safe_dump({**body, "overrides": overrides}))
     # Two workers: without the encoder's own task, both cells would pretrain it at once.
-    result = run_sweep(spec, out=tmp_path / "s", launcher="ray", cpus_per_cell=1, log=lambda s: None)
+    result = run_sweep(
+        spec, out=tmp_path / "s", log=lambda s: None, options=SweepOptions(launcher="ray", cpus_per_cell=1)
+    )
     assert [r["status"] for r in result.rows] == ["done", "done"]
     trained = json.loads((tmp_path / "s" / "encoder,seed=0" / "machine.json").read_text())["entries"]
     assert [e["what"] for e in trained].count("train") == 1  # pretrained once, by its own task
@@ -700,7 +704,7 @@ def test_ray_launcher_without_ray_says_how_to_get_it(
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
     spec = write_spec(tmp_path, shared_folder, seeds=[0])
     with pytest.raises(ConfigError, match=r"--launcher ray needs Ray: pip install 'selfsup\[ray\]'"):
-        run_sweep(spec, out=tmp_path / "s", launcher="ray", log=lambda s: None)
+        run_sweep(spec, out=tmp_path / "s", log=lambda s: None, options=SweepOptions(launcher="ray"))
 
 
 def test_pair_heatmap_is_symmetric_and_the_spec_names_its_axis(tmp_path: Path) -> None:
@@ -720,7 +724,7 @@ def test_pair_heatmap_is_symmetric_and_the_spec_names_its_axis(tmp_path: Path) -
     assert (tmp_path / "heatmap_linear_top1.png").is_file()
     spec = write_spec(tmp_path, tmp_path, heatmap="optimizer")
     with pytest.raises(ConfigError, match="heatmap must name a grid axis"):
-        run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
+        run_sweep(spec, out=tmp_path / "s", log=lambda s: None, options=SweepOptions(plan=True))
 
 
 def test_x_axis_puts_a_later_axis_on_x_with_a_line_per_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -752,15 +756,15 @@ def test_x_axis_puts_a_later_axis_on_x_with_a_line_per_first(monkeypatch: pytest
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["optimizer=Adam", "optimizer=LARS"]
     spec = write_spec(tmp_path, tmp_path, x_axis="optim.lr")
     with pytest.raises(ConfigError, match="x_axis must name a grid axis"):
-        run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
+        run_sweep(spec, out=tmp_path / "s", log=lambda s: None, options=SweepOptions(plan=True))
     grid2 = {"method.temperature": [0.1, 0.5], "train.batch_size": [64, 128]}
     reference = {"source": "paper", "metric": "knn_top1", "values": {0.1: 61}}
     spec = write_spec(tmp_path, tmp_path, grid=grid2, x_axis="train.batch_size", reference=reference)
     with pytest.raises(ConfigError, match="first grid axis when the spec has a reference"):
-        run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
+        run_sweep(spec, out=tmp_path / "s", log=lambda s: None, options=SweepOptions(plan=True))
     spec = write_spec(tmp_path, tmp_path, compare="optim.lr")
     with pytest.raises(ConfigError, match="compare must name a grid axis"):
-        run_sweep(spec, out=tmp_path / "s", plan=True, log=lambda s: None)
+        run_sweep(spec, out=tmp_path / "s", log=lambda s: None, options=SweepOptions(plan=True))
 
 
 def test_separation_names_what_stands_out_of_seed_noise() -> None:

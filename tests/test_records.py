@@ -14,7 +14,7 @@ import yaml
 from conftest import REPO
 from selfsup.config import apply_overrides, load_config
 from selfsup.errors import ConfigError
-from selfsup.lab import run_sweep
+from selfsup.lab import SweepOptions, run_sweep
 from selfsup.lab.records import config_changes, describe, resolved
 from selfsup.lab.results import markdown_table, provenance
 from selfsup.machine import machine_info, read_machine, record_machine
@@ -117,7 +117,7 @@ def test_committed_sweep_continues_in_a_clone_and_reruns_changed_cells(shared_fo
     out = Path("results") / "tiny"
     # Day one: two of four cells finish, then the machine is gone; their records are committed.
     for cell in ("t=a,seed=0", "t=b,seed=1"):
-        run_sweep(spec, scale="small", out=repo / out, only=cell, log=lambda _m: None)
+        run_sweep(spec, out=repo / out, log=lambda _m: None, options=SweepOptions(scale="small", only=cell))
     _git("init", "-q", cwd=repo)
     _git("add", "-A", cwd=repo)
     _git("commit", "-qm", "two cells", cwd=repo)
@@ -130,7 +130,7 @@ def test_committed_sweep_continues_in_a_clone_and_reruns_changed_cells(shared_fo
 
     # Day two, another machine: only the two missing cells run.
     lines: list[str] = []
-    result = run_sweep(clone / "spec.yaml", scale="small", out=clone / out, log=lines.append)
+    result = run_sweep(clone / "spec.yaml", out=clone / out, log=lines.append, options=SweepOptions(scale="small"))
     assert "4 cells, 2 done, 2 to run" in lines[0]
     assert all(p.read_bytes() == data for p, data in committed.items())  # the committed cells were not redone
     assert [r["status"] for r in result.rows] == ["done"] * 4 and "machine" in result.rows[0]
@@ -140,7 +140,7 @@ def test_committed_sweep_continues_in_a_clone_and_reruns_changed_cells(shared_fo
     before = (clone / out / "t=a,seed=0" / "metrics.json").read_bytes()
     _spec(clone, shared_folder, 0.7)
     lines.clear()
-    run_sweep(clone / "spec.yaml", scale="small", out=clone / out, log=lines.append)
+    run_sweep(clone / "spec.yaml", out=clone / out, log=lines.append, options=SweepOptions(scale="small"))
     reruns = [line for line in lines if "config changed" in line]
     assert len(reruns) == 2 and all("method.temperature 0.5 -> 0.7" in line for line in reruns)
     assert any("4 cells, 2 done, 2 to run" in line for line in lines)
@@ -153,7 +153,7 @@ def test_reuse_copies_cells_whose_config_another_sweep_finished(shared_folder: P
     first = tmp_path / "first"
     first.mkdir()
     spec = _spec(first, shared_folder, 0.5)
-    run_sweep(spec, scale="small", out=first / "sweep", only="t=b,seed=0", log=lambda _m: None)
+    run_sweep(spec, out=first / "sweep", log=lambda _m: None, options=SweepOptions(scale="small", only="t=b,seed=0"))
     # A second sweep whose 'c' cells ask for exactly what the first sweep's 'b' cells ran.
     second = tmp_path / "second"
     second.mkdir()
@@ -172,16 +172,20 @@ def test_reuse_copies_cells_whose_config_another_sweep_finished(shared_folder: P
     )
     lines: list[str] = []
     kept = run_sweep(
-        second / "spec.yaml", scale="small", out=second / "sweep", only="t=c,seed=1", reuse=[first / "sweep"],
+        second / "spec.yaml",
+        out=second / "sweep",
         log=lines.append,
-    )  # fmt: skip
+        options=SweepOptions(scale="small", only="t=c,seed=1", reuse=[first / "sweep"]),
+    )
     assert not any("copied" in line for line in lines)  # seed 1 of 'b' never ran: nothing to copy
     assert [r["status"] for r in kept.rows] == ["missing", "done", "missing", "missing"]
     lines.clear()
     result = run_sweep(
-        second / "spec.yaml", scale="small", out=second / "sweep", only="t=c,seed=0", reuse=[first / "sweep"],
+        second / "spec.yaml",
+        out=second / "sweep",
         log=lines.append,
-    )  # fmt: skip
+        options=SweepOptions(scale="small", only="t=c,seed=0", reuse=[first / "sweep"]),
+    )
     copied = [line for line in lines if "copied, not run again" in line]
     assert len(copied) == 1 and copied[0].startswith("cell t=c,seed=0: the same config finished in ")
     assert "4 cells, 2 done, 0 to run (--cell t=c,seed=0)" in " ".join(lines)  # nothing trained
@@ -190,7 +194,11 @@ def test_reuse_copies_cells_whose_config_another_sweep_finished(shared_folder: P
     assert (target / "metrics.json").read_bytes() == (source / "metrics.json").read_bytes()
     assert not (target / ".lock").exists() and [r["status"] for r in result.rows][:2] == ["done", "done"]
     with pytest.raises(ConfigError, match="--reuse .*nowhere: no such folder"):
-        run_sweep(second / "spec.yaml", scale="small", out=second / "sweep", reuse=[tmp_path / "nowhere"])
+        run_sweep(
+            second / "spec.yaml",
+            out=second / "sweep",
+            options=SweepOptions(scale="small", reuse=[tmp_path / "nowhere"]),
+        )
 
 
 def _make_bf16(run: Path) -> None:
@@ -209,22 +217,24 @@ def test_a_continued_sweep_keeps_the_precision_of_its_finished_cells(
     out = tmp_path / "sweep"
     lines: list[str] = []
     monkeypatch.setattr(selfsup.runtime, "native_bf16", lambda _device: False)  # an fp32 machine
-    run_sweep(spec, scale="small", out=out, only="t=a,seed=0", log=lambda _m: None)
+    run_sweep(spec, out=out, log=lambda _m: None, options=SweepOptions(scale="small", only="t=a,seed=0"))
     # The table continues on a machine where 'auto' means bf16: its cells stay fp32.
     monkeypatch.setattr(selfsup.runtime, "native_bf16", lambda _device: True)
-    result = run_sweep(spec, scale="small", out=out, only="t=b,seed=0", log=lines.append)
+    result = run_sweep(spec, out=out, log=lines.append, options=SweepOptions(scale="small", only="t=b,seed=0"))
     assert any("the rest run in fp32 too (here 'auto' would be bf16)" in line for line in lines)
     assert [r.get("precision") for r in result.rows if r["status"] == "done"] == ["fp32", "fp32"]
     with pytest.raises(ConfigError, match="ran in fp32; --precision bf16 would mix precisions"):
-        run_sweep(spec, scale="small", out=out, only="t=a,seed=1", precision="bf16", log=lambda _m: None)
+        run_sweep(
+            spec, out=out, log=lambda _m: None, options=SweepOptions(scale="small", only="t=a,seed=1", precision="bf16")
+        )
     # A bf16 table does not go on, ten times slower, on a machine that only emulates bf16.
     monkeypatch.setattr(selfsup.runtime, "native_bf16", lambda _device: False)
     _make_bf16(out / "t=a,seed=0")
     _make_bf16(out / "t=b,seed=0")
     with pytest.raises(ConfigError, match="ran in bf16, which this machine only emulates"):
-        run_sweep(spec, scale="small", out=out, only="t=a,seed=1", log=lambda _m: None)
+        run_sweep(spec, out=out, log=lambda _m: None, options=SweepOptions(scale="small", only="t=a,seed=1"))
     # Nothing left to run: the table is written on any machine.
-    assert run_sweep(spec, scale="small", out=out, only="t=a,seed=0", log=lambda _m: None).rows
+    assert run_sweep(spec, out=out, log=lambda _m: None, options=SweepOptions(scale="small", only="t=a,seed=0")).rows
 
 
 def test_a_budget_scale_stretches_the_cells_still_to_run_and_keeps_the_finished(
@@ -234,18 +244,20 @@ def test_a_budget_scale_stretches_the_cells_still_to_run_and_keeps_the_finished(
     out = tmp_path / "sweep"
     # Without a time budget there is nothing to scale: one line, not a run.
     with pytest.raises(ConfigError, match="--budget-scale 2: no cell to run has a train.time_budget"):
-        run_sweep(spec, scale="small", out=out, budget_scale=2.0, log=lambda _m: None)
+        run_sweep(spec, out=out, log=lambda _m: None, options=SweepOptions(scale="small", budget_scale=2.0))
     raw = yaml.safe_load(spec.read_text())
     raw["scale"]["small"] = {"train.time_budget": 0.005, "train.replan": False}
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(ConfigError, match="must be positive"):
-        run_sweep(spec, scale="small", out=out, budget_scale=0.0, log=lambda _m: None)
+        run_sweep(spec, out=out, log=lambda _m: None, options=SweepOptions(scale="small", budget_scale=0.0))
     # A slower machine trains the cell 1.5 times the spec's minutes; the record says so.
-    run_sweep(spec, scale="small", out=out, only="t=a,seed=0", budget_scale=1.5, log=lambda _m: None)
+    run_sweep(
+        spec, out=out, log=lambda _m: None, options=SweepOptions(scale="small", only="t=a,seed=0", budget_scale=1.5)
+    )
     cell = out / "t=a,seed=0"
     assert load_config(cell / "config.yaml").train.budget_scale == 1.5
     assert json.loads((cell / "plan.json").read_text())["time_budget_min"] == pytest.approx(0.0075)
     # Continued without the flag (another machine, the spec's own minutes), the finished cell stands.
     lines: list[str] = []
-    run_sweep(spec, scale="small", out=out, only="t=a,seed=0", log=lines.append)
+    run_sweep(spec, out=out, log=lines.append, options=SweepOptions(scale="small", only="t=a,seed=0"))
     assert "0 to run (--cell t=a,seed=0)" in " ".join(lines)

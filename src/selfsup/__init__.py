@@ -26,6 +26,8 @@ _EXPORTS = {
     "save_config": ".config",
     "load_dataset": ".data",
     "embed": ".embed",
+    "EmbedOptions": ".embed",
+    "finetune": ".eval.finetune",
     "embed_query": ".embed",
     "evaluate_run": ".eval",
     "RunResult": ".pretraining",
@@ -34,12 +36,14 @@ _EXPORTS = {
 
 __all__ = [
     "Config",
+    "EmbedOptions",
     "RunResult",
     "__version__",
     "apply_overrides",
     "embed",
     "embed_query",
     "evaluate_run",
+    "finetune",
     "load_config",
     "load_dataset",
     "pretrain",
@@ -49,8 +53,9 @@ __all__ = [
 if TYPE_CHECKING:
     from .config import Config, apply_overrides, load_config, save_config
     from .data import load_dataset
-    from .embed import embed, embed_query
+    from .embed import EmbedOptions, embed, embed_query
     from .eval import evaluate_run
+    from .eval.finetune import finetune
     from .pretraining import RunResult, pretrain
 
 

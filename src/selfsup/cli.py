@@ -345,7 +345,7 @@ def _section_overrides(args: argparse.Namespace, section: str) -> dict[str, Any]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .eval import evaluate_milestones, evaluate_run
+    from .eval import Which, evaluate_milestones, evaluate_run
 
     overrides = _section_overrides(args, "eval")
     if args.milestones:
@@ -360,29 +360,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         args.run_dir,
         overrides,
         device=args.device,
-        random_init=args.random_init,
-        checkpoint=args.step,
-        after_head=args.after_head,
+        which=Which(random_init=args.random_init, checkpoint=args.step, after_head=args.after_head),
     )
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .lab import run_sweep
+    from .lab import SweepOptions, run_sweep
 
     result = run_sweep(
         args.spec,
-        scale=args.scale,
         out=args.out,
-        plan=args.plan,
-        only=args.cell,
-        launcher=args.launcher,
-        ray_address=args.ray_address,
-        cpus_per_cell=args.cpus_per_cell,
-        gpus_per_cell=args.gpus_per_cell,
-        reuse=args.reuse,
-        precision=args.precision,
-        budget_scale=args.budget_scale,
+        options=SweepOptions(
+            scale=args.scale,
+            plan=args.plan,
+            only=args.cell,
+            launcher=args.launcher,
+            ray_address=args.ray_address,
+            cpus_per_cell=args.cpus_per_cell,
+            gpus_per_cell=args.gpus_per_cell,
+            reuse=args.reuse,
+            precision=args.precision,
+            budget_scale=args.budget_scale,
+        ),
     )
     if not args.plan:
         print(f"results: {result.dir / 'results.csv'}")
@@ -416,17 +416,16 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         return 0
     if not args.source or not args.data:
         raise ConfigError("selfsup embed needs RUN_DIR (or an export folder) and --data PATH (or --query IMAGE)")
-    from .embed import embed
+    from .embed import EmbedOptions, embed
 
     out = embed(
         args.source,
         args.data,
         args.out,
         overwrite=args.overwrite,
-        split=args.split,
-        device=args.device,
-        batch_size=args.batch_size,
-        skip_invalid=args.skip_invalid,
+        options=EmbedOptions(
+            split=args.split, device=args.device, batch_size=args.batch_size, skip_invalid=args.skip_invalid
+        ),
     )
     import json
 

@@ -212,30 +212,41 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise RunDirError(f"cannot create output folder {out} ({e.strerror or e})") from None
 
 
+@dataclass
+class EmbedOptions:
+    """How :func:`embed` reads and encodes.
+
+    Attributes:
+        split: Only 'train' or 'test' images (named datasets, or folders with splits).
+        device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+        batch_size: Images per forward pass (default: the run's eval batch size, or 256).
+        skip_invalid: Leave out images that cannot be decoded instead of stopping.
+        progress: Show a progress bar.
+    """
+
+    split: str | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    skip_invalid: bool = False
+    progress: bool = True
+
+
 def embed(
     source: str | Path,
     data: str | Path,
     out: str | Path,
     overwrite: bool = False,
-    split: str | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    skip_invalid: bool = False,
-    progress: bool = True,
+    options: EmbedOptions | None = None,
 ) -> Path:
     """Encode every image of ``data`` and write ``out`` (see the module docstring).
 
     Args:
         source: A run directory or an export folder.
         data: A folder (any layout; class folders give labels), a tar of one, or a
-            named dataset ('cifar10', 'cifar10-pickle': both splits unless ``split``).
+            named dataset ('cifar10', 'cifar10-pickle': both splits unless ``options.split``).
         out: The output folder; must not exist (or be empty) unless ``overwrite``.
         overwrite: Replace the embeddings in an existing output folder.
-        split: Only 'train' or 'test' images (named datasets, or folders with splits).
-        device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
-        batch_size: Images per forward pass (default: the run's eval batch size, or 256).
-        skip_invalid: Leave out images that cannot be decoded instead of stopping.
-        progress: Show a progress bar.
+        options: Split, device, batch size, what to do with undecodable images (:class:`EmbedOptions`).
 
     Returns:
         The output folder.
@@ -243,36 +254,60 @@ def embed(
     Raises:
         SelfsupError: For a bad source, data or output folder (one-line messages).
     """
-    from tqdm import tqdm
-
-    if split not in (None, "train", "test"):
-        raise ConfigError(f"split must be train or test, got {split!r}")
+    o = options or EmbedOptions()
+    if o.split not in (None, "train", "test"):
+        raise ConfigError(f"split must be train or test, got {o.split!r}")
     out, data = Path(out), str(data)
-    dev = resolve_device(device)
+    dev = resolve_device(o.device)
     _check_out(out, data)
     encoder = load_encoder(source, dev)
-    items, array = _list_source(data, out, split, skip_invalid)
+    items, array = _list_source(data, out, o.split, o.skip_invalid)
     _prepare_out(out, overwrite)
-    options: dict[str, Any] = dict(
-        mean=encoder.mean,
-        std=encoder.std,
-        device=dev,
-        batch_size=batch_size or encoder.batch_size,
-        bf16=use_bf16("auto", dev),
-        channels_last=True,
-    )
+    feats: dict[str, Any] = dict(mean=encoder.mean, std=encoder.std, device=dev,
+                                 batch_size=o.batch_size or encoder.batch_size, bf16=use_bf16("auto", dev),
+                                 channels_last=True)  # fmt: skip
     t0 = time.perf_counter()
+    vectors, items = _encode(encoder, (items, array), feats, o)
+    if not len(items):
+        raise DataError(f"no image of {data} could be decoded")
+    _write_embeddings(out, vectors, items)
+    meta = {
+        "selfsup_embed": 1,
+        "encoder": str(Path(source).resolve()),
+        "data": data if data in NAMED else str(Path(data).expanduser().resolve()),
+        "split": o.split,
+        "count": len(items),
+        "feature_dim": int(vectors.shape[1]),
+        "image_size": encoder.image_size,
+        "mean": encoder.mean,
+        "std": encoder.std,
+        "bf16": feats["bf16"],
+        "seconds": round(time.perf_counter() - t0, 2),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_atomic(out / META, (json.dumps(meta, indent=2) + "\n").encode())
+    return out
+
+
+def _encode(
+    encoder: Any, source: tuple[list[Any], Any], feats: dict[str, Any], o: EmbedOptions
+) -> tuple[np.ndarray, list[Any]]:
+    """The vectors of every decodable image of ``source`` (items and their array), and those items."""
+    from tqdm import tqdm
+
+    items, array = source
     parts, rows = [], []
-    with tqdm(total=len(items), desc="embedding", unit="img", disable=not progress, leave=False) as bar:
-        for images, kept in _chunks(items, array, encoder.image_size, skip_invalid):
+    with tqdm(total=len(items), desc="embedding", unit="img", disable=not o.progress, leave=False) as bar:
+        for images, kept in _chunks(items, array, encoder.image_size, o.skip_invalid):
             if len(kept):
-                parts.append(extract_features(encoder.module, images, **options).cpu().numpy().astype(np.float32))
+                parts.append(extract_features(encoder.module, images, **feats).cpu().numpy().astype(np.float32))
                 rows += kept
             bar.update(len(images))
-    if not rows:
-        raise DataError(f"no image of {data} could be decoded")
-    vectors = np.concatenate(parts)
-    items = rows
+    return (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)), rows
+
+
+def _write_embeddings(out: Path, vectors: np.ndarray, items: list[Any]) -> None:
+    """``embeddings.npy`` and ``index.csv`` (row, path, label, split), each written atomically."""
     buffer = io.BytesIO()
     np.save(buffer, vectors)
     write_atomic(out / EMBEDDINGS, buffer.getvalue())
@@ -281,22 +316,6 @@ def embed(
     writer.writerow(["row", "path", "label", "split"])
     writer.writerows([i, it.path, it.label, it.split] for i, it in enumerate(items))
     write_atomic(out / INDEX, text.getvalue().encode())
-    meta = {
-        "selfsup_embed": 1,
-        "encoder": str(Path(source).resolve()),
-        "data": data if data in NAMED else str(Path(data).expanduser().resolve()),
-        "split": split,
-        "count": len(items),
-        "feature_dim": int(vectors.shape[1]),
-        "image_size": encoder.image_size,
-        "mean": encoder.mean,
-        "std": encoder.std,
-        "bf16": options["bf16"],
-        "seconds": round(time.perf_counter() - t0, 2),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    write_atomic(out / META, (json.dumps(meta, indent=2) + "\n").encode())
-    return out
 
 
 def read_index(folder: str | Path) -> list[dict[str, str]]:

@@ -20,7 +20,7 @@ from .config import Config, save_config
 from .data import DataSplits, load_data, with_subset
 from .distributed import broadcast_object, init_from_env, local_device, rank, world_size
 from .errors import ConfigError, RunDirError, SelfsupError
-from .eval import evaluate_classifiers, evaluate_run
+from .eval import Trained, evaluate_classifiers, evaluate_run
 from .eval.monitor import Monitor
 from .machine import note_commit, record_machine
 from .methods import Method, build_method, method_class
@@ -175,7 +175,7 @@ def _train_and_evaluate(
     log(training_line(summary))
     if t.eval_after:
         evaluate = evaluate_run if cfg.semi.labels is None else evaluate_classifiers
-        result.metrics = evaluate(run_dir, model=model, step=state.step, log=log, data=whole)
+        result.metrics = evaluate(run_dir, log=log, trained=Trained(model, state.step, whole))
     return result
 
 

@@ -9,6 +9,8 @@ both classifiers use them; results land in ``RUN_DIR/metrics.json``.
 """
 
 from .evaluate import (
+    Trained,
+    Which,
     classifier_accuracies,
     evaluate_classifiers,
     evaluate_encoder,
@@ -20,9 +22,11 @@ from .evaluate import (
 )
 from .features import extract_features, feature_options
 from .knn import knn_accuracy, knn_predict
-from .linear import ProbeResult, linear_probe
+from .linear import ProbeResult, ProbeSettings, linear_probe
 
 __all__ = [
+    "Trained",
+    "Which",
     "ProbeResult",
     "classifier_accuracies",
     "evaluate_classifiers",
@@ -35,6 +39,7 @@ __all__ = [
     "knn_accuracy",
     "knn_predict",
     "linear_probe",
+    "ProbeSettings",
     "load_run_model",
     "result_line",
 ]

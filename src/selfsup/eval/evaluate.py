@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..rundir import load_run_config, locked, update_metrics_json
 from ..runtime import resolve_device, set_threads
 from .features import extract_features, feature_options
 from .knn import knn_accuracy
-from .linear import linear_probe
+from .linear import ProbeSettings, linear_probe
 
 
 def load_run_model(
@@ -75,19 +76,9 @@ def evaluate_features(
     knn = knn_accuracy(
         train_features, train_labels, test_features, test_labels, num_classes, cfg.knn_k, cfg.knn_temperature
     )
-    probe = linear_probe(
-        train_features,
-        train_labels,
-        test_features,
-        test_labels,
-        num_classes,
-        epochs=cfg.linear_epochs,
-        lr=cfg.linear_lr,
-        batch_size=cfg.linear_batch_size,
-        optimizer=cfg.linear_optimizer,
-        weight_decay=cfg.linear_weight_decay,
-        seed=seed,
-    )
+    settings = ProbeSettings(cfg.linear_epochs, cfg.linear_lr, cfg.linear_batch_size, cfg.linear_optimizer,
+                             cfg.linear_weight_decay, seed)  # fmt: skip
+    probe = linear_probe((train_features, train_labels), (test_features, test_labels), num_classes, settings)
     return {
         "knn_top1": knn,
         "linear_top1": probe.test_top1,
@@ -156,14 +147,46 @@ def _load_splits(cfg: Config, data: DataSplits | None = None) -> DataSplits:
     return with_subset(splits, cfg.eval.train_subset, 0)
 
 
+@dataclass
+class Trained:
+    """A run still in memory, handed to evaluation by pretraining (nothing is loaded again).
+
+    Attributes:
+        model: The trained method.
+        step: The step it reached (recorded with the results).
+        data: The run's dataset, whole, as pretraining loaded it.
+    """
+
+    model: nn.Module
+    step: int | None = None
+    data: DataSplits | None = None
+
+
+@dataclass
+class Which:
+    """Which encoder of a run :func:`evaluate_run` measures (default: the newest checkpoint's).
+
+    Attributes:
+        random_init: The architecture at its seeded random initialisation instead
+            (stored under ``"random_init"``), the baseline for the trained figures.
+        after_head: The output of the projection head instead of the encoder's (SimCLR's
+            Figure 8 / B.4: the layer before the head is the better representation);
+            stored under ``"after_head"``, the run's own results stay.
+        checkpoint: The checkpoint of this step instead of the newest (its results go
+            under ``steps`` in metrics.json, the run's own stay).
+    """
+
+    random_init: bool = False
+    after_head: bool = False
+    checkpoint: int | None = None
+
+
 @locked("selfsup eval")
 def evaluate_classifiers(
     run_dir: str | Path,
-    model: nn.Module | None = None,
-    step: int | None = None,
     device: str | None = None,
     log: Callable[[str], None] = print,
-    data: DataSplits | None = None,
+    trained: Trained | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of a run's own classifier(s) (supervised, Pi-model, Mean Teacher).
 
@@ -176,6 +199,7 @@ def evaluate_classifiers(
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     dev = resolve_device(device or cfg.train.device)
+    model, step, data = (trained.model, trained.step, trained.data) if trained else (None, None, None)
     if model is None:
         _, model, state = load_run_model(run_dir, dev)
         step = state.get("step")
@@ -267,13 +291,9 @@ def evaluate_run(
     run_dir: str | Path,
     overrides: dict[str, Any] | None = None,
     device: str | None = None,
-    random_init: bool = False,
-    model: nn.Module | None = None,
-    step: int | None = None,
     log: Callable[[str], None] = print,
-    checkpoint: int | None = None,
-    data: DataSplits | None = None,
-    after_head: bool = False,
+    which: Which | None = None,
+    trained: Trained | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's encoder and record the result in ``RUN_DIR/metrics.json``.
 
@@ -282,26 +302,22 @@ def evaluate_run(
         overrides: Dotted ``eval.*`` keys replacing the run's eval settings, e.g.
             ``{"eval.linear_epochs": 100}``.
         device: Device name (default: the run's ``train.device``).
-        random_init: Evaluate the architecture at its seeded random initialisation
-            instead (stored under ``"random_init"``), the baseline for the trained figures.
-        model: An already loaded method (skips loading the checkpoint).
-        step: The training step ``model`` has reached (recorded with the results).
         log: Where the one-line result goes.
-        checkpoint: Evaluate the checkpoint of this step instead of the newest (its
-            results go under ``steps`` in metrics.json, the run's own stay).
-        data: The run's dataset, whole (pretraining hands over what it loaded).
-        after_head: Evaluate the output of the projection head instead of the encoder's
-            (SimCLR's Figure 8 / B.4: the layer before the head is the better
-            representation); stored under ``"after_head"``, the run's own results stay.
+        which: The random initialisation, the head's output or an older checkpoint
+            instead of the newest checkpoint's encoder (:class:`Which`).
+        trained: The run still in memory (pretraining hands it over; :class:`Trained`).
 
     Returns:
         ``knn_top1`` and ``linear_top1`` (fractions, on the full test split) and details.
 
     Raises:
-        ConfigError: For ``after_head`` with ``random_init`` or ``checkpoint``, or a method
+        ConfigError: For ``which.after_head`` with ``random_init`` or ``checkpoint``, or a method
             without a projection head.
     """
     run_dir = Path(run_dir)
+    w = which or Which()
+    random_init, after_head, checkpoint = w.random_init, w.after_head, w.checkpoint
+    model, step, data = (trained.model, trained.step, trained.data) if trained else (None, None, None)
     if after_head and (random_init or checkpoint is not None):
         raise ConfigError("--after-head evaluates a trained run's newest checkpoint (not --random-init or --step)")
     cfg = load_run_config(run_dir)

@@ -26,18 +26,32 @@ class ProbeResult:
     losses: list[float]
 
 
+@dataclass
+class ProbeSettings:
+    """How the linear probe trains.
+
+    Attributes:
+        epochs: Passes over the training features.
+        lr: Learning rate (constant for Adam; cosine-decayed for SGD).
+        batch_size: Mini-batch size.
+        optimizer: 'adam' (seed 000's protocol) or 'sgd' (momentum 0.9).
+        weight_decay: L2 penalty.
+        seed: Initialisation and shuffling seed.
+    """
+
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 256
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
 def linear_probe(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    test_labels: torch.Tensor,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
     num_classes: int,
-    epochs: int = 30,
-    lr: float = 1e-3,
-    batch_size: int = 256,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    seed: int = 0,
+    settings: ProbeSettings | None = None,
 ) -> ProbeResult:
     """Train ``nn.Linear(D, C)`` on frozen features with cross-entropy, then test it.
 
@@ -48,18 +62,16 @@ def linear_probe(
     repeated forward passes.
 
     Args:
-        train_features: (N, D).
-        train_labels: (N,) int64.
-        test_features: (M, D).
-        test_labels: (M,) int64.
+        train: Features (N, D) and int64 labels (N,).
+        test: Features (M, D) and int64 labels (M,).
         num_classes: C.
-        epochs: Passes over the training features.
-        lr: Learning rate (constant for Adam; cosine-decayed for SGD).
-        batch_size: Mini-batch size.
-        optimizer: 'adam' (seed 000's protocol) or 'sgd' (momentum 0.9).
-        weight_decay: L2 penalty.
-        seed: Initialisation and shuffling seed.
+        settings: Epochs, learning rate, batch, optimizer, weight decay, seed (:class:`ProbeSettings`).
     """
+    (train_features, train_labels), (test_features, test_labels) = train, test
+    p = settings or ProbeSettings()
+    epochs, lr, batch_size, optimizer, weight_decay, seed = (
+        p.epochs, p.lr, p.batch_size, p.optimizer, p.weight_decay, p.seed
+    )  # fmt: skip
     device = train_features.device
     gen = torch.Generator().manual_seed(seed)
     mu = train_features.mean(0, keepdim=True)

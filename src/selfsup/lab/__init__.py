@@ -8,6 +8,6 @@ selfsup.lab.docs`` regenerates the generated blocks of a repository's docs from 
 """
 
 from .results import markdown_table
-from .sweep import SweepResult, load_spec, run_sweep
+from .sweep import SweepOptions, SweepResult, load_spec, run_sweep
 
-__all__ = ["SweepResult", "load_spec", "markdown_table", "run_sweep"]
+__all__ = ["SweepOptions", "SweepResult", "load_spec", "markdown_table", "run_sweep"]

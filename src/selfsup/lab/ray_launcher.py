@@ -18,7 +18,7 @@ lock.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,25 +49,40 @@ def _encoder_task(ensure: EnsureEncoder, spec: Any, seed: int, folder: Path, sca
     return seed
 
 
-def run_cells_on_ray(
-    run_cell: RunCell,
-    spec: Any,
-    todo: list[Any],
-    configs: dict[Path, Config],
-    folder: Path,
-    scale: str | None,
-    n_cells: int,
-    address: str | None,
-    cpus: float | None,
-    gpus: float | None,
-    log: Callable[[str], None],
-    ensure_encoder: EnsureEncoder | None = None,
-    encoder_seeds: dict[Path, int] | None = None,
-) -> None:
-    """Run the cells ``todo`` as Ray tasks (each ``run_cell``) and wait for all of them.
+@dataclass
+class CellBatch:
+    """The cells a launcher runs, and what runs them.
 
-    ``encoder_seeds`` maps the directory of each cell that needs its seed's encoder to
-    that seed; one ``ensure_encoder`` task per seed runs first, and those cells after it.
+    Attributes:
+        spec: The sweep spec.
+        todo: The cells to run.
+        configs: Every cell's config, by its directory.
+        folder: The sweep folder.
+        scale: The spec's scale profile.
+        n_cells: Cells of the whole sweep (the progress bar's total).
+        run_cell: Runs one cell (the local launcher's function).
+        ensure_encoder: Pretrains (or continues) a seed's encoder.
+        encoder_seeds: The directory of each cell that needs its seed's encoder, to that seed.
+    """
+
+    spec: Any
+    todo: list[Any]
+    configs: dict[Path, Config]
+    folder: Path
+    scale: str | None
+    n_cells: int
+    run_cell: RunCell
+    ensure_encoder: EnsureEncoder | None = None
+    encoder_seeds: dict[Path, int] = field(default_factory=dict)
+
+
+def run_cells_on_ray(
+    batch: CellBatch, address: str | None, cpus: float | None, gpus: float | None, log: Callable[[str], None]
+) -> None:
+    """Run ``batch.todo`` as Ray tasks (each ``batch.run_cell``) and wait for all of them.
+
+    One ``ensure_encoder`` task per seed of ``batch.encoder_seeds`` runs first, and the
+    cells that need that encoder after it. ``cpus`` and ``gpus`` are what each task asks for.
 
     Raises:
         ConfigError: If Ray is not installed.
@@ -79,13 +94,15 @@ def run_cells_on_ray(
         raise ConfigError("--launcher ray needs Ray: pip install 'selfsup[ray]' (or pip install ray)") from None
     from tqdm import tqdm
 
+    spec, todo, configs, folder, scale = batch.spec, batch.todo, batch.configs, batch.folder, batch.scale
+    run_cell, ensure_encoder, n_cells = batch.run_cell, batch.ensure_encoder, batch.n_cells
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     try:
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         remote, remote_encoder = ray.remote(_task), ray.remote(_encoder_task)
-        seeds = encoder_seeds or {}
+        seeds = batch.encoder_seeds
         encoders: dict[int, Any] = {}
         futures: dict[Any, Any] = {}
         for cell in todo:

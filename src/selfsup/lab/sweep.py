@@ -407,30 +407,14 @@ class SweepResult:
     table: str
 
 
-def run_sweep(
-    spec_path: str | Path,
-    scale: str | None = None,
-    out: str | Path | None = None,
-    plan: bool = False,
-    only: str | None = None,
-    log: Callable[[str], None] = print,
-    launcher: str = "local",
-    ray_address: str | None = None,
-    cpus_per_cell: float | None = None,
-    gpus_per_cell: float | None = None,
-    reuse: list[str | Path] | None = None,
-    precision: str | None = None,
-    budget_scale: float | None = None,
-) -> SweepResult:
-    """Run (or continue) every cell of a sweep, writing ``results.csv`` and the table after each.
+@dataclass
+class SweepOptions:
+    """How :func:`run_sweep` runs a spec, besides where it writes.
 
-    Args:
-        spec_path: The sweep spec.
+    Attributes:
         scale: A profile of the spec's ``scale`` (e.g. 'cpu'); None = the full setting.
-        out: The sweep folder (default: the spec's ``out``, else ``runs/sweeps/<name>[-<scale>]``).
         plan: Only print one command per cell (``--cell NAME``), to run cells as separate jobs.
         only: Run just the cell of this name (its run directory's name).
-        log: Where messages go.
         launcher: 'local' (cells one after another in this process) or 'ray' (each
             cell a Ray task on the cluster ``ray_address`` or ``$RAY_ADDRESS`` names, a
             local Ray otherwise; run directories must be on a filesystem every node sees).
@@ -449,6 +433,44 @@ def run_sweep(
             minute of the spec's ``train.time_budget`` on this machine, so that a table of
             time-budgeted cells set for one machine continues at about the same steps on
             a slower (above 1) or faster one. Finished cells keep theirs.
+    """
+
+    scale: str | None = None
+    plan: bool = False
+    only: str | None = None
+    launcher: str = "local"
+    ray_address: str | None = None
+    cpus_per_cell: float | None = None
+    gpus_per_cell: float | None = None
+    reuse: list[str | Path] | None = None
+    precision: str | None = None
+    budget_scale: float | None = None
+
+
+@dataclass
+class _Sweep:
+    """A sweep being run: its spec, folder, cells and their configs at one scale."""
+
+    spec: SweepSpec
+    folder: Path
+    all_cells: list[Cell]
+    configs: dict[Path, Config]
+    scale: str | None
+
+
+def run_sweep(
+    spec_path: str | Path,
+    out: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    options: SweepOptions | None = None,
+) -> SweepResult:
+    """Run (or continue) every cell of a sweep, writing ``results.csv`` and the table after each.
+
+    Args:
+        spec_path: The sweep spec.
+        out: The sweep folder (default: the spec's ``out``, else ``runs/sweeps/<name>[-<scale>]``).
+        log: Where messages go.
+        options: The scale, launcher, cells and pins (:class:`SweepOptions`; default: all cells, locally).
 
     Returns:
         The folder, the per-cell rows and the aggregated markdown table.
@@ -458,9 +480,28 @@ def run_sweep(
             mix with the finished cells' (or that this machine only emulates).
         RunDirError: If the folder holds a different sweep.
     """
-    from tqdm import tqdm
-
+    o = options or SweepOptions()
     note_commit()
+    sweep = _open(spec_path, out, o.scale)
+    if o.plan:
+        lines = _plan(spec_path, o.scale, out, sweep.all_cells, log)
+        write_atomic(sweep.folder / "plan.sh", ("\n".join(lines) + "\n").encode())
+        return SweepResult(sweep.folder, [], "")
+    if o.launcher not in ("local", "ray"):
+        raise ConfigError(f"unknown launcher {o.launcher!r} (use local or ray)")
+    todo = _select(sweep, o, log)
+    sweep.configs = _pinned_configs(sweep, todo, o, log)
+    if o.launcher == "ray":
+        _run_on_ray(sweep, todo, o, log)
+    else:
+        _run_here(sweep, todo)
+    rows, table = _write_table(sweep.spec, sweep.folder, sweep.all_cells, sweep.configs, sweep.scale)
+    log(table)
+    return SweepResult(sweep.folder, rows, table)
+
+
+def _open(spec_path: str | Path, out: str | Path | None, scale: str | None) -> _Sweep:
+    """Load the spec, claim its folder, list its cells and their configs (the encoders' load too)."""
     spec = load_spec(spec_path)
     if scale is not None and scale not in spec.scale:
         known = ", ".join(spec.scale) or "none"
@@ -471,47 +512,38 @@ def run_sweep(
     record = {**spec.raw, "spec": str(spec.path), "use_scale": scale}
     _claim_folder(folder, record)
     all_cells = cells(spec, folder, scale)
-
     configs = _cell_configs(spec, all_cells, scale)
     if any(_uses_encoder(c, configs[c.dir]) for c in all_cells):  # the encoders' configs must load too
         for seed in spec.scaled_seeds(scale):
             _encoder_config(spec, seed, scale)
-    if plan:
-        lines = _plan(spec_path, scale, out, all_cells, log)
-        write_atomic(folder / "plan.sh", ("\n".join(lines) + "\n").encode())
-        return SweepResult(folder, [], "")
-    if launcher not in ("local", "ray"):
-        raise ConfigError(f"unknown launcher {launcher!r} (use local or ray)")
-    todo = _select(spec, folder, all_cells, configs, scale, only, reuse, log)
-    configs = _pinned_configs(spec, folder, all_cells, configs, todo, scale, precision, budget_scale, log)
-    if launcher == "ray":
-        from .ray_launcher import run_cells_on_ray
+    return _Sweep(spec, folder, all_cells, configs, scale)
 
-        needs = {c.dir: c.seed for c in todo if _uses_encoder(c, configs[c.dir])}
-        run_cells_on_ray(
-            run_cell, spec, todo, configs, folder, scale, len(all_cells), ray_address, cpus_per_cell, gpus_per_cell,
-            log, ensure_encoder=_ensure_encoder, encoder_seeds=needs,
-        )  # fmt: skip
-    else:
-        bar = tqdm(
-            total=len(all_cells),
-            initial=len(all_cells) - len(todo),
-            desc=f"sweep {spec.name}",
-            unit="cell",
-            position=0,
-            dynamic_ncols=True,
-        )
-        try:
-            for cell in todo:
-                bar.set_postfix_str(cell.dir.name, refresh=True)
-                run_cell(spec, cell, configs[cell.dir], folder, scale, tqdm.write)
-                bar.update(1)
-                _write_table(spec, folder, all_cells, configs, scale)  # current after every cell
-        finally:
-            bar.close()
-    rows, table = _write_table(spec, folder, all_cells, configs, scale)
-    log(table)
-    return SweepResult(folder, rows, table)
+
+def _run_on_ray(sweep: _Sweep, todo: list[Cell], o: SweepOptions, log: Callable[[str], None]) -> None:
+    """Every cell of ``todo`` a Ray task; cells of one encoder after its own task."""
+    from .ray_launcher import CellBatch, run_cells_on_ray
+
+    needs = {c.dir: c.seed for c in todo if _uses_encoder(c, sweep.configs[c.dir])}
+    batch = CellBatch(sweep.spec, todo, sweep.configs, sweep.folder, sweep.scale, len(sweep.all_cells), run_cell,
+                      _ensure_encoder, needs)  # fmt: skip
+    run_cells_on_ray(batch, o.ray_address, o.cpus_per_cell, o.gpus_per_cell, log)
+
+
+def _run_here(sweep: _Sweep, todo: list[Cell]) -> None:
+    """The cells of ``todo`` one after another in this process, the table rewritten after each."""
+    from tqdm import tqdm
+
+    n = len(sweep.all_cells)
+    bar = tqdm(total=n, initial=n - len(todo), desc=f"sweep {sweep.spec.name}", unit="cell", position=0,
+               dynamic_ncols=True)  # fmt: skip
+    try:
+        for cell in todo:
+            bar.set_postfix_str(cell.dir.name, refresh=True)
+            run_cell(sweep.spec, cell, sweep.configs[cell.dir], sweep.folder, sweep.scale, tqdm.write)
+            bar.update(1)
+            _write_table(sweep.spec, sweep.folder, sweep.all_cells, sweep.configs, sweep.scale)  # after every cell
+    finally:
+        bar.close()
 
 
 def _write_table(
@@ -604,17 +636,10 @@ def _cells_to_run(
     return todo
 
 
-def _select(
-    spec: SweepSpec,
-    folder: Path,
-    all_cells: list[Cell],
-    configs: dict[Path, Config],
-    scale: str | None,
-    only: str | None,
-    reuse: list[str | Path] | None,
-    log: Callable[[str], None],
-) -> list[Cell]:
-    """The cells to run now: unfinished ones (only ``only`` if given), less those copied from ``reuse``."""
+def _select(sweep: _Sweep, o: SweepOptions, log: Callable[[str], None]) -> list[Cell]:
+    """The cells to run now: unfinished ones (only ``o.only`` if given), less those copied from ``o.reuse``."""
+    spec, folder, all_cells, configs, scale = sweep.spec, sweep.folder, sweep.all_cells, sweep.configs, sweep.scale
+    only, reuse = o.only, o.reuse
     unfinished = _cells_to_run(spec, folder, all_cells, configs, scale, log)
     todo = unfinished
     if only is not None:
@@ -632,40 +657,21 @@ def _select(
     return todo
 
 
-def _pinned_configs(
-    spec: SweepSpec,
-    folder: Path,
-    all_cells: list[Cell],
-    configs: dict[Path, Config],
-    todo: list[Cell],
-    scale: str | None,
-    precision: str | None,
-    budget_scale: float | None,
-    log: Callable[[str], None],
-) -> dict[Path, Config]:
+def _pinned_configs(sweep: _Sweep, todo: list[Cell], o: SweepOptions, log: Callable[[str], None]) -> dict[Path, Config]:
     """The cells' configs once the folder's precision and this machine's budget scale are pinned.
 
     Both pins are applied (see :func:`_pin_precision`, :func:`_pin_budget_scale`); the
     configs are rebuilt once if either changed ``spec.pinned``, and only when cells remain.
     """
     if not todo:
-        return configs
-    precision_pinned = _pin_precision(spec, folder, all_cells, configs, todo, scale, precision, log)
-    if _pin_budget_scale(spec, configs, todo, budget_scale) or precision_pinned:
-        return _cell_configs(spec, all_cells, scale)
-    return configs
+        return sweep.configs
+    precision_pinned = _pin_precision(sweep, todo, o.precision, log)
+    if _pin_budget_scale(sweep.spec, sweep.configs, todo, o.budget_scale) or precision_pinned:
+        return _cell_configs(sweep.spec, sweep.all_cells, sweep.scale)
+    return sweep.configs
 
 
-def _pin_precision(
-    spec: SweepSpec,
-    folder: Path,
-    all_cells: list[Cell],
-    configs: dict[Path, Config],
-    todo: list[Cell],
-    scale: str | None,
-    precision: str | None,
-    log: Callable[[str], None],
-) -> bool:
+def _pin_precision(sweep: _Sweep, todo: list[Cell], precision: str | None, log: Callable[[str], None]) -> bool:
     """Hold the cells still to run to the precision of the folder's finished ones.
 
     ``train.precision: auto`` means bf16 on a machine that computes it natively and fp32
@@ -680,6 +686,7 @@ def _pin_precision(
     """
     from ..runtime import native_bf16, resolve_device
 
+    spec, folder, all_cells, configs, scale = sweep.spec, sweep.folder, sweep.all_cells, sweep.configs, sweep.scale
     rows = collect(spec, all_cells, {c.dir: record_config(spec, c, configs[c.dir], scale) for c in all_cells})
     held = sorted({str(r["precision"]) for r in rows if r.get("status") == "done" and r.get("precision")})
     if len(held) > 1:
