@@ -170,3 +170,22 @@ def test_the_preset_named_none_is_not_unset() -> None:
     assert load_config(overrides={"augment.preset": "null"}).augment.preset is None
     with pytest.raises(ConfigError, match="augment.preset"):
         load_config(overrides={"augment.preset": "simclr2"})
+
+
+def test_every_key_is_declared_with_its_help_and_its_range_is_checked() -> None:
+    import dataclasses
+
+    from selfsup.config import SECTIONS, field_help
+
+    for section, cls in SECTIONS.items():
+        helps = field_help(section)
+        assert all(len(helps[f.name]) > 10 for f in dataclasses.fields(cls)), section
+    # Every declared range refuses a value outside it, naming the key.
+    for dotted, bad in {
+        "train.batch_size": 1,
+        "optim.momentum": 1.0,
+        "eval.knn_k": 0,
+        "data.test_fraction": 1.0,
+    }.items():
+        with pytest.raises(ConfigError, match=dotted.replace(".", r"\.")):
+            load_config(None, {dotted: bad})

@@ -1,8 +1,10 @@
 """Configuration: one dataclass per concern, loaded from YAML and overridden by flags.
 
 A :class:`Config` has the sections ``data``, ``augment``, ``model``, ``method``,
-``optim``, ``train`` and ``eval``. Every default lives here, in one place; recipes in
-``configs/`` only state what they change. Every key can be overridden by a dotted name
+``semi``, ``optim``, ``train``, ``eval`` and ``finetune``. Each key is declared once, by
+:func:`setting`: its type (the annotation), default, help text (what ``--help`` shows) and
+valid range (what :func:`validate` checks); recipes in ``configs/`` only state what they
+change. Every key can be overridden by a dotted name
 (``train.epochs=5``), which is also how the CLI flags (``--train.epochs 5`` or the short
 ``--epochs 5``) and sweeps address it. The resolved config (presets expanded, statistics
 filled in) is saved in each run directory as ``config.yaml``.
@@ -15,7 +17,7 @@ import difflib
 import functools
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -24,38 +26,99 @@ import yaml
 
 from .errors import ConfigError
 
-#: Field metadata of keys that may change on ``--resume``: they change how a run
-#: executes (device, logging, checkpoint cadence), not what it computes.
-FREE = {"resume": "free"}
+
+@dataclass(frozen=True)
+class Check:
+    """A setting's valid range: ``ok(value)`` (never asked of None) and what an error says otherwise."""
+
+    ok: Callable[[Any], bool]
+    why: str
+
+
+def _positive(v: Any) -> bool:
+    return bool(v > 0)
+
+
+def at_least(n: int, why: str) -> Check:
+    """Values of ``n`` and more."""
+    return Check(lambda v: v >= n, why)
+
+
+POSITIVE = Check(_positive, "must be positive")
+POSITIVE_INT = Check(_positive, "must be a positive integer")
+NOT_NEGATIVE = Check(lambda v: v >= 0, "must not be negative")
+FRACTION = Check(lambda v: 0 <= v < 1, "must lie in [0, 1)")
+
+
+def setting(default: Any, help: str, check: Check | None = None, free: bool = False, factory: bool = False) -> Any:
+    """A config field with everything about it in one place: default, help text, valid range.
+
+    The type is the field's annotation; ``--help`` shows ``help``; :func:`validate`
+    applies ``check``.
+
+    Args:
+        default: The default value (with ``factory``, a function that makes it).
+        help: One line for ``--help``.
+        check: The valid range (None: any value of the type).
+        free: The key may change on ``--resume``: it changes how a run executes (device,
+            logging, checkpoint cadence), not what it computes.
+        factory: ``default`` is a factory (for lists).
+    """
+    metadata: dict[str, Any] = {"help": help, "check": check, "free": free}
+    if factory:
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class DataConfig:
     """Which images to train on and how to prepare them."""
 
-    #: 'cifar10' (the bundled JPEG tarballs), 'cifar10-pickle' (the official python
-    #: release) or a path: an ImageFolder directory (with train/ and test/ or class
-    #: folders), a tar of one, a folder holding train.tar.gz and test.tar.gz, or a
-    #: cifar-10-batches-py folder.
-    name: str = "cifar10"
-    #: Class-balanced subset of the training split, chosen by train.seed (None = all).
-    subset: Union[int, None] = None
-    #: Images of other sizes are resized (shorter side) and centre-cropped to this.
-    image_size: int = 32
-    #: Where named datasets live (default: $SELFSUP_DATA_DIR, else ./data, else the
-    #: data/ folder of the selfsup checkout).
-    root: Union[str, None] = None
-    #: Download 'cifar10-pickle' when it is missing (needs internet access).
-    download: bool = False
-    #: Skip unreadable or non-image files, and archive members or folder entries that are
-    #: not regular files inside the source (links, devices, '..' or absolute names),
-    #: with a warning, instead of stopping with an error.
-    skip_invalid: bool = False
-    #: Refuse an image file or archive member larger than this many megabytes before
-    #: reading it (a decompression-bomb guard; with data.skip_invalid, skip it).
-    max_file_mb: float = 64.0
-    #: For a folder with a single split: fraction held out (class-balanced) as test split.
-    test_fraction: float = 0.1
+    name: str = setting(
+        "cifar10",
+        (
+            "'cifar10' (the bundled JPEG tarballs), 'cifar10-pickle' (the official python release) or a path: an "
+            "ImageFolder directory (with train/ and test/ or class folders), a tar of one, a folder holding "
+            "train.tar.gz and test.tar.gz, or a cifar-10-batches-py folder."
+        ),
+    )
+    subset: Union[int, None] = setting(
+        None, "Class-balanced subset of the training split, chosen by train.seed (None = all).", check=POSITIVE_INT
+    )
+    image_size: int = setting(
+        32,
+        "Images of other sizes are resized (shorter side) and centre-cropped to this.",
+        check=at_least(8, "must be at least 8"),
+    )
+    root: Union[str, None] = setting(
+        None,
+        (
+            "Where named datasets live (default: $SELFSUP_DATA_DIR, else ./data, else the data/ folder of the "
+            "selfsup checkout)."
+        ),
+    )
+    download: bool = setting(False, "Download 'cifar10-pickle' when it is missing (needs internet access).")
+    skip_invalid: bool = setting(
+        False,
+        (
+            "Skip unreadable or non-image files, and archive members or folder entries that are not regular files"
+            " inside the source (links, devices, '..' or absolute names), with a warning, instead of stopping "
+            "with an error."
+        ),
+    )
+    max_file_mb: float = setting(
+        64.0,
+        (
+            "Refuse an image file or archive member larger than this many megabytes before reading it (a "
+            "decompression-bomb guard; with data.skip_invalid, skip it)."
+        ),
+        check=Check(_positive, "must be positive (megabytes)"),
+    )
+    test_fraction: float = setting(
+        0.1,
+        "For a folder with a single split: fraction held out (class-balanced) as test split.",
+        check=Check(lambda v: 0 < v < 1, "must lie in (0, 1)"),
+    )
 
 
 @dataclass
@@ -66,315 +129,440 @@ class AugmentConfig:
     weak, none. The default preset is the method's own.
     """
 
-    #: A preset every unset value comes from: simclr, seed000, moco_v2, supervised, weak,
-    #: none (None = the method's own). A Literal, so that 'none' stays the preset of that
-    #: name instead of reading as "unset" (which gave the method's own preset).
-    preset: Union[Literal["simclr", "seed000", "moco_v2", "supervised", "weak", "none"], None] = None
-    #: 'resized' (RandomResizedCrop), 'pad' (translate by up to ``pad`` px) or 'none'.
-    crop: Union[Literal["resized", "pad", "none"], None] = None
-    #: Area fraction range of the resized crop, e.g. 0.08,1.
-    crop_scale: Union[list[float], None] = None
-    #: Aspect-ratio range of the resized crop, e.g. 0.75,1.333.
-    crop_ratio: Union[list[float], None] = None
-    #: Largest translation in pixels of the 'pad' crop.
-    pad: Union[int, None] = None
-    #: Probability of a horizontal flip.
-    flip_p: Union[float, None] = None
-    #: Colour jitter strength s: brightness, contrast, saturation 0.8 s and hue 0.2 s.
-    jitter_strength: Union[float, None] = None
-    #: Probability of colour jitter.
-    jitter_p: Union[float, None] = None
-    #: Probability of converting to grayscale.
-    grayscale_p: Union[float, None] = None
-    #: Probability of a Gaussian blur.
-    blur_p: Union[float, None] = None
-    #: Odd kernel size; 0 = seed 000's rule, image size // 10 made odd (3 for 32x32, 9 for 96x96).
-    blur_kernel: Union[int, None] = None
-    #: Range of the blur's sigma, e.g. 0.1,2.0.
-    blur_sigma: Union[list[float], None] = None
-    #: Probability of solarizing (inverting intensities at or above 0.5; BYOL).
-    solarize_p: Union[float, None] = None
-    #: RandAugment operations per image, FixMatch's list and ranges (0 = none; FixMatch: 2).
-    randaugment_n: Union[int, None] = None
-    #: Largest Cutout square, as a fraction of the image side (0 = none; FixMatch: 0.5).
-    cutout: Union[float, None] = None
-    #: Probability of replacing an image by its Sobel edge magnitude (SimCLR's Figure 5 op).
-    sobel_p: Union[float, None] = None
-    #: Probability of adding Gaussian noise ...
-    noise_p: Union[float, None] = None
-    #: ... whose std is drawn per image uniformly in [0, noise_std] (intensities in [0, 1]).
-    noise_std: Union[float, None] = None
-    #: Probability of rotating by 90, 180 or 270 degrees (one of the three, uniformly).
-    rotate_p: Union[float, None] = None
-    #: 'identity': the second view is the image itself, only normalised; the first view
-    #: alone is augmented (SimCLR's Figure 5 setting). 'same': both views alike.
-    second_view: Union[Literal["same", "identity"], None] = None
-    #: Per-channel normalisation mean; None = the training split's own.
-    mean: Union[list[float], None] = None
-    #: Per-channel normalisation std; None = the training split's own.
-    std: Union[list[float], None] = None
+    preset: Union[Literal["simclr", "seed000", "moco_v2", "supervised", "weak", "none"], None] = setting(
+        None,
+        (
+            "A preset every unset value comes from: simclr, seed000, moco_v2, supervised, weak, none (None = the "
+            "method's own). A Literal, so that 'none' stays the preset of that name instead of reading as "
+            '"unset" (which gave the method\'s own preset).'
+        ),
+    )
+    crop: Union[Literal["resized", "pad", "none"], None] = setting(
+        None, "'resized' (RandomResizedCrop), 'pad' (translate by up to ``pad`` px) or 'none'."
+    )
+    crop_scale: Union[list[float], None] = setting(None, "Area fraction range of the resized crop, e.g. 0.08,1.")
+    crop_ratio: Union[list[float], None] = setting(None, "Aspect-ratio range of the resized crop, e.g. 0.75,1.333.")
+    pad: Union[int, None] = setting(None, "Largest translation in pixels of the 'pad' crop.")
+    flip_p: Union[float, None] = setting(None, "Probability of a horizontal flip.")
+    jitter_strength: Union[float, None] = setting(
+        None, "Colour jitter strength s: brightness, contrast, saturation 0.8 s and hue 0.2 s."
+    )
+    jitter_p: Union[float, None] = setting(None, "Probability of colour jitter.")
+    grayscale_p: Union[float, None] = setting(None, "Probability of converting to grayscale.")
+    blur_p: Union[float, None] = setting(None, "Probability of a Gaussian blur.")
+    blur_kernel: Union[int, None] = setting(
+        None, "Odd kernel size; 0 = seed 000's rule, image size // 10 made odd (3 for 32x32, 9 for 96x96)."
+    )
+    blur_sigma: Union[list[float], None] = setting(None, "Range of the blur's sigma, e.g. 0.1,2.0.")
+    solarize_p: Union[float, None] = setting(
+        None, "Probability of solarizing (inverting intensities at or above 0.5; BYOL)."
+    )
+    randaugment_n: Union[int, None] = setting(
+        None, "RandAugment operations per image, FixMatch's list and ranges (0 = none; FixMatch: 2)."
+    )
+    cutout: Union[float, None] = setting(
+        None, "Largest Cutout square, as a fraction of the image side (0 = none; FixMatch: 0.5)."
+    )
+    sobel_p: Union[float, None] = setting(
+        None, "Probability of replacing an image by its Sobel edge magnitude (SimCLR's Figure 5 op)."
+    )
+    noise_p: Union[float, None] = setting(None, "Probability of adding Gaussian noise ...")
+    noise_std: Union[float, None] = setting(
+        None, "... whose std is drawn per image uniformly in [0, noise_std] (intensities in [0, 1])."
+    )
+    rotate_p: Union[float, None] = setting(
+        None, "Probability of rotating by 90, 180 or 270 degrees (one of the three, uniformly)."
+    )
+    second_view: Union[Literal["same", "identity"], None] = setting(
+        None,
+        (
+            "'identity': the second view is the image itself, only normalised; the first view alone is augmented "
+            "(SimCLR's Figure 5 setting). 'same': both views alike."
+        ),
+    )
+    mean: Union[list[float], None] = setting(None, "Per-channel normalisation mean; None = the training split's own.")
+    std: Union[list[float], None] = setting(None, "Per-channel normalisation std; None = the training split's own.")
 
 
 @dataclass
 class ModelConfig:
     """The encoder and its projection head."""
 
-    #: A registered backbone: preact_resnet8/20/26/56, resnet18, resnet34, resnet50,
-    #: mobilenet_v2.
-    backbone: str = "preact_resnet26"
-    #: Width multiplier: whole numbers for the pre-activation ResNets (16/32/64 x width
-    #: channels), any positive value for mobilenet_v2 (e.g. 0.5), 1 for the ResNets.
-    width: float = 1
-    #: First layers: 'cifar' (3x3 stride-1 convolution, no max-pool: for 32x32 images)
-    #: or 'imagenet' (torchvision's downsampling stem, as seeds 001, 003 and 004 ran it).
-    stem: Literal["cifar", "imagenet"] = "cifar"
-    #: Head layer sizes after the encoder's features: [64, 32] makes seed 000's
-    #: 64-64-32 head on a 64-d encoder; the SimCLR paper uses [2048, 128]; [128] is a
-    #: linear head and [] none (the loss on the features themselves).
-    head_dims: list[int] = field(default_factory=lambda: [512, 128])
-    #: BatchNorm after each hidden layer of the head (the paper's head).
-    head_bn: bool = True
-    #: Start the backbone from another run's encoder: a run directory (its newest
-    #: checkpoint) or a checkpoint file. None = random initialisation.
-    init: Union[str, None] = None
+    backbone: str = setting(
+        "preact_resnet26", "A registered backbone: preact_resnet8/20/26/56, resnet18, resnet34, resnet50, mobilenet_v2."
+    )
+    width: float = setting(
+        1,
+        (
+            "Width multiplier: whole numbers for the pre-activation ResNets (16/32/64 x width channels), any "
+            "positive value for mobilenet_v2 (e.g. 0.5), 1 for the ResNets."
+        ),
+        check=POSITIVE,
+    )
+    stem: Literal["cifar", "imagenet"] = setting(
+        "cifar",
+        (
+            "First layers: 'cifar' (3x3 stride-1 convolution, no max-pool: for 32x32 images) or 'imagenet' "
+            "(torchvision's downsampling stem, as seeds 001, 003 and 004 ran it)."
+        ),
+    )
+    head_dims: list[int] = setting(
+        lambda: [512, 128],
+        (
+            "Head layer sizes after the encoder's features: [64, 32] makes seed 000's 64-64-32 head on a 64-d "
+            "encoder; the SimCLR paper uses [2048, 128]; [128] is a linear head and [] none (the loss on the "
+            "features themselves)."
+        ),
+        check=Check(lambda v: all(x > 0 for x in v), "sizes must be positive"),
+        factory=True,
+    )
+    head_bn: bool = setting(True, "BatchNorm after each hidden layer of the head (the paper's head).")
+    init: Union[str, None] = setting(
+        None,
+        (
+            "Start the backbone from another run's encoder: a run directory (its newest checkpoint) or a "
+            "checkpoint file. None = random initialisation."
+        ),
+    )
 
 
 @dataclass
 class MethodConfig:
     """The training method and its loss settings."""
 
-    #: A registered method (see ``selfsup.methods.METHODS``).
-    name: str = "simclr"
-    #: Softmax temperature of the contrastive loss (SimCLR, MoCo; NT-Logistic's too).
-    temperature: float = 0.2
-    #: SimCLR's loss: 'nt-xent' (the paper's), the two it compares with in its Table 2,
-    #: or 'dcl' (NT-Xent without the positive in the denominator; Yeh et al. 2022).
-    loss: Literal["nt-xent", "nt-logistic", "margin-triplet", "dcl"] = "nt-xent"
-    #: Margin of the margin triplet loss, on cosine similarities.
-    margin: float = 0.5
-    #: NT-Logistic, margin triplet: semi-hard negatives only (SimCLR's Table 4 "sh" rows).
-    semi_hard: bool = False
-    #: MoCo: number of negative keys in the queue.
-    queue_size: int = 4096
-    #: EMA decay of the key / target / teacher encoder: MoCo's constant momentum, and the
-    #: start of the cosine schedule towards 1 of BYOL and DINO (papers: 0.996; CIFAR: 0.99).
-    momentum: float = 0.99
-    #: MoCo: BatchNorm sub-batches that stand in for GPUs in shuffle-BN (1 = plain BN).
-    bn_splits: int = 8
-    #: BYOL, SimSiam: hidden size of the predictor MLP (BYOL: 4096; SimSiam: 512).
-    predictor_hidden: int = 512
-    #: BYOL, SimSiam: the predictor's learning rate as a multiple of the others' (Tian et al.
-    #: 2021, "Understanding self-supervised learning dynamics without contrastive pairs",
-    #: find the predictor's relative rate decides how fast these methods start).
-    predictor_lr: float = 1.0
-    #: BYOL, SimSiam: keep the predictor at its peak learning rate, without warm-up or decay
-    #: (SimSiam's paper and code: "fix_pred_lr", slightly better in its Table).
-    predictor_fixed_lr: bool = False
-    #: BYOL, SimSiam: pass each view through the networks on its own, so that BatchNorm
-    #: normalises each view over its own batch, as the papers' code does (BYOL's and
-    #: SimSiam's forward the two views separately); false: both views in one pass, BatchNorm
-    #: over all 2B of them (one larger batch, a little faster on a CPU).
-    bn_per_view: bool = False
-    #: Barlow Twins: weight of the off-diagonal (redundancy) term (the paper: 5e-3).
-    lambd: float = 0.005
-    #: VICReg: weights of invariance, variance and covariance (the paper: 25, 25, 1).
-    vicreg_weights: list[float] = field(default_factory=lambda: [25.0, 25.0, 1.0])
-    #: DINO: outputs of the head's last layer (the paper: 65536; CIFAR setups: 4096).
-    out_dim: int = 4096
-    #: DINO: student temperature.
-    student_temp: float = 0.1
-    #: DINO: teacher temperature after the warm-up ...
-    teacher_temp: float = 0.07
-    #: ... at the start of it ...
-    teacher_temp_start: float = 0.04
-    #: ... and its length in epochs (0 = none).
-    teacher_temp_warmup: float = 30.0
-    #: DINO: EMA decay of the teacher's output centre.
-    center_momentum: float = 0.9
-    #: DINO: small crops (area 5-40 %, same resolution) seen by the student only, beside the two global crops.
-    local_crops: int = 0
-    #: DINO: fix the norm of each output's weight vector at 1 (the paper's norm_last_layer);
-    #: false lets it grow, so the logits, bounded by 1 / temperature otherwise, can sharpen.
-    norm_last_layer: bool = True
+    name: str = setting("simclr", "A registered method (see ``selfsup.methods.METHODS``).")
+    temperature: float = setting(
+        0.2, "Softmax temperature of the contrastive loss (SimCLR, MoCo; NT-Logistic's too).", check=POSITIVE
+    )
+    loss: Literal["nt-xent", "nt-logistic", "margin-triplet", "dcl"] = setting(
+        "nt-xent",
+        (
+            "SimCLR's loss: 'nt-xent' (the paper's), the two it compares with in its Table 2, or 'dcl' (NT-Xent "
+            "without the positive in the denominator; Yeh et al. 2022)."
+        ),
+    )
+    margin: float = setting(0.5, "Margin of the margin triplet loss, on cosine similarities.", check=POSITIVE)
+    semi_hard: bool = setting(
+        False, 'NT-Logistic, margin triplet: semi-hard negatives only (SimCLR\'s Table 4 "sh" rows).'
+    )
+    queue_size: int = setting(4096, "MoCo: number of negative keys in the queue.", check=POSITIVE_INT)
+    momentum: float = setting(
+        0.99,
+        (
+            "EMA decay of the key / target / teacher encoder: MoCo's constant momentum, and the start of the "
+            "cosine schedule towards 1 of BYOL and DINO (papers: 0.996; CIFAR: 0.99)."
+        ),
+        check=FRACTION,
+    )
+    bn_splits: int = setting(
+        8, "MoCo: BatchNorm sub-batches that stand in for GPUs in shuffle-BN (1 = plain BN).", check=POSITIVE_INT
+    )
+    predictor_hidden: int = setting(
+        512, "BYOL, SimSiam: hidden size of the predictor MLP (BYOL: 4096; SimSiam: 512).", check=POSITIVE
+    )
+    predictor_lr: float = setting(
+        1.0,
+        (
+            "BYOL, SimSiam: the predictor's learning rate as a multiple of the others' (Tian et al. 2021, "
+            '"Understanding self-supervised learning dynamics without contrastive pairs", find the predictor\'s '
+            "relative rate decides how fast these methods start)."
+        ),
+        check=POSITIVE,
+    )
+    predictor_fixed_lr: bool = setting(
+        False,
+        (
+            "BYOL, SimSiam: keep the predictor at its peak learning rate, without warm-up or decay "
+            "(SimSiam's paper and code: 'fix_pred_lr', slightly better in its Table)."
+        ),
+    )
+    bn_per_view: bool = setting(
+        False,
+        (
+            "BYOL, SimSiam: pass each view through the networks on its own, so that BatchNorm normalises each "
+            "view over its own batch, as the papers' code does (BYOL's and SimSiam's forward the two views "
+            "separately); false: both views in one pass, BatchNorm over all 2B of them (one larger batch, a "
+            "little faster on a CPU)."
+        ),
+    )
+    lambd: float = setting(
+        0.005, "Barlow Twins: weight of the off-diagonal (redundancy) term (the paper: 5e-3).", check=NOT_NEGATIVE
+    )
+    vicreg_weights: list[float] = setting(
+        lambda: [25.0, 25.0, 1.0],
+        "VICReg: weights of invariance, variance and covariance (the paper: 25, 25, 1).",
+        check=Check(lambda v: len(v) == 3 and min(v) >= 0, "needs three weights, none negative"),
+        factory=True,
+    )
+    out_dim: int = setting(
+        4096, "DINO: outputs of the head's last layer (the paper: 65536; CIFAR setups: 4096).", check=POSITIVE
+    )
+    student_temp: float = setting(0.1, "DINO: student temperature.", check=POSITIVE)
+    teacher_temp: float = setting(0.07, "DINO: teacher temperature after the warm-up ...", check=POSITIVE)
+    teacher_temp_start: float = setting(0.04, "... at the start of it ...", check=POSITIVE)
+    teacher_temp_warmup: float = setting(30.0, "... and its length in epochs (0 = none).", check=NOT_NEGATIVE)
+    center_momentum: float = setting(0.9, "DINO: EMA decay of the teacher's output centre.", check=FRACTION)
+    local_crops: int = setting(
+        0,
+        "DINO: small crops (area 5-40 %, same resolution) seen by the student only, beside the two global crops.",
+        check=NOT_NEGATIVE,
+    )
+    norm_last_layer: bool = setting(
+        True,
+        (
+            "DINO: fix the norm of each output's weight vector at 1 (the paper's norm_last_layer); false lets it "
+            "grow, so the logits, bounded by 1 / temperature otherwise, can sharpen."
+        ),
+    )
 
 
 @dataclass
 class SemiConfig:
     """Semi-supervised training with few labels (``selfsup semi``)."""
 
-    #: Number of labelled images, a class-balanced subset chosen by train.seed. The other
-    #: images of the training split are used without their labels.
-    labels: Union[int, None] = None
-    #: Labelled images per step, in addition to train.batch_size unlabelled ones.
-    labeled_batch_size: int = 32
-    #: Maximum weight of the consistency cost (MSE between softmax outputs).
-    consistency_weight: float = 100.0
-    #: Epochs of the sigmoid ramp-up exp(-5 (1 - t)^2) of the consistency weight.
-    rampup_epochs: float = 5.0
-    #: Mean Teacher: EMA decay of the teacher after the ramp-up; FixMatch: of the evaluated weights ...
-    ema_decay: float = 0.999
-    #: ... and during it.
-    ema_decay_rampup: float = 0.99
-    #: FixMatch: confidence a pseudo-label needs.
-    threshold: float = 0.95
-    #: FixMatch: weight lambda_u of the unlabelled loss.
-    unlabeled_weight: float = 1.0
+    labels: Union[int, None] = setting(
+        None,
+        (
+            "Number of labelled images, a class-balanced subset chosen by train.seed. The other images of the "
+            "training split are used without their labels."
+        ),
+        check=POSITIVE_INT,
+    )
+    labeled_batch_size: int = setting(
+        32, "Labelled images per step, in addition to train.batch_size unlabelled ones.", check=POSITIVE_INT
+    )
+    consistency_weight: float = setting(
+        100.0, "Maximum weight of the consistency cost (MSE between softmax outputs).", check=NOT_NEGATIVE
+    )
+    rampup_epochs: float = setting(
+        5.0, "Epochs of the sigmoid ramp-up exp(-5 (1 - t)^2) of the consistency weight.", check=NOT_NEGATIVE
+    )
+    ema_decay: float = setting(
+        0.999,
+        "Mean Teacher: EMA decay of the teacher after the ramp-up; FixMatch: of the evaluated weights ...",
+        check=FRACTION,
+    )
+    ema_decay_rampup: float = setting(0.99, "... and during it.", check=FRACTION)
+    threshold: float = setting(0.95, "FixMatch: confidence a pseudo-label needs.")
+    unlabeled_weight: float = setting(1.0, "FixMatch: weight lambda_u of the unlabelled loss.")
 
 
 @dataclass
 class OptimConfig:
     """Optimizer and learning-rate schedule."""
 
-    #: 'lars', 'sgd', 'adam' or 'adamw'.
-    name: Literal["lars", "sgd", "adam", "adamw"] = "lars"
-    #: Learning rate for a batch of 256; scaled by ``lr_scaling``.
-    lr: float = 1.0
-    #: 'linear' (lr * batch / 256), 'sqrt' (lr * sqrt(batch / 256)) or 'none'.
-    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
-    #: Momentum of SGD and LARS (Adam's beta1 stays 0.9).
-    momentum: float = 0.9
-    #: Nesterov momentum for SGD (Mean Teacher's paper uses it; MoCo's does not).
-    nesterov: bool = False
-    #: L2 weight decay (LARS and SGD skip BatchNorm and bias parameters).
-    weight_decay: float = 1e-6
-    #: LARS trust coefficient (eta).
-    trust_coefficient: float = 0.001
-    #: Linear warm-up, in epochs (fractions allowed), then the schedule.
-    warmup_epochs: float = 1.0
-    #: 'cosine' (decay to 0 after warm-up), 'constant', or 'step' (x0.1 at 60 % and 80 % of
-    #: the run: MoCo v1's, before MoCo v2 made it cosine).
-    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    name: Literal["lars", "sgd", "adam", "adamw"] = setting("lars", "'lars', 'sgd', 'adam' or 'adamw'.")
+    lr: float = setting(1.0, "Learning rate for a batch of 256; scaled by ``lr_scaling``.", check=POSITIVE)
+    lr_scaling: Literal["linear", "sqrt", "none"] = setting(
+        "linear", "'linear' (lr * batch / 256), 'sqrt' (lr * sqrt(batch / 256)) or 'none'."
+    )
+    momentum: float = setting(0.9, "Momentum of SGD and LARS (Adam's beta1 stays 0.9).", check=FRACTION)
+    nesterov: bool = setting(False, "Nesterov momentum for SGD (Mean Teacher's paper uses it; MoCo's does not).")
+    weight_decay: float = setting(
+        1e-6, "L2 weight decay (LARS and SGD skip BatchNorm and bias parameters).", check=NOT_NEGATIVE
+    )
+    trust_coefficient: float = setting(0.001, "LARS trust coefficient (eta).", check=POSITIVE)
+    warmup_epochs: float = setting(
+        1.0, "Linear warm-up, in epochs (fractions allowed), then the schedule.", check=NOT_NEGATIVE
+    )
+    schedule: Literal["cosine", "constant", "step"] = setting(
+        "cosine",
+        (
+            "'cosine' (decay to 0 after warm-up), 'constant', or 'step' (x0.1 at 60 % and 80 % of the run: MoCo "
+            "v1's, before MoCo v2 made it cosine)."
+        ),
+    )
 
 
 @dataclass
 class TrainConfig:
     """The training loop."""
 
-    #: Passes over the training images.
-    epochs: int = 100
-    #: Train for this many minutes instead of train.epochs: the steps that fit are planned
-    #: from measured step times and every schedule ends with the budget (evaluation not
-    #: included); the plan is saved in RUN_DIR/plan.json for --resume.
-    time_budget: Union[float, None] = None
-    #: Wall-clock minutes this machine trains per minute of ``train.time_budget``: a table
-    #: whose budget was set for one machine continues on a slower one at equal steps
-    #: (e.g. 1.5 where the bare step runs at two thirds of that machine's views/s; see
-    #: ``selfsup sweep --budget-scale``). Recorded with the run, not part of what it computes.
-    budget_scale: float = field(default=1.0, metadata=FREE)
-    #: With train.time_budget: re-plan the remaining steps from the measured step time
-    #: about 20 times in a run (each re-plan saved with a checkpoint), so the budget holds
-    #: when the machine gets slower or faster; false keeps the first plan.
-    replan: bool = True
-    #: Images per step (SimCLR sees two views of each).
-    batch_size: int = 256
-    #: Progressive resizing: views of this side in pixels for the first
-    #: ``train.low_res_until`` of the steps, full-size views after (0 = always full size).
-    #: Early steps get cheaper (24 px: 0.56 of the pixels); the network ends on the size it
-    #: is evaluated at (FixRes, Touvron et al. 2019; FFCV's progressive resizing).
-    low_res: int = 0
-    #: Fraction of the run's steps trained at ``train.low_res``.
-    low_res_until: float = 0.5
-    #: Seeds the model, the data order and every augmentation (a function of seed and step).
-    seed: int = 0
-    #: 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.
-    device: str = field(default="auto", metadata=FREE)
-    #: 'auto' (bf16 autocast where the device computes bf16 natively: CUDA, and CPUs
-    #: with AVX512-BF16 or AMX), 'bf16' or 'fp32'.
-    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata=FREE)
-    #: Feed images in channels_last memory format (faster convolutions).
-    channels_last: bool = True
-    #: torch.compile the model, and on a GPU the augmentation too (pays on GPUs; costs start-up time).
-    compile: bool = field(default=False, metadata=FREE)
-    #: torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'.
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = field(default="default", metadata=FREE)
-    #: Under torchrun on GPUs: BatchNorm statistics over the whole global batch.
-    sync_bn: bool = field(default=False, metadata=FREE)
-    #: CPU threads for PyTorch (None = PyTorch's default).
-    num_threads: Union[int, None] = field(default=None, metadata=FREE)
-    #: Keep the checkpoint of every N-th epoch for 'selfsup eval --milestones' (seed 000:
-    #: 40); 0 = none. A rolling checkpoint is written at the end of every epoch anyway.
-    checkpoint_every: int = field(default=0, metadata=FREE)
-    #: Also save one when this many minutes passed since the last (0 = never).
-    checkpoint_minutes: float = field(default=10.0, metadata=FREE)
-    #: How many rolling checkpoints to keep (older ones are deleted; milestones stay).
-    keep_checkpoints: int = field(default=2, metadata=FREE)
-    #: Run the kNN monitor every N epochs (0 = never).
-    knn_every: int = field(default=0, metadata=FREE)
-    #: Log (and read the loss back from the device) every N steps.
-    log_every: int = field(default=10, metadata=FREE)
-    #: Show a progress bar.
-    progress: bool = field(default=True, metadata=FREE)
-    #: Evaluate (kNN and linear probe) when pretraining ends.
-    eval_after: bool = field(default=True, metadata=FREE)
+    epochs: int = setting(100, "Passes over the training images.", check=POSITIVE_INT)
+    time_budget: Union[float, None] = setting(
+        None,
+        (
+            "Train for this many minutes instead of train.epochs: the steps that fit are planned from measured "
+            "step times and every schedule ends with the budget (evaluation not included); the plan is saved in "
+            "RUN_DIR/plan.json for --resume."
+        ),
+        check=Check(_positive, "must be positive (minutes)"),
+    )
+    budget_scale: float = setting(
+        1.0,
+        (
+            "Wall-clock minutes this machine trains per minute of ``train.time_budget``: a table whose budget was"
+            " set for one machine continues on a slower one at equal steps (e.g. 1.5 where the bare step runs at "
+            "two thirds of that machine's views/s; see ``selfsup sweep --budget-scale``). Recorded with the run, "
+            "not part of what it computes."
+        ),
+        check=Check(_positive, "must be positive (wall minutes per budget minute)"),
+        free=True,
+    )
+    replan: bool = setting(
+        True,
+        (
+            "With train.time_budget: re-plan the remaining steps from the measured step time about 20 times in a "
+            "run (each re-plan saved with a checkpoint), so the budget holds when the machine gets slower or "
+            "faster; false keeps the first plan."
+        ),
+    )
+    batch_size: int = setting(
+        256,
+        "Images per step (SimCLR sees two views of each).",
+        check=at_least(2, "must be at least 2 (batch statistics)"),
+    )
+    low_res: int = setting(
+        0,
+        (
+            "Progressive resizing: views of this side in pixels for the first ``train.low_res_until`` of the "
+            "steps, full-size views after (0 = always full size). Early steps get cheaper (24 px: 0.56 of the "
+            "pixels); the network ends on the size it is evaluated at (FixRes, Touvron et al. 2019; FFCV's "
+            "progressive resizing)."
+        ),
+        check=Check(lambda v: v == 0 or v >= 8, "must be 0 (off) or at least 8 pixels"),
+    )
+    low_res_until: float = setting(
+        0.5,
+        "Fraction of the run's steps trained at ``train.low_res``.",
+        check=Check(lambda v: 0 <= v <= 1, "must be a fraction of the run, in [0, 1]"),
+    )
+    seed: int = setting(0, "Seeds the model, the data order and every augmentation (a function of seed and step).")
+    device: str = setting("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", free=True)
+    precision: Literal["auto", "bf16", "fp32"] = setting(
+        "auto",
+        (
+            "'auto' (bf16 autocast where the device computes bf16 natively: CUDA, and CPUs with AVX512-BF16 or "
+            "AMX), 'bf16' or 'fp32'."
+        ),
+        free=True,
+    )
+    channels_last: bool = setting(True, "Feed images in channels_last memory format (faster convolutions).")
+    compile: bool = setting(
+        False,
+        "torch.compile the model, and on a GPU the augmentation too (pays on GPUs; costs start-up time).",
+        free=True,
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = setting(
+        "default", "torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'.", free=True
+    )
+    sync_bn: bool = setting(
+        False, "Under torchrun on GPUs: BatchNorm statistics over the whole global batch.", free=True
+    )
+    num_threads: Union[int, None] = setting(
+        None, "CPU threads for PyTorch (None = PyTorch's default).", check=POSITIVE, free=True
+    )
+    checkpoint_every: int = setting(
+        0,
+        (
+            "Keep the checkpoint of every N-th epoch for 'selfsup eval --milestones' (seed 000: 40); 0 = none. A "
+            "rolling checkpoint is written at the end of every epoch anyway."
+        ),
+        check=NOT_NEGATIVE,
+        free=True,
+    )
+    checkpoint_minutes: float = setting(
+        10.0, "Also save one when this many minutes passed since the last (0 = never).", check=NOT_NEGATIVE, free=True
+    )
+    keep_checkpoints: int = setting(
+        2,
+        "How many rolling checkpoints to keep (older ones are deleted; milestones stay).",
+        check=POSITIVE_INT,
+        free=True,
+    )
+    knn_every: int = setting(0, "Run the kNN monitor every N epochs (0 = never).", check=NOT_NEGATIVE, free=True)
+    log_every: int = setting(
+        10, "Log (and read the loss back from the device) every N steps.", check=POSITIVE_INT, free=True
+    )
+    progress: bool = setting(True, "Show a progress bar.", free=True)
+    eval_after: bool = setting(True, "Evaluate (kNN and linear probe) when pretraining ends.", free=True)
 
 
 @dataclass
 class EvalConfig:
     """Evaluation of a frozen encoder: weighted kNN and a linear probe on its features."""
 
-    #: Neighbours of the weighted kNN classifier (k=200 as in InstDisc and SimCLR code).
-    knn_k: int = 200
-    #: Temperature of the kNN weights exp(similarity / t).
-    knn_temperature: float = 0.1
-    #: Linear probe optimizer on the cached features: 'adam' or 'sgd'.
-    linear_optimizer: Literal["adam", "sgd"] = "adam"
-    #: Learning rate of the linear probe.
-    linear_lr: float = 1e-3
-    #: Epochs of the linear probe over the cached features.
-    linear_epochs: int = 30
-    #: Batch size of the linear probe.
-    linear_batch_size: int = 256
-    #: Weight decay of the linear probe.
-    linear_weight_decay: float = 0.0
-    #: Images per forward pass when extracting features.
-    batch_size: int = 256
-    #: Use only a class-balanced subset of the training split as kNN bank / probe data.
-    train_subset: Union[int, None] = None
-    #: Size of the kNN monitor's bank (training images) during training ...
-    monitor_train: int = 5000
-    #: ... and of its query set (test images).
-    monitor_test: int = 1000
+    knn_k: int = setting(
+        200, "Neighbours of the weighted kNN classifier (k=200 as in InstDisc and SimCLR code).", check=POSITIVE_INT
+    )
+    knn_temperature: float = setting(0.1, "Temperature of the kNN weights exp(similarity / t).", check=POSITIVE)
+    linear_optimizer: Literal["adam", "sgd"] = setting(
+        "adam", "Linear probe optimizer on the cached features: 'adam' or 'sgd'."
+    )
+    linear_lr: float = setting(1e-3, "Learning rate of the linear probe.", check=POSITIVE)
+    linear_epochs: int = setting(30, "Epochs of the linear probe over the cached features.", check=POSITIVE_INT)
+    linear_batch_size: int = setting(256, "Batch size of the linear probe.", check=POSITIVE_INT)
+    linear_weight_decay: float = setting(0.0, "Weight decay of the linear probe.")
+    batch_size: int = setting(256, "Images per forward pass when extracting features.", check=POSITIVE_INT)
+    train_subset: Union[int, None] = setting(
+        None, "Use only a class-balanced subset of the training split as kNN bank / probe data.", check=POSITIVE
+    )
+    monitor_train: int = setting(
+        5000, "Size of the kNN monitor's bank (training images) during training ...", check=POSITIVE
+    )
+    monitor_test: int = setting(1000, "... and of its query set (test images).", check=POSITIVE)
 
 
 @dataclass
 class FinetuneConfig:
     """Fine-tuning an encoder with few labels (``selfsup finetune``)."""
 
-    #: Labelled training images (class-balanced, chosen by ``seed``); one fine-tuning
-    #: per entry, e.g. seed 001's [300, 500, 1000, 1500].
-    labels: list[int] = field(default_factory=lambda: [1000])
-    #: Validation images (class-balanced, from the rest of the training split) used
-    #: to keep the epoch with the lowest validation loss.
-    val_size: int = 500
-    #: Passes over the labelled images.
-    epochs: int = 50
-    #: Labelled images per step.
-    batch_size: int = 64
-    #: 'sgd' (momentum 0.9, nesterov) or 'adam'; cosine decay over all steps.
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    #: Learning rate (no batch scaling).
-    lr: float = 0.05
-    #: Weight decay of every parameter.
-    weight_decay: float = 5e-4
-    #: Train only the new linear head (linear evaluation with augmentation).
-    freeze_encoder: bool = False
-    #: Multiplier of the encoder's learning rate (the head's is ``lr``); below 1 keeps a
-    #: pretrained encoder closer to where it started.
-    encoder_lr: float = 1.0
-    #: First train the head alone for this many epochs (encoder frozen, its BatchNorm
-    #: statistics kept), then every layer: LP-FT (Kumar et al. 2022), which keeps a
-    #: randomly initialised head from distorting pretrained features. Counted in ``epochs``.
-    head_epochs: int = 0
-    #: Start from a randomly initialised encoder instead (the "from scratch" reference).
-    from_scratch: bool = False
-    #: Train each fine-tuning for this many minutes instead of ``epochs`` epochs (the
-    #: steps that fit, planned and re-planned as ``train.time_budget`` does; None = epochs).
-    time_budget: Union[float, None] = None
+    labels: list[int] = setting(
+        lambda: [1000],
+        (
+            "Labelled training images (class-balanced, chosen by ``seed``); one fine-tuning per entry, e.g. seed "
+            "001's [300, 500, 1000, 1500]."
+        ),
+        check=Check(lambda v: len(v) > 0 and min(v) > 0, "must be positive integers"),
+        factory=True,
+    )
+    val_size: int = setting(
+        500,
+        (
+            "Validation images (class-balanced, from the rest of the training split) used to keep the epoch with "
+            "the lowest validation loss."
+        ),
+        check=POSITIVE_INT,
+    )
+    epochs: int = setting(50, "Passes over the labelled images.", check=POSITIVE_INT)
+    batch_size: int = setting(64, "Labelled images per step.", check=at_least(2, "must be at least 2"))
+    optimizer: Literal["sgd", "adam"] = setting(
+        "sgd", "'sgd' (momentum 0.9, nesterov) or 'adam'; cosine decay over all steps."
+    )
+    lr: float = setting(0.05, "Learning rate (no batch scaling).", check=POSITIVE)
+    weight_decay: float = setting(5e-4, "Weight decay of every parameter.", check=NOT_NEGATIVE)
+    freeze_encoder: bool = setting(False, "Train only the new linear head (linear evaluation with augmentation).")
+    encoder_lr: float = setting(
+        1.0,
+        (
+            "Multiplier of the encoder's learning rate (the head's is ``lr``); below 1 keeps a pretrained encoder"
+            " closer to where it started."
+        ),
+        check=NOT_NEGATIVE,
+    )
+    head_epochs: int = setting(
+        0,
+        (
+            "First train the head alone for this many epochs (encoder frozen, its BatchNorm statistics kept), "
+            "then every layer: LP-FT (Kumar et al. 2022), which keeps a randomly initialised head from distorting"
+            " pretrained features. Counted in ``epochs``."
+        ),
+        check=NOT_NEGATIVE,
+    )
+    from_scratch: bool = setting(
+        False, 'Start from a randomly initialised encoder instead (the "from scratch" reference).'
+    )
+    time_budget: Union[float, None] = setting(
+        None,
+        (
+            "Train each fine-tuning for this many minutes instead of ``epochs`` epochs (the steps that fit, "
+            "planned and re-planned as ``train.time_budget`` does; None = epochs)."
+        ),
+        check=Check(_positive, "must be positive (minutes)"),
+    )
 
-    #: Augmentation preset of the labelled images.
-    preset: str = "supervised"
-    #: Chooses the labelled and validation images, the head's initialisation and the order.
-    seed: int = 0
+    preset: str = setting("supervised", "Augmentation preset of the labelled images.")
+    seed: int = setting(0, "Chooses the labelled and validation images, the head's initialisation and the order.")
 
 
 @dataclass
@@ -646,105 +834,31 @@ def choices(tp: Any) -> tuple[Any, ...] | None:
 
 
 def resume_free_keys() -> set[str]:
-    """Dotted keys marked on their field as free to change on ``--resume`` (see :data:`FREE`)."""
-    return {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("resume")}
+    """Dotted keys marked on their field as free to change on ``--resume`` (see :func:`setting`)."""
+    return {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("free")}
 
 
 def field_help(section: str) -> dict[str, str]:
-    """Each field's ``#:`` comment in this file, as one line: the flags' ``--help`` text."""
-    import inspect
-
-    out: dict[str, str] = {}
-    doc: list[str] = []
-    for line in inspect.getsource(SECTIONS[section]).splitlines()[1:]:
-        text = line.strip()
-        if text.startswith("#:"):
-            doc.append(text[2:].strip())
-            continue
-        name = text.partition(":")[0]
-        if line.startswith("    ") and not line.startswith("     ") and name.isidentifier() and ":" in text:
-            out[name] = " ".join(doc)
-        doc = []
-    return out
+    """Each field's help text (the flags' ``--help``)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(SECTIONS[section])}
 
 
 def validate(cfg: Config) -> None:
-    """Range checks that need no data or registry; raises :class:`ConfigError`."""
+    """Every key's allowed values and range (:func:`setting`), and the few rules between keys.
 
-    # long: one line per range check, in section order; split up they would be harder to scan.
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            section, name = key.split(".")
-            value = getattr(getattr(cfg, section), name)
-            raise ConfigError(f"{key} {why}, got {value!r}")
-
-    for section in SECTIONS:
-        for key, tp in field_types(section).items():
-            allowed = choices(tp)
-            value = getattr(getattr(cfg, section), key)
+    Raises:
+        ConfigError: Naming the key, the rule and the value.
+    """
+    for section, cls in SECTIONS.items():
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(cls):
+            value = getattr(values, f.name)
+            allowed = choices(field_types(section)[f.name])
             if allowed is not None and value is not None and value not in allowed:
-                raise ConfigError(f"{section}.{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-    t, o, e, d, m = cfg.train, cfg.optim, cfg.eval, cfg.data, cfg.method
-    need(cfg.data.max_file_mb > 0, "data.max_file_mb", "must be positive (megabytes)")
-    need(t.batch_size >= 2, "train.batch_size", "must be at least 2 (batch statistics)")
-    need(t.epochs > 0, "train.epochs", "must be a positive integer")
-    need(t.time_budget is None or t.time_budget > 0, "train.time_budget", "must be positive (minutes)")
-    need(t.budget_scale > 0, "train.budget_scale", "must be positive (wall minutes per budget minute)")
-    need(t.low_res == 0 or t.low_res >= 8, "train.low_res", "must be 0 (off) or at least 8 pixels")
-    need(0 <= t.low_res_until <= 1, "train.low_res_until", "must be a fraction of the run, in [0, 1]")
-    need(t.checkpoint_every >= 0, "train.checkpoint_every", "must not be negative")
-    need(t.checkpoint_minutes >= 0, "train.checkpoint_minutes", "must not be negative")
-    need(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be a positive integer")
-    need(t.knn_every >= 0, "train.knn_every", "must not be negative")
-    need(t.log_every > 0, "train.log_every", "must be a positive integer")
-    need(t.num_threads is None or t.num_threads > 0, "train.num_threads", "must be positive")
-
-    need(o.lr > 0, "optim.lr", "must be positive")
-    need(o.warmup_epochs >= 0, "optim.warmup_epochs", "must not be negative")
-    need(o.weight_decay >= 0, "optim.weight_decay", "must not be negative")
-    need(0 <= o.momentum < 1, "optim.momentum", "must lie in [0, 1)")
-    need(o.trust_coefficient > 0, "optim.trust_coefficient", "must be positive")
-    need(m.temperature > 0, "method.temperature", "must be positive")
-    need(m.margin > 0, "method.margin", "must be positive")
-    need(m.queue_size > 0, "method.queue_size", "must be a positive integer")
-    need(0 <= m.momentum < 1, "method.momentum", "must lie in [0, 1)")
-    need(m.bn_splits > 0, "method.bn_splits", "must be a positive integer")
-    need(m.predictor_hidden > 0 and m.out_dim > 0, "method.predictor_hidden", "and out_dim must be positive")
-    need(m.predictor_lr > 0, "method.predictor_lr", "must be positive")
-    need(m.lambd >= 0, "method.lambd", "must not be negative")
-    need(len(m.vicreg_weights) == 3 and min(m.vicreg_weights) >= 0, "method.vicreg_weights",
-         "needs three weights, none negative")  # fmt: skip
-    need(min(m.student_temp, m.teacher_temp, m.teacher_temp_start) > 0, "method.teacher_temp",
-         "and the other DINO temperatures must be positive")  # fmt: skip
-    need(0 <= m.center_momentum < 1, "method.center_momentum", "must lie in [0, 1)")
-    need(m.local_crops >= 0 and m.teacher_temp_warmup >= 0, "method.local_crops", "must not be negative")
-    s, f = cfg.semi, cfg.finetune
-    need(s.labels is None or s.labels > 0, "semi.labels", "must be a positive integer")
-    need(s.labeled_batch_size > 0, "semi.labeled_batch_size", "must be a positive integer")
-    need(s.consistency_weight >= 0, "semi.consistency_weight", "must not be negative")
-    need(s.rampup_epochs >= 0, "semi.rampup_epochs", "must not be negative")
-    need(0 <= s.ema_decay < 1, "semi.ema_decay", "must lie in [0, 1)")
-    need(0 <= s.ema_decay_rampup < 1, "semi.ema_decay_rampup", "must lie in [0, 1)")
-    need(len(f.labels) > 0 and min(f.labels) > 0, "finetune.labels", "must be positive integers")
-
-    need(f.val_size > 0, "finetune.val_size", "must be a positive integer")
-    need(f.epochs > 0, "finetune.epochs", "must be a positive integer")
-    need(f.batch_size > 1, "finetune.batch_size", "must be at least 2")
-    need(f.lr > 0, "finetune.lr", "must be positive")
-    need(f.time_budget is None or f.time_budget > 0, "finetune.time_budget", "must be positive (minutes)")
-    need(f.weight_decay >= 0, "finetune.weight_decay", "must not be negative")
-    need(f.encoder_lr >= 0, "finetune.encoder_lr", "must not be negative")
-    need(0 <= f.head_epochs < f.epochs, "finetune.head_epochs", "must lie in [0, finetune.epochs)")
-    need(d.subset is None or d.subset > 0, "data.subset", "must be a positive integer")
-    need(d.image_size >= 8, "data.image_size", "must be at least 8")
-    need(0 < d.test_fraction < 1, "data.test_fraction", "must lie in (0, 1)")
-    need(e.knn_k > 0, "eval.knn_k", "must be a positive integer")
-    need(e.knn_temperature > 0, "eval.knn_temperature", "must be positive")
-    need(e.linear_lr > 0, "eval.linear_lr", "must be positive")
-    need(e.linear_epochs > 0, "eval.linear_epochs", "must be a positive integer")
-    need(e.linear_batch_size > 0, "eval.linear_batch_size", "must be a positive integer")
-    need(e.batch_size > 0, "eval.batch_size", "must be a positive integer")
-    need(e.train_subset is None or e.train_subset > 0, "eval.train_subset", "must be positive")
-    need(e.monitor_train > 0 and e.monitor_test > 0, "eval.monitor_train", "must be positive")
-    need(cfg.model.width > 0, "model.width", "must be positive")
-    need(all(x > 0 for x in cfg.model.head_dims), "model.head_dims", "sizes must be positive")
+                raise ConfigError(f"{section}.{f.name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+            check = f.metadata.get("check")
+            if check is not None and value is not None and not check.ok(value):
+                raise ConfigError(f"{section}.{f.name} {check.why}, got {value!r}")
+    ft = cfg.finetune
+    if ft.head_epochs >= ft.epochs:
+        raise ConfigError(f"finetune.head_epochs must lie in [0, finetune.epochs), got {ft.head_epochs!r}")
