@@ -36,8 +36,8 @@ def warmup_decay(decay: float, step: int) -> float:
     """A constant decay capped early by ``(1 + step) / (10 + step)``.
 
     A 0.999 average started at initialisation still holds 1/e of the random weights
-    after 1,000 steps; in a short run it evaluates a model that barely trained
-    (FixMatch's EMA scored 14 % where its raw weights scored 35 % after 333 steps). The
+    after 1,000 steps; in a short run it evaluates a model that barely trained (far
+    below its raw weights after a few hundred steps; docs/methods.md). The
     cap (the ``num_updates`` form of TensorFlow's ExponentialMovingAverage) makes early
     averages short and reaches ``decay`` by itself (0.999 after about 9,000 steps).
 

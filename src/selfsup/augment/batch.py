@@ -10,8 +10,8 @@ depends on the config alone: every operation on every sample (identity parameter
 a sample skips it, which change nothing exactly), the parameters copied in one transfer,
 and no value read back to the host, so the same kernels run every step and
 ``torch.compile`` can fuse them (on a GPU a CIFAR batch's augmentation is bound by kernel
-launches, not by arithmetic). It is what ``train.compile`` compiles on a GPU; it is not
-yet timed on one (the lease that was to time it ended first), so it is not the default.
+launches, not by arithmetic). It is what ``train.compile`` compiles on a GPU, and not
+the default elsewhere until a GPU timing says it pays (see docs/speed.md).
 """
 
 from __future__ import annotations

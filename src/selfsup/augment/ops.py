@@ -95,8 +95,8 @@ def color_jitter(x: torch.Tensor, params: AugmentParams, grouped: bool | None = 
       factors (exact no-ops). Four times the arithmetic, but about 1,100 PyTorch
       operations a batch of 1,024 views instead of 6,400 (counted with ``torch.profiler``):
       a GPU does the arithmetic of a CIFAR batch in microseconds and spends its time
-      waiting for the host to launch kernels (the grouped path held an H200 at 0.27 of
-      the bare step's views/s, measured with ``benchmarks/gpu_check.py``).
+      waiting for the host to launch kernels, so fewer launches pay there (docs/speed.md
+      has the timings).
 
     Nothing waits for the device either way.
 
