@@ -165,19 +165,20 @@ def test_help_is_fast_needs_no_torch_and_explains_every_flag() -> None:
     code = (
         "import sys, contextlib, io\n"
         "from selfsup.cli import main\n"
-        "for argv in (['--help'], ['pretrain', '--help']):\n"
+        "for argv in (['--help'], ['eval', '--help'], ['finetune', '--help']):\n"
         "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "        main(argv)\n"
         "print('torch' in sys.modules, 'numpy' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True)
     torch_loaded, numpy_loaded = done.stdout.split()
-    # Help is fast because it loads neither PyTorch nor NumPy (0.15 s alone on a Zen 3);
-    # asserted as that cause, not as a wall-clock bound, which a loaded machine would break.
+    # Help is fast because it loads neither PyTorch nor NumPy; asserted as that cause, not
+    # as a wall-clock bound, which a loaded machine would break. (`pretrain --help` lists the
+    # chosen method's own settings, which its file declares beside its PyTorch code.)
     assert torch_loaded == "False" and numpy_loaded == "False", done.stderr
     from selfsup.cli import build_parser
 
-    parser = build_parser()
+    parser = build_parser(["pretrain"])
     sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
     for name in ("pretrain", "semi", "eval", "finetune", "augment"):
         for action in sub[name]._actions:
@@ -185,3 +186,20 @@ def test_help_is_fast_needs_no_torch_and_explains_every_flag() -> None:
                 assert action.help, f"{name} {action.option_strings[0]} has no help text"
     optim = next(a for a in sub["pretrain"]._actions if a.dest == "cfg:optim.name")
     assert optim.choices == ["lars", "sgd", "adam", "adamw"]
+
+
+def test_pretrain_help_lists_the_chosen_methods_own_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, own, other in (
+        (["pretrain", "--method", "byol", "--help"], "--method.predictor_hidden", "--method.temperature"),
+        (["pretrain", "--help"], "--method.temperature", "--method.predictor_hidden"),  # SimCLR by default
+        (["pretrain", "--method=dino", "--help"], "--method.teacher_temp", "--method.queue_size"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert own in out and other not in out, argv
+    # A setting of another method is refused in one line that names the chosen method.
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "--method", "byol", "--method.temperature", "0.1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "not a setting of byol" in err[0] and "predictor_hidden" in err[0]

@@ -137,11 +137,15 @@ def test_predictor_learning_rate_options(method: str) -> None:
     pred, back = model.predictor.parameters().__next__(), model.backbone.parameters().__next__()
     assert len(_lrs(method_optimizer(model, cfg))) == sum(1 for p in model.parameters() if p.requires_grad)
     assert set(_lrs(method_optimizer(model, cfg)).values()) == {0.2}  # the defaults change nothing
-    cfg.method.predictor_lr, cfg.method.predictor_fixed_lr = 10.0, True
+    cfg.method.values.update(predictor_lr=10.0, predictor_fixed_lr=True)
+    model = build_method(cfg, 10)  # the method owns its settings: they are read when it is built
+    pred, back = model.predictor.parameters().__next__(), model.backbone.parameters().__next__()
     opt = method_optimizer(model, cfg)
     set_lr(opt, 0.05)  # the schedule has moved on; the predictor stays at 10 x the peak
     assert _lrs(opt)[id(back)] == pytest.approx(0.05) and _lrs(opt)[id(pred)] == pytest.approx(2.0)
-    cfg.method.predictor_fixed_lr = False
+    cfg.method.values["predictor_fixed_lr"] = False
+    model = build_method(cfg, 10)
+    pred = model.predictor.parameters().__next__()
     opt = method_optimizer(model, cfg)
     set_lr(opt, 0.05)
     assert _lrs(opt)[id(pred)] == pytest.approx(0.5)
@@ -154,6 +158,6 @@ def test_predictor_options_ignored_without_a_predictor() -> None:
 
     cfg = Config()
     cfg.model.backbone = "preact_resnet8"
-    cfg.method.predictor_lr, cfg.method.predictor_fixed_lr = 10.0, True
+    cfg.method.values.update(predictor_lr=10.0, predictor_fixed_lr=True)  # BYOL's keys, in a SimCLR config
     opt = method_optimizer(build_method(cfg, 10), cfg)  # SimCLR: one schedule for all
     assert not any(g.get("fixed_lr") or g.get("lr_mult") for g in opt.param_groups)

@@ -41,6 +41,10 @@ class _Parser(argparse.ArgumentParser):
         if unknown:
             flag = unknown[0].split("=", 1)[0]
             options = [o for action in self._actions for o in action.option_strings]
+            method = getattr(self, "method_settings", None)
+            if method is not None and flag.startswith("--method."):
+                name, own = method
+                self.error(f"{flag} is not a setting of {name} (its settings: {', '.join(own) or 'none'})")
             close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
             self.error(f"unknown flag {flag}" + (f"; did you mean {close[0]}?" if close else ""))
         return parsed, extra
@@ -51,26 +55,75 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str], short: dict[str, str]) -> None:
-    """One flag per config key, its help the field's ``#:`` comment, its choices the ``Literal``'s."""
+    """One flag per config key, its help the key's declared help, its choices the ``Literal``'s."""
     for section in sections:
         group = parser.add_argument_group(f"{section}: settings (override --config)")
         docs = field_help(section)
         for key, tp in field_types(section).items():
-            dotted = f"{section}.{key}"
-            names = [f"--{dotted}"]
-            if "_" in key:
-                names.append(f"--{section}.{key.replace('_', '-')}")
-            names += [f"--{s}" for s, target in short.items() if target == dotted]
-            text = docs.get(key, "").replace("%", "%%")  # argparse formats help strings with %
-            kwargs: dict[str, Any] = dict(dest=_PREFIX + dotted, default=argparse.SUPPRESS, help=text or None)
-            allowed = choices(tp)
-            if tp is bool:
-                kwargs.update(nargs="?", const="true", metavar="BOOL")
-            elif allowed is not None:
-                kwargs.update(choices=[str(c) for c in allowed])
-            else:
-                kwargs.update(metavar=_metavar(tp))
-            group.add_argument(*names, **kwargs)
+            if (section, key) != ("method", "values"):
+                _add_flag(group, f"{section}.{key}", tp, docs.get(key, ""), short)
+
+
+def _add_flag(group: Any, dotted: str, tp: Any, text: str, short: dict[str, str]) -> None:
+    """The flag ``--SECTION.KEY`` (and its dashed and short forms) of one config key."""
+    section, _, key = dotted.partition(".")
+    names = [f"--{dotted}"]
+    if "_" in key:
+        names.append(f"--{section}.{key.replace('_', '-')}")
+    names += [f"--{s}" for s, target in short.items() if target == dotted]
+    help_text = text.replace("%", "%%") or None  # argparse formats help strings with %
+    kwargs: dict[str, Any] = dict(dest=_PREFIX + dotted, default=argparse.SUPPRESS, help=help_text)
+    allowed = choices(tp)
+    if tp is bool:
+        kwargs.update(nargs="?", const="true", metavar="BOOL")
+    elif allowed is not None:
+        kwargs.update(choices=[str(c) for c in allowed])
+    else:
+        kwargs.update(metavar=_metavar(tp))
+    group.add_argument(*names, **kwargs)
+
+
+def _add_method_flags(parser: argparse.ArgumentParser, method: str, short: dict[str, str]) -> None:
+    """The flags of ``method``'s own settings (``--method.KEY``), as its file declares them."""
+    import dataclasses
+
+    from .config import type_hints
+    from .methods import METHODS
+
+    settings = METHODS[method].Settings if method in METHODS else None
+    title = f"method: {method}'s own settings (--method {method}; another --method lists its own)"
+    group = parser.add_argument_group(title)
+    if settings is None:
+        group.description = f"{method} has no settings of its own" if method in METHODS else "unknown method"
+        parser.method_settings = (method, [])  # type: ignore[attr-defined]
+        return
+    hints = type_hints(settings)
+    parser.method_settings = (method, [f"--method.{f.name}" for f in dataclasses.fields(settings)])  # type: ignore[attr-defined]
+    for f in dataclasses.fields(settings):
+        _add_flag(group, f"method.{f.name}", hints[f.name], f.metadata.get("help", ""), short)
+
+
+def _chosen_method(argv: Sequence[str]) -> str:
+    """The method a ``pretrain`` or ``semi`` command line trains: its ``--method``, its recipe's, or SimCLR."""
+    from .config import load_yaml
+    from .errors import SelfsupError
+
+    args = list(argv)
+    for i, arg in enumerate(args):
+        for flag in ("--method", "--method.name"):
+            if arg == flag and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+    where = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"), None)
+    if where is None and "--resume" in args and "--out" in args[:-1]:
+        where = str(Path(args[args.index("--out") + 1]) / "config.yaml")
+    try:
+        raw = load_yaml(where) if where else {}
+    except SelfsupError:
+        raw = {}  # the command reports a bad --config itself
+    method = raw.get("method") if isinstance(raw, dict) else None
+    return str(method.get("name", "simclr")) if isinstance(method, dict) else "simclr"
 
 
 def _metavar(tp: Any) -> str:
@@ -88,8 +141,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k[len(_PREFIX) :]: v for k, v in vars(args).items() if k.startswith(_PREFIX)}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``selfsup`` argument parser with its subcommands."""
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``selfsup`` argument parser with its subcommands.
+
+    ``pretrain`` and ``semi`` take the flags of the chosen method's own settings (see
+    :func:`_chosen_method`), so the command line of another command, and ``selfsup
+    --help``, need not import the methods (nor PyTorch).
+    """
+    command = next((a for a in argv if not a.startswith("-")), None)
     parser = _Parser(prog="selfsup", description="Self-supervised representation learning.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -105,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         _add_config_flags(p, list(SECTIONS), SHORT_FLAGS)
+        if command == name:
+            _add_method_flags(p, _chosen_method(argv), SHORT_FLAGS)
     _add_eval_parsers(sub)
     _add_sweep_parsers(sub)
     _add_embed_parser(sub)
@@ -466,7 +527,8 @@ def _run(command: Any, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``selfsup`` command; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.version:
         from .version import __version__

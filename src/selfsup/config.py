@@ -12,6 +12,7 @@ filled in) is saved in each run directory as ``config.yaml``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -228,92 +229,18 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The training method and its loss settings."""
+    """The training method: its name, and its own settings as given.
+
+    Each method declares its settings (type, default, help, range) in its own file
+    (:mod:`selfsup.methods`); this section keeps them as a recipe or flags give them
+    (``values``, written flat beside ``name`` in YAML and as ``method.KEY`` flags).
+    :func:`selfsup.methods.resolve_method` checks them against the chosen method's
+    declaration, fills its defaults and drops keys that only another method has, which
+    is what a saved config then holds.
+    """
 
     name: str = setting("simclr", "A registered method (see ``selfsup.methods.METHODS``).")
-    temperature: float = setting(
-        0.2, "Softmax temperature of the contrastive loss (SimCLR, MoCo; NT-Logistic's too).", check=POSITIVE
-    )
-    loss: Literal["nt-xent", "nt-logistic", "margin-triplet", "dcl"] = setting(
-        "nt-xent",
-        (
-            "SimCLR's loss: 'nt-xent' (the paper's), the two it compares with in its Table 2, or 'dcl' (NT-Xent "
-            "without the positive in the denominator; Yeh et al. 2022)."
-        ),
-    )
-    margin: float = setting(0.5, "Margin of the margin triplet loss, on cosine similarities.", check=POSITIVE)
-    semi_hard: bool = setting(
-        False, 'NT-Logistic, margin triplet: semi-hard negatives only (SimCLR\'s Table 4 "sh" rows).'
-    )
-    queue_size: int = setting(4096, "MoCo: number of negative keys in the queue.", check=POSITIVE_INT)
-    momentum: float = setting(
-        0.99,
-        (
-            "EMA decay of the key / target / teacher encoder: MoCo's constant momentum, and the start of the "
-            "cosine schedule towards 1 of BYOL and DINO (papers: 0.996; CIFAR: 0.99)."
-        ),
-        check=FRACTION,
-    )
-    bn_splits: int = setting(
-        8, "MoCo: BatchNorm sub-batches that stand in for GPUs in shuffle-BN (1 = plain BN).", check=POSITIVE_INT
-    )
-    predictor_hidden: int = setting(
-        512, "BYOL, SimSiam: hidden size of the predictor MLP (BYOL: 4096; SimSiam: 512).", check=POSITIVE
-    )
-    predictor_lr: float = setting(
-        1.0,
-        (
-            "BYOL, SimSiam: the predictor's learning rate as a multiple of the others' (Tian et al. 2021, "
-            '"Understanding self-supervised learning dynamics without contrastive pairs", find the predictor\'s '
-            "relative rate decides how fast these methods start)."
-        ),
-        check=POSITIVE,
-    )
-    predictor_fixed_lr: bool = setting(
-        False,
-        (
-            "BYOL, SimSiam: keep the predictor at its peak learning rate, without warm-up or decay "
-            "(SimSiam's paper and code: 'fix_pred_lr', slightly better in its Table)."
-        ),
-    )
-    bn_per_view: bool = setting(
-        False,
-        (
-            "BYOL, SimSiam: pass each view through the networks on its own, so that BatchNorm normalises each "
-            "view over its own batch, as the papers' code does (BYOL's and SimSiam's forward the two views "
-            "separately); false: both views in one pass, BatchNorm over all 2B of them (one larger batch, a "
-            "little faster on a CPU)."
-        ),
-    )
-    lambd: float = setting(
-        0.005, "Barlow Twins: weight of the off-diagonal (redundancy) term (the paper: 5e-3).", check=NOT_NEGATIVE
-    )
-    vicreg_weights: list[float] = setting(
-        lambda: [25.0, 25.0, 1.0],
-        "VICReg: weights of invariance, variance and covariance (the paper: 25, 25, 1).",
-        check=Check(lambda v: len(v) == 3 and min(v) >= 0, "needs three weights, none negative"),
-        factory=True,
-    )
-    out_dim: int = setting(
-        4096, "DINO: outputs of the head's last layer (the paper: 65536; CIFAR setups: 4096).", check=POSITIVE
-    )
-    student_temp: float = setting(0.1, "DINO: student temperature.", check=POSITIVE)
-    teacher_temp: float = setting(0.07, "DINO: teacher temperature after the warm-up ...", check=POSITIVE)
-    teacher_temp_start: float = setting(0.04, "... at the start of it ...", check=POSITIVE)
-    teacher_temp_warmup: float = setting(30.0, "... and its length in epochs (0 = none).", check=NOT_NEGATIVE)
-    center_momentum: float = setting(0.9, "DINO: EMA decay of the teacher's output centre.", check=FRACTION)
-    local_crops: int = setting(
-        0,
-        "DINO: small crops (area 5-40 %, same resolution) seen by the student only, beside the two global crops.",
-        check=NOT_NEGATIVE,
-    )
-    norm_last_layer: bool = setting(
-        True,
-        (
-            "DINO: fix the norm of each output's weight vector at 1 (the paper's norm_last_layer); false lets it "
-            "grow, so the logits, bounded by 1 / temperature otherwise, can sharpen."
-        ),
-    )
+    values: dict[str, Any] = field(default_factory=dict, metadata={"help": "The method's own settings."})
 
 
 @dataclass
@@ -604,6 +531,12 @@ SHORT_FLAGS: dict[str, str] = {
 
 
 @functools.cache
+def type_hints(cls: Any) -> Mapping[str, Any]:
+    """Resolved type hints of a settings dataclass (read-only, cached: resolving is slow)."""
+    return types.MappingProxyType(typing.get_type_hints(cls))
+
+
+@functools.cache
 def field_types(section: str) -> Mapping[str, Any]:
     """Resolved type hints of a section's fields (read-only).
 
@@ -611,12 +544,12 @@ def field_types(section: str) -> Mapping[str, Any]:
     each one), and every override, copy and check of a config asks again; a sweep's plan
     asked ~13,000 times.
     """
-    return types.MappingProxyType(typing.get_type_hints(SECTIONS[section]))
+    return type_hints(SECTIONS[section])
 
 
 def all_keys() -> list[str]:
-    """Every dotted key, e.g. ``['data.name', 'data.subset', ...]``."""
-    return [f"{s}.{k}" for s in SECTIONS for k in field_types(s)]
+    """Every dotted key of the sections (the method's own settings aside), e.g. ``['data.name', ...]``."""
+    return [f"{s}.{k}" for s in SECTIONS for k in field_types(s) if (s, k) != ("method", "values")]
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -702,6 +635,9 @@ def _check_section_dict(section: str, values: Any, source: str) -> None:
 def config_from_dict(raw: Any, source: str = "config") -> Config:
     """Build a :class:`Config` from nested dicts, rejecting unknown keys and wrong types.
 
+    The ``method`` section's keys other than ``name`` are kept as given; the method
+    checks them (:func:`selfsup.methods.resolve_method`).
+
     Args:
         raw: ``{section: {key: value}}``; missing keys keep their defaults.
         source: Shown in error messages (e.g. the YAML file's path).
@@ -714,6 +650,9 @@ def config_from_dict(raw: Any, source: str = "config") -> Config:
     for section, values in raw.items():
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section '{section}'{_suggest(str(section), list(SECTIONS))}")
+        if section == "method":
+            cfg.method = _method_section(values, source)
+            continue
         _check_section_dict(section, values, source)
         types_ = field_types(section)
         obj = getattr(cfg, section)
@@ -721,6 +660,17 @@ def config_from_dict(raw: Any, source: str = "config") -> Config:
             setattr(obj, key, coerce(value, types_[key], f"{source}: {section}.{key}"))
     validate(cfg)
     return cfg
+
+
+def _method_section(values: Any, source: str) -> MethodConfig:
+    """The ``method`` section: its name, and every other key as given."""
+    if values is None:
+        return MethodConfig()
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: section 'method' must be a mapping of keys to values")
+    rest = {str(k): copy.deepcopy(v) for k, v in values.items() if k != "name"}
+    name = coerce(values.get("name", "simclr"), str, f"{source}: method.name")
+    return MethodConfig(name=name, values=rest)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -761,11 +711,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "override") -> Config:
-    """Return a copy of ``cfg`` with dotted keys replaced (``{"method.temperature": 0.1}``)."""
+    """Return a copy of ``cfg`` with dotted keys replaced (``{"method.temperature": 0.1}``).
+
+    ``method.*`` keys other than ``method.name`` are kept as given (strings parsed as
+    YAML); the method checks them (:func:`selfsup.methods.resolve_method`).
+    """
     out = copy_config(cfg)
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
-        if section not in SECTIONS or key not in field_types(section):
+        is_method_value = section == "method" and key and key != "name"
+        if not is_method_value and (section not in SECTIONS or key not in field_types(section)):
             raise ConfigError(f"{source}: unknown config key '{dotted}'{_suggest(dotted, all_keys())}")
         if isinstance(value, str):
             try:
@@ -773,7 +728,10 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "overr
             except yaml.YAMLError:  # not YAML ('@encoder', 'a: b: c'): the string itself
                 parsed = value
             # Keep strings that YAML would turn into something else for str fields.
-            value = value if field_types(section)[key] is str else parsed
+            value = value if not is_method_value and field_types(section)[key] is str else parsed
+        if is_method_value:
+            out.method.values[key] = value
+            continue
         setattr(getattr(out, section), key, coerce(value, field_types(section)[key], f"{source} {dotted}"))
     validate(out)
     return out
@@ -802,8 +760,10 @@ def copy_config(cfg: Config) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Nested plain dicts (YAML- and JSON-safe)."""
-    return dataclasses.asdict(cfg)
+    """Nested plain dicts (YAML- and JSON-safe); the method's settings flat beside its name."""
+    out = dataclasses.asdict(cfg)
+    out["method"] = {"name": cfg.method.name, **copy.deepcopy(cfg.method.values)}
+    return out
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -843,22 +803,39 @@ def field_help(section: str) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(SECTIONS[section])}
 
 
-def validate(cfg: Config) -> None:
-    """Every key's allowed values and range (:func:`setting`), and the few rules between keys.
+def check_fields(values: Any, where: str) -> None:
+    """The allowed values and range of every field of a settings dataclass (see :func:`setting`).
+
+    Args:
+        values: A dataclass instance (a section, or a method's settings).
+        where: The section name that prefixes keys in messages (``train``, ``method``).
 
     Raises:
         ConfigError: Naming the key, the rule and the value.
     """
-    for section, cls in SECTIONS.items():
-        values = getattr(cfg, section)
-        for f in dataclasses.fields(cls):
-            value = getattr(values, f.name)
-            allowed = choices(field_types(section)[f.name])
-            if allowed is not None and value is not None and value not in allowed:
-                raise ConfigError(f"{section}.{f.name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-            check = f.metadata.get("check")
-            if check is not None and value is not None and not check.ok(value):
-                raise ConfigError(f"{section}.{f.name} {check.why}, got {value!r}")
+    kind: Any = type(values)
+    hints = type_hints(kind)
+    for f in dataclasses.fields(values):
+        value = getattr(values, f.name)
+        allowed = choices(hints[f.name])
+        if allowed is not None and value is not None and value not in allowed:
+            raise ConfigError(f"{where}.{f.name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        check = f.metadata.get("check")
+        if check is not None and value is not None and not check.ok(value):
+            raise ConfigError(f"{where}.{f.name} {check.why}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Every key's allowed values and range (:func:`setting`), and the few rules between keys.
+
+    The method's own settings are checked by the method (:func:`selfsup.methods.resolve_method`).
+
+    Raises:
+        ConfigError: Naming the key, the rule and the value.
+    """
+    for section in SECTIONS:
+        if section != "method":
+            check_fields(getattr(cfg, section), section)
     ft = cfg.finetune
     if ft.head_epochs >= ft.epochs:
         raise ConfigError(f"finetune.head_epochs must lie in [0, finetune.epochs), got {ft.head_epochs!r}")

@@ -162,16 +162,14 @@ def build_optimizer(
 
 
 def method_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """The pretraining optimizer: ``cfg.optim`` over a method, its predictor per ``cfg.method``.
+    """The pretraining optimizer: ``cfg.optim`` over a method, with the rates the method asks for.
 
-    A method with a ``predictor`` (BYOL, SimSiam) gets ``method.predictor_lr`` times the
-    learning rate there, held at its peak when ``method.predictor_fixed_lr``.
+    A method may give parameter groups their own multiple of the learning rate, or hold
+    them at its peak (``lr_multipliers()``: BYOL's and SimSiam's predictor).
     """
-    m = cfg.method
-    has_predictor = isinstance(getattr(model, "predictor", None), nn.Module)
-    lr_mult = {"predictor.": m.predictor_lr} if has_predictor and m.predictor_lr != 1.0 else None
-    fixed = ("predictor.",) if has_predictor and m.predictor_fixed_lr else ()
-    return build_optimizer(model, cfg.optim, cfg.train.batch_size, lr_mult, fixed)
+    ask = getattr(model, "lr_multipliers", None)
+    lr_mult, fixed = ask() if callable(ask) else ({}, ())
+    return build_optimizer(model, cfg.optim, cfg.train.batch_size, lr_mult or None, fixed)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "cosine") -> float:

@@ -23,7 +23,7 @@ from .errors import ConfigError, RunDirError, SelfsupError
 from .eval import Trained, evaluate_classifiers, evaluate_run
 from .eval.monitor import Monitor
 from .machine import note_commit, record_machine
-from .methods import Method, build_method, method_class
+from .methods import Method, build_method, resolve_method
 from .optim import method_optimizer
 from .rundir import (
     CHECKPOINTS,
@@ -31,7 +31,6 @@ from .rundir import (
     METRICS_JSONL,
     append_jsonl,
     check_not_busy,
-    check_resume_config,
     default_run_dir,
     load_run_config,
     prepare_run_dir,
@@ -40,7 +39,7 @@ from .rundir import (
 )
 from .runtime import resolve_device, set_threads, use_bf16
 from .train.job import Job
-from .train.loop import build_sampler, fit, peak_memory_mb, resolve_config, start
+from .train.loop import build_sampler, check_resume_config, fit, peak_memory_mb, resolve_config, start
 from .train.sampler import StepSampler
 from .train.step import StepContext, Steps
 
@@ -105,7 +104,7 @@ def pretrain(
     # Everything that can fail on bad input happens before the run directory is touched.
     if leader:
         check_not_busy(run_dir)
-    method_class(cfg.method.name)
+    cfg = resolve_method(cfg)  # the method's own settings, checked before anything is touched
     _check_distributed(cfg, device)
     whole = load_data(cfg.data, progress=t.progress and leader, subset=False)
     splits = with_subset(whole, cfg.data.subset, t.seed)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .config import Config, config_from_dict, diff, resume_free_keys
+from .config import Config, config_from_dict
 from .errors import RunDirError
 from .fileio import write_atomic
 
@@ -286,16 +286,3 @@ def update_metrics_json(run_dir: Path, values: dict[str, Any], section: str | No
     finally:
         os.close(fd)
     return current
-
-
-def check_resume_config(saved: Config, new: Config, run_dir: Path) -> None:
-    """Refuse to resume with settings that would change what the run computes."""
-    free = resume_free_keys()
-    changed = {k: v for k, v in diff(saved, new).items() if k not in free}
-    if changed:
-        key, (old, now) = next(iter(changed.items()))
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise RunDirError(
-            f"cannot resume {run_dir}: {key} was {old!r} and is now {now!r}{more}; "
-            f"resume with the saved settings or start a new run"
-        )

@@ -50,10 +50,10 @@ from ..methods.common import load_backbone_weights
 from ..methods.supervised import Supervised
 from ..models import build_backbone
 from ..optim import build_optimizer
-from ..rundir import CONFIG, check_resume_config, load_run_config, prepare_run_dir, run_lock, update_metrics_json
+from ..rundir import CONFIG, load_run_config, prepare_run_dir, run_lock, update_metrics_json
 from ..runtime import resolve_device, set_threads, use_bf16
 from ..train.job import Job
-from ..train.loop import fit, resolve_config, start
+from ..train.loop import check_resume_config, fit, resolve_config, start
 from ..train.sampler import EpochSampler
 from ..train.step import StepContext
 from .features import extract_features, feature_options

@@ -26,15 +26,16 @@ _FROM_DATA = {"augment.mean", "augment.std"}
 
 
 def resolved(cfg: Config) -> Config:
-    """``cfg`` with its augmentation preset expanded, as a run saves it (mean and std aside).
+    """``cfg`` with its method's settings and augmentation preset resolved, as a run saves it (mean and std aside).
 
     Idempotent: a saved (already resolved) config comes back unchanged.
     """
     from dataclasses import replace
 
     from ..augment import resolve_augment
-    from ..methods import method_class
+    from ..methods import method_class, resolve_method
 
+    cfg = resolve_method(cfg)  # the method's own settings (an old record holds every method's keys)
     return replace(cfg, augment=resolve_augment(cfg.augment, method_class(cfg.method.name).default_augment))
 
 

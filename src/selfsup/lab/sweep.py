@@ -162,7 +162,9 @@ class SweepSpec:
             merged.update({k: v for k, v in self.scale[scale].items() if k not in SCALE_SECTIONS})
         merged.update(extra)
         merged.update(self.pinned)
-        return apply_overrides(cfg, merged, source=str(self.path)) if merged else cfg
+        from ..methods import resolve_method
+
+        return resolve_method(apply_overrides(cfg, merged, source=str(self.path)) if merged else cfg)
 
     def scaled_seeds(self, scale: str | None) -> list[int]:
         """The seeds: the scale profile's own where it gives ``seeds``, else the spec's."""
@@ -217,11 +219,16 @@ def _check_seeds(seeds: Any, where: str) -> None:
 
 
 def _check_key(key: str, where: str) -> None:
+    from ..methods import METHODS
+    from ..methods.settings import declared
+
     section, _, name = key.partition(".")
     try:
-        known = field_types(section)
+        known = set(field_types(section)) - {"values"}
     except KeyError:
-        known = {}
+        known = set()
+    if section == "method":  # any method's own setting: a spec may set one for the cells of its method
+        known |= {k for c in METHODS.values() for k in declared(c.Settings)}
     if name not in known:
         raise ConfigError(f"{where}: '{key}' is not a config key (section.key, e.g. method.temperature)")
 

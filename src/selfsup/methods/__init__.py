@@ -10,8 +10,6 @@ which preset to use, and whether labels are read. Register a new method with
 
 from __future__ import annotations
 
-from ..config import Config
-from ..errors import ConfigError
 from .barlow_twins import BarlowTwins
 from .base import Batch, Method
 from .byol import BYOL
@@ -20,22 +18,11 @@ from .fixmatch import FixMatch
 from .mean_teacher import MeanTeacher
 from .moco import MoCo
 from .pi_model import PiModel
+from .registry import METHODS, build_method, method_class, register_method, resolve_method, semi_supervised_methods
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .supervised import Supervised
 from .vicreg import VICReg
-
-#: name -> method class
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(name: str, cls: type[Method]) -> type[Method]:
-    """Add a method to :data:`METHODS` under ``name`` (its ``method.name``)."""
-    if name in METHODS and METHODS[name] is not cls:
-        raise ValueError(f"method {name!r} is already registered")
-    METHODS[name] = cls
-    return cls
-
 
 register_method("simclr", SimCLR)
 register_method("moco", MoCo)
@@ -48,23 +35,6 @@ register_method("barlow-twins", BarlowTwins)
 register_method("vicreg", VICReg)
 register_method("dino", DINO)
 register_method("fixmatch", FixMatch)
-
-
-def method_class(name: str) -> type[Method]:
-    """The registered class for ``name``; :class:`ConfigError` if unknown."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r} (method.name); known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
-def build_method(cfg: Config, num_classes: int) -> Method:
-    """Instantiate ``cfg.method.name`` from the config."""
-    return method_class(cfg.method.name).from_config(cfg, num_classes)
-
-
-def semi_supervised_methods() -> list[str]:
-    """The methods ``selfsup semi`` trains: those that read labels (few-label methods and the baseline)."""
-    return sorted(n for n, c in METHODS.items() if c.uses_labels)
 
 
 __all__ = [
@@ -85,5 +55,6 @@ __all__ = [
     "build_method",
     "method_class",
     "register_method",
+    "resolve_method",
     "semi_supervised_methods",
 ]

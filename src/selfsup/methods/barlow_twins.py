@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import NOT_NEGATIVE, Config, setting
 from ..losses import barlow_twins, embedding_std
 from .base import Batch, Method
 from .common import build_encoder, projection_head
+
+
+@dataclass
+class BarlowTwinsSettings:
+    """Barlow Twins' settings (``method.KEY``)."""
+
+    lambd: float = setting(0.005, "Weight of the off-diagonal (redundancy) term (the paper: 5e-3).",
+                           check=NOT_NEGATIVE)  # fmt: skip
 
 
 class BarlowTwins(Method):
@@ -20,6 +30,8 @@ class BarlowTwins(Method):
         lambd: Weight of the off-diagonal term (the paper: 5e-3).
     """
 
+    Settings = BarlowTwinsSettings
+
     def __init__(self, backbone: nn.Module, projector: nn.Module, lambd: float) -> None:
         super().__init__()
         self.backbone, self.projector, self.lambd = backbone, projector, lambd
@@ -29,7 +41,7 @@ class BarlowTwins(Method):
         """Projector ``[features, *model.head_dims]`` (BatchNorm per ``model.head_bn``); ``method.lambd``."""
         backbone = build_encoder(cfg)
         projector = projection_head(cfg, backbone)
-        return cls(backbone, projector, cfg.method.lambd)
+        return cls(backbone, projector, cls.settings(cfg).lambd)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Barlow Twins' loss of the two views' embeddings."""

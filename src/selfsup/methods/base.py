@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from .settings import settings_from
 
 
 @dataclass
@@ -73,6 +74,9 @@ class Method(nn.Module):
     uses_labels: ClassVar[bool] = False
     #: Whether it learns from few labels and many unlabelled images (``selfsup semi``).
     semi_supervised: ClassVar[bool] = False
+    #: Its own settings (``method.KEY``): a dataclass of :func:`selfsup.config.setting`
+    #: fields declared beside the method; None for a method without any.
+    Settings: ClassVar[type | None] = None
 
     #: The encoder that evaluation and export use.
     backbone: nn.Module
@@ -81,6 +85,18 @@ class Method(nn.Module):
     def from_config(cls, cfg: Config, num_classes: int) -> Method:
         """Build the method (encoder, heads) from a config."""
         raise NotImplementedError
+
+    @classmethod
+    def settings(cls, cfg: Config) -> Any:
+        """This method's settings in ``cfg`` (an instance of :attr:`Settings`), typed and checked."""
+        return settings_from(cls.Settings, cfg.method.values)
+
+    def lr_multipliers(self) -> tuple[dict[str, float], tuple[str, ...]]:
+        """Learning-rate multipliers by parameter-name prefix, and prefixes held at the peak rate.
+
+        Default: one rate for every parameter (BYOL and SimSiam give their predictor its own).
+        """
+        return {}, ()
 
     def projection_head(self) -> nn.Module | None:
         """The head between the encoder and the loss (SimCLR's g), or None for a method without one.

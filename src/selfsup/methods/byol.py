@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import FRACTION, Config, setting
 from ..ema import cosine_decay, ema_update, frozen_copy
 from ..losses import embedding_std, normalized_mse
 from .base import Batch, Method
-from .common import build_encoder, per_view, predictor_head, projection_head
+from .common import PredictorSettings, build_encoder, per_view, predictor_head, predictor_lr, projection_head
+
+
+@dataclass
+class BYOLSettings(PredictorSettings):
+    """BYOL's settings (``method.KEY``): the predictor's, and the target's decay."""
+
+    momentum: float = setting(
+        0.99, "Target decay at the start of its cosine schedule towards 1 (the paper: 0.996; CIFAR: 0.99).",
+        check=FRACTION,
+    )  # fmt: skip
 
 
 class BYOL(Method):
@@ -34,6 +46,7 @@ class BYOL(Method):
     # asymmetric CIFAR recipe) blur neither view, so blur comes from the preset (none for
     # 'simclr'); docs/methods.md compares the two on CIFAR.
     view_augment = ({"solarize_p": 0.0}, {"solarize_p": 0.2})
+    Settings = BYOLSettings
 
     def __init__(
         self,
@@ -42,6 +55,7 @@ class BYOL(Method):
         predictor: nn.Module,
         base_momentum: float,
         bn_per_view: bool = False,
+        lr: tuple[dict[str, float], tuple[str, ...]] = ({}, ()),
     ) -> None:
         super().__init__()
         self.backbone, self.projector, self.predictor = backbone, projector, predictor
@@ -49,14 +63,20 @@ class BYOL(Method):
         self.target_projector = frozen_copy(projector)
         self.base_momentum = base_momentum
         self.bn_per_view = bn_per_view
+        self.predictor_lr = lr
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> BYOL:
         """Projector per ``model.head_dims`` and ``model.head_bn``; predictor per ``method.predictor_hidden``."""
         backbone = build_encoder(cfg)
         projector = projection_head(cfg, backbone)
-        predictor = predictor_head(cfg, projector.sizes[-1])
-        return cls(backbone, projector, predictor, cfg.method.momentum, cfg.method.bn_per_view)
+        m: BYOLSettings = cls.settings(cfg)
+        predictor = predictor_head(m.predictor_hidden, projector.sizes[-1])
+        return cls(backbone, projector, predictor, m.momentum, m.bn_per_view, predictor_lr(m))
+
+    def lr_multipliers(self) -> tuple[dict[str, float], tuple[str, ...]]:
+        """The predictor's own rate (``method.predictor_lr``, ``method.predictor_fixed_lr``)."""
+        return self.predictor_lr
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``normalized_mse(p1, t2) + normalized_mse(p2, t1)``; logs the projections' spread."""

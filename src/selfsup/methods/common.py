@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import POSITIVE, Config, setting
 from ..errors import CheckpointError, ConfigError
 from ..models import ProjectionHead, build_backbone, feature_dim
 
@@ -54,9 +55,41 @@ def projection_head(cfg: Config, backbone: nn.Module) -> ProjectionHead:
     return ProjectionHead([feature_dim(backbone), *cfg.model.head_dims], batch_norm=cfg.model.head_bn)
 
 
-def predictor_head(cfg: Config, dim: int) -> ProjectionHead:
-    """BYOL's and SimSiam's predictor: ``dim -> method.predictor_hidden -> dim`` with BatchNorm."""
-    return ProjectionHead([dim, cfg.method.predictor_hidden, dim], batch_norm=True)
+@dataclass
+class PredictorSettings:
+    """The settings of a method with a predictor (BYOL, SimSiam; ``method.KEY``)."""
+
+    predictor_hidden: int = setting(512, "Hidden size of the predictor MLP (BYOL: 4096; SimSiam: 512).",
+                                    check=POSITIVE)  # fmt: skip
+    predictor_lr: float = setting(
+        1.0,
+        "The predictor's learning rate as a multiple of the others' (Tian et al. 2021, 'Understanding "
+        "self-supervised learning dynamics without contrastive pairs': the predictor's relative rate decides "
+        "how fast these methods start).",
+        check=POSITIVE,
+    )
+    predictor_fixed_lr: bool = setting(
+        False,
+        "Keep the predictor at its peak learning rate, without warm-up or decay (SimSiam's paper and code: "
+        "'fix_pred_lr').",
+    )
+    bn_per_view: bool = setting(
+        False,
+        "Pass each view through the networks on its own, so that BatchNorm normalises each view over its own "
+        "batch, as the papers' code does; false: both views in one pass, BatchNorm over all 2B of them (one "
+        "larger batch, a little faster on a CPU).",
+    )
+
+
+def predictor_head(hidden: int, dim: int) -> ProjectionHead:
+    """BYOL's and SimSiam's predictor: ``dim -> hidden -> dim`` with BatchNorm."""
+    return ProjectionHead([dim, hidden, dim], batch_norm=True)
+
+
+def predictor_lr(settings: PredictorSettings) -> tuple[dict[str, float], tuple[str, ...]]:
+    """The predictor's learning-rate multiplier and whether it is held (see :meth:`Method.lr_multipliers`)."""
+    mult = {"predictor.": settings.predictor_lr} if settings.predictor_lr != 1.0 else {}
+    return mult, ("predictor.",) if settings.predictor_fixed_lr else ()
 
 
 def linear_classifier(backbone: nn.Module, num_classes: int) -> nn.Linear:

@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config
+from ..config import FRACTION, NOT_NEGATIVE, POSITIVE, Config, setting
 from ..ema import cosine_decay, ema_update, frozen_copy
 from ..losses import dino, dino_teacher_entropy, embedding_std
 from ..models import ProjectionHead, feature_dim
 from .base import Batch, Method
 from .common import build_encoder
+
+
+@dataclass
+class DINOSettings:
+    """DINO's settings (``method.KEY``)."""
+
+    out_dim: int = setting(4096, "Outputs of the head's last layer (the paper: 65536; CIFAR setups: 4096).",
+                           check=POSITIVE)  # fmt: skip
+    student_temp: float = setting(0.1, "Student temperature (the paper: 0.1).", check=POSITIVE)
+    teacher_temp: float = setting(0.07, "Teacher temperature after the warm-up ...", check=POSITIVE)
+    teacher_temp_start: float = setting(0.04, "... at the start of it ...", check=POSITIVE)
+    teacher_temp_warmup: float = setting(30.0, "... and its length in epochs (0 = none).", check=NOT_NEGATIVE)
+    center_momentum: float = setting(0.9, "EMA decay of the teacher's output centre (the paper: 0.9).",
+                                     check=FRACTION)  # fmt: skip
+    momentum: float = setting(
+        0.99, "Teacher decay at the start of its cosine schedule towards 1 (the paper: 0.996; CIFAR: 0.99).",
+        check=FRACTION,
+    )  # fmt: skip
+    local_crops: int = setting(
+        0, "Small crops (area 5-40 %, same resolution) seen by the student only, beside the two global crops.",
+        check=NOT_NEGATIVE,
+    )  # fmt: skip
+    norm_last_layer: bool = setting(
+        True,
+        "Fix the norm of each output's weight vector at 1 (the paper's norm_last_layer); false lets it grow, so "
+        "the logits, bounded by 1 / temperature otherwise, can sharpen.",
+    )
 
 
 class DINOHead(nn.Module):
@@ -58,12 +86,14 @@ class DINO(Method):
     Args:
         backbone: Student encoder (the teacher starts as its copy).
         head: Student head (:class:`DINOHead`).
-        settings: The ``method`` section (temperatures, momentum, centre momentum, crops).
+        settings: Its settings (temperatures, momentum, centre momentum, crops).
     """
 
-    def __init__(self, backbone: nn.Module, head: DINOHead, settings: Config) -> None:
+    Settings = DINOSettings
+
+    def __init__(self, backbone: nn.Module, head: DINOHead, settings: DINOSettings) -> None:
         super().__init__()
-        m = settings.method
+        m = settings
         self.backbone, self.head = backbone, head
         self.teacher_backbone, self.teacher_head = frozen_copy(backbone), frozen_copy(head)
         self.student_temp, self.teacher_temp = m.student_temp, m.teacher_temp
@@ -81,8 +111,9 @@ class DINO(Method):
         """Head ``[features, *model.head_dims]`` (the last size the bottleneck) to ``method.out_dim`` outputs."""
         backbone = build_encoder(cfg)
         sizes = [feature_dim(backbone), *cfg.model.head_dims]
-        head = DINOHead(sizes, cfg.method.out_dim, cfg.model.head_bn, cfg.method.norm_last_layer)
-        return cls(backbone, head, cfg)
+        m: DINOSettings = cls.settings(cfg)
+        head = DINOHead(sizes, m.out_dim, cfg.model.head_bn, m.norm_last_layer)
+        return cls(backbone, head, m)
 
     def teacher_temperature(self, epoch: float) -> float:
         """Linear warm-up of the teacher's temperature, then constant."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config
+from ..config import FRACTION, POSITIVE, POSITIVE_INT, Config, setting
 from ..distributed import gather
 from ..ema import ema_update, frozen_copy
 from ..errors import ConfigError
@@ -16,6 +18,18 @@ from ..models.norm import convert_split_bn
 from ..runtime import to_device
 from .base import Batch, Method
 from .common import build_encoder, projection_head
+
+
+@dataclass
+class MoCoSettings:
+    """MoCo's settings (``method.KEY``)."""
+
+    temperature: float = setting(0.2, "InfoNCE temperature (the paper: 0.2).", check=POSITIVE)
+    queue_size: int = setting(4096, "Negative keys in the queue (the paper: 65536; CIFAR: 4096).",
+                              check=POSITIVE_INT)  # fmt: skip
+    momentum: float = setting(0.99, "EMA decay of the key encoder (the paper: 0.999; CIFAR: 0.99).", check=FRACTION)
+    bn_splits: int = setting(8, "BatchNorm sub-batches that stand in for GPUs in shuffle-BN (1 = plain BN).",
+                             check=POSITIVE_INT)  # fmt: skip
 
 
 class MoCo(Method):
@@ -44,6 +58,7 @@ class MoCo(Method):
     """
 
     default_augment = "moco_v2"
+    Settings = MoCoSettings
 
     def __init__(
         self,
@@ -69,14 +84,14 @@ class MoCo(Method):
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> MoCo:
         """Build from ``cfg.model`` and ``cfg.method`` (``num_classes`` is unused)."""
-        splits = cfg.method.bn_splits
+        m: MoCoSettings = cls.settings(cfg)
+        splits = m.bn_splits
         if cfg.train.batch_size % splits:
             raise ConfigError(
                 f"train.batch_size {cfg.train.batch_size} must be a multiple of method.bn_splits {splits}"
             )
         backbone = build_encoder(cfg)
         head = projection_head(cfg, backbone)
-        m = cfg.method
         return cls(backbone, head, m.queue_size, m.momentum, m.temperature, splits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

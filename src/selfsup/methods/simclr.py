@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import POSITIVE, Config, setting
 from ..distributed import gather_with_grad, rank
 from ..losses import embedding_std, margin_triplet, nt_logistic, nt_xent, simclr_top1
 from .base import Batch, Method
 from .common import build_encoder, projection_head
+
+
+@dataclass
+class SimCLRSettings:
+    """SimCLR's settings (``method.KEY``)."""
+
+    temperature: float = setting(0.2, "Softmax temperature of the contrastive loss (NT-Logistic's too).",
+                                 check=POSITIVE)  # fmt: skip
+    loss: Literal["nt-xent", "nt-logistic", "margin-triplet", "dcl"] = setting(
+        "nt-xent",
+        "'nt-xent' (the paper's), the two it compares with in its Table 2, or 'dcl' (NT-Xent without the "
+        "positive in the denominator; Yeh et al. 2022).",
+    )
+    margin: float = setting(0.5, "Margin of the margin triplet loss, on cosine similarities.", check=POSITIVE)
+    semi_hard: bool = setting(
+        False, "NT-Logistic, margin triplet: semi-hard negatives only (the paper's Table 4 'sh')."
+    )
 
 
 class SimCLR(Method):
@@ -28,6 +48,8 @@ class SimCLR(Method):
         margin: The margin triplet loss's margin.
         semi_hard: Semi-hard negatives only (NT-Logistic, margin triplet).
     """
+
+    Settings = SimCLRSettings
 
     def __init__(
         self,
@@ -49,7 +71,7 @@ class SimCLR(Method):
         """Build from ``cfg.model`` and ``cfg.method`` (``num_classes`` is unused)."""
         backbone = build_encoder(cfg)
         head = projection_head(cfg, backbone)
-        m = cfg.method
+        m: SimCLRSettings = cls.settings(cfg)
         return cls(backbone, head, m.temperature, m.loss, m.margin, m.semi_hard)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

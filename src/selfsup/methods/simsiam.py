@@ -8,7 +8,7 @@ from torch import nn
 from ..config import Config
 from ..losses import embedding_std, negative_cosine
 from .base import Batch, Method
-from .common import build_encoder, per_view, predictor_head, projection_head
+from .common import PredictorSettings, build_encoder, per_view, predictor_head, predictor_lr, projection_head
 
 
 class SimSiam(Method):
@@ -24,12 +24,20 @@ class SimSiam(Method):
         bn_per_view: Pass each view through on its own (BatchNorm per view), as the paper's code.
     """
 
+    Settings = PredictorSettings
+
     def __init__(
-        self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module, bn_per_view: bool = False
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        predictor: nn.Module,
+        bn_per_view: bool = False,
+        lr: tuple[dict[str, float], tuple[str, ...]] = ({}, ()),
     ) -> None:
         super().__init__()
         self.backbone, self.projector, self.predictor = backbone, projector, predictor
         self.bn_per_view = bn_per_view
+        self.predictor_lr = lr
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> SimSiam:
@@ -39,7 +47,12 @@ class SimSiam(Method):
         out = head.sizes[-1]
         # The paper's projector: BN after every fc, the output fc included (no ReLU there).
         projector = nn.Sequential(head, nn.BatchNorm1d(out))
-        return cls(backbone, projector, predictor_head(cfg, out), cfg.method.bn_per_view)
+        m: PredictorSettings = cls.settings(cfg)
+        return cls(backbone, projector, predictor_head(m.predictor_hidden, out), m.bn_per_view, predictor_lr(m))
+
+    def lr_multipliers(self) -> tuple[dict[str, float], tuple[str, ...]]:
+        """The predictor's own rate (``method.predictor_lr``, ``method.predictor_fixed_lr``)."""
+        return self.predictor_lr
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Symmetric negative cosine of predictions against the other view's projections."""

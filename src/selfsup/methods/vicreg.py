@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Check, Config, setting
 from ..losses import embedding_std, vicreg_terms
 from .base import Batch, Method
 from .common import build_encoder, projection_head
+
+
+@dataclass
+class VICRegSettings:
+    """VICReg's settings (``method.KEY``)."""
+
+    vicreg_weights: list[float] = setting(
+        lambda: [25.0, 25.0, 1.0],
+        "Weights of invariance, variance and covariance (the paper: 25, 25, 1).",
+        check=Check(lambda v: len(v) == 3 and min(v) >= 0, "needs three weights, none negative"),
+        factory=True,
+    )
 
 
 class VICReg(Method):
@@ -20,6 +34,8 @@ class VICReg(Method):
         weights: (invariance, variance, covariance) weights (the paper: 25, 25, 1).
     """
 
+    Settings = VICRegSettings
+
     def __init__(self, backbone: nn.Module, projector: nn.Module, weights: tuple[float, float, float]) -> None:
         super().__init__()
         self.backbone, self.projector, self.weights = backbone, projector, weights
@@ -29,7 +45,7 @@ class VICReg(Method):
         """Expander ``[features, *model.head_dims]`` (BatchNorm per ``model.head_bn``); ``method.vicreg_weights``."""
         backbone = build_encoder(cfg)
         projector = projection_head(cfg, backbone)
-        w = cfg.method.vicreg_weights
+        w = cls.settings(cfg).vicreg_weights
         return cls(backbone, projector, (w[0], w[1], w[2]))
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -33,11 +33,11 @@ import torch
 
 from ..augment import resolve_augment
 from ..checkpoint import load_latest, save_checkpoint
-from ..config import Config, copy_config
+from ..config import Config, copy_config, diff, resume_free_keys
 from ..data import DataSplits, channel_stats, class_balanced_indices
 from ..distributed import all_reduce_mean, any_rank, broadcast_object, rank, world_size
-from ..errors import ConfigError, TrainingDivergedError
-from ..methods import method_class
+from ..errors import ConfigError, RunDirError, TrainingDivergedError
+from ..methods import method_class, resolve_method
 from ..optim import lr_factor, scaled_lr, set_lr
 from ..rundir import METRICS_JSONL, truncate_jsonl
 from ..runtime import step_seed
@@ -47,7 +47,17 @@ from .recorder import Recorder
 from .sampler import StepSampler, next_batch
 from .step import train_step
 
-__all__ = ["Interrupted", "Job", "build_sampler", "fit", "next_batch", "resolve_config", "start", "view_augment"]
+__all__ = [
+    "Interrupted",
+    "Job",
+    "build_sampler",
+    "check_resume_config",
+    "fit",
+    "next_batch",
+    "resolve_config",
+    "start",
+    "view_augment",
+]
 
 
 class Interrupted(Exception):
@@ -59,9 +69,9 @@ class Interrupted(Exception):
 
 
 def resolve_config(cfg: Config, splits: DataSplits) -> Config:
-    """Fill what depends on the method and the data: augmentation preset values, mean/std."""
+    """Fill what depends on the method and the data: its settings, augmentation preset values, mean/std."""
     spec = method_class(cfg.method.name)
-    out = copy_config(cfg)
+    out = copy_config(resolve_method(cfg))
     out.augment = resolve_augment(cfg.augment, spec.default_augment)
     if out.augment.mean is None or out.augment.std is None:
         mean, std = channel_stats(splits.train.images)
@@ -358,3 +368,20 @@ def _one_step(engine: _Engine, stop: dict[str, int]) -> None:
         engine.save(whole and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0)
     if stopping:
         raise Interrupted(state.step, engine.job.run_dir)
+
+
+def check_resume_config(saved: Config, new: Config, run_dir: Path) -> None:
+    """Refuse to resume with settings that would change what the run computes.
+
+    Both configs are compared with their method sections resolved: a run saved when every
+    method's keys were saved together resumes under the method's own settings.
+    """
+    free = resume_free_keys()
+    changed = {k: v for k, v in diff(resolve_method(saved), resolve_method(new)).items() if k not in free}
+    if changed:
+        key, (old, now) = next(iter(changed.items()))
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise RunDirError(
+            f"cannot resume {run_dir}: {key} was {old!r} and is now {now!r}{more}; "
+            f"resume with the saved settings or start a new run"
+        )
