@@ -11,7 +11,15 @@ from ..config import FRACTION, Config, setting
 from ..ema import cosine_decay, ema_update, frozen_copy
 from ..losses import embedding_std, normalized_mse
 from .base import Batch, Method
-from .common import PredictorSettings, build_encoder, per_view, predictor_head, predictor_lr, projection_head
+from .common import (
+    PredictorRate,
+    PredictorSettings,
+    build_encoder,
+    per_view,
+    predictor_head,
+    predictor_lr,
+    projection_head,
+)
 
 
 @dataclass
@@ -24,7 +32,7 @@ class BYOLSettings(PredictorSettings):
     )  # fmt: skip
 
 
-class BYOL(Method):
+class BYOL(PredictorRate, Method):
     """Online encoder + projector + predictor; target encoder + projector as an EMA of them.
 
     Per step, each view's online prediction regresses the target projection of the other
@@ -73,10 +81,6 @@ class BYOL(Method):
         m: BYOLSettings = cls.settings(cfg)
         predictor = predictor_head(m.predictor_hidden, projector.sizes[-1])
         return cls(backbone, projector, predictor, m.momentum, m.bn_per_view, predictor_lr(m))
-
-    def lr_multipliers(self) -> tuple[dict[str, float], tuple[str, ...]]:
-        """The predictor's own rate (``method.predictor_lr``, ``method.predictor_fixed_lr``)."""
-        return self.predictor_lr
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``normalized_mse(p1, t2) + normalized_mse(p2, t1)``; logs the projections' spread."""

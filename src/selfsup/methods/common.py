@@ -86,6 +86,19 @@ def predictor_head(hidden: int, dim: int) -> ProjectionHead:
     return ProjectionHead([dim, hidden, dim], batch_norm=True)
 
 
+class PredictorRate:
+    """Mixin of the methods with a predictor (BYOL, SimSiam): its learning rate is its own.
+
+    ``predictor_lr`` is what :func:`predictor_lr` made of the method's settings.
+    """
+
+    predictor_lr: tuple[dict[str, float], tuple[str, ...]] = ({}, ())
+
+    def lr_multipliers(self) -> tuple[dict[str, float], tuple[str, ...]]:
+        """The predictor's own rate (``method.predictor_lr``, ``method.predictor_fixed_lr``)."""
+        return self.predictor_lr
+
+
 def predictor_lr(settings: PredictorSettings) -> tuple[dict[str, float], tuple[str, ...]]:
     """The predictor's learning-rate multiplier and whether it is held (see :meth:`Method.lr_multipliers`)."""
     mult = {"predictor.": settings.predictor_lr} if settings.predictor_lr != 1.0 else {}

@@ -8,10 +8,18 @@ from torch import nn
 from ..config import Config
 from ..losses import embedding_std, negative_cosine
 from .base import Batch, Method
-from .common import PredictorSettings, build_encoder, per_view, predictor_head, predictor_lr, projection_head
+from .common import (
+    PredictorRate,
+    PredictorSettings,
+    build_encoder,
+    per_view,
+    predictor_head,
+    predictor_lr,
+    projection_head,
+)
 
 
-class SimSiam(Method):
+class SimSiam(PredictorRate, Method):
     """Encoder + projector (BatchNorm on every layer, its output too) + predictor.
 
     The loss is ``D(p1, z2) / 2 + D(p2, z1) / 2`` with ``D(p, z) = -cos(p, stopgrad(z))``;
@@ -49,10 +57,6 @@ class SimSiam(Method):
         projector = nn.Sequential(head, nn.BatchNorm1d(out))
         m: PredictorSettings = cls.settings(cfg)
         return cls(backbone, projector, predictor_head(m.predictor_hidden, out), m.bn_per_view, predictor_lr(m))
-
-    def lr_multipliers(self) -> tuple[dict[str, float], tuple[str, ...]]:
-        """The predictor's own rate (``method.predictor_lr``, ``method.predictor_fixed_lr``)."""
-        return self.predictor_lr
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Symmetric negative cosine of predictions against the other view's projections."""
