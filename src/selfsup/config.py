@@ -557,6 +557,58 @@ def _suggest(word: str, options: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _coerce_list(value: Any, item: Any, where: str) -> list[Any]:
+    """A list from a list, a tuple, a comma-separated string or a single number."""
+    if isinstance(value, str):
+        value = [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]  # a single value where a list is expected: a list of one
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    try:
+        as_float = float(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if not as_float.is_integer():
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    return int(as_float)
+
+
+def _to_float(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+
+
+def _to_str(value: Any, where: str) -> str:
+    if isinstance(value, (dict, list)) or value is None:
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return str(value)
+
+
+#: Type -> what reads a value as it (gently: ints for floats, 'true' for True).
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check (and gently convert) ``value`` to the annotated type ``tp``.
 
@@ -582,44 +634,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return coerce(value, inner[0], where)
     if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
-        if isinstance(value, tuple):
-            value = list(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]  # a single value where a list is expected: a list of one
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-
-        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(as_float)
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if tp is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
+        return _coerce_list(value, typing.get_args(tp)[0], where)
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, where)
     raise TypeError(f"unsupported config type {tp!r} at {where}")
 
 

@@ -25,16 +25,12 @@ def nt_xent(
 
         -log( exp(s(i, p(i)) / t) / sum_{k != i} exp(s(i, k) / t) )
 
-    and the result is the mean over all 2N anchors (the paper's Algorithm 1).
-
-    With ``decoupled`` the positive leaves the denominator (DCL, Yeh et al. 2022), whose
-    sum then runs over the 2N - 2 negatives alone::
-
-        -s(i, p(i)) / t + log sum_{k != i, p(i)} exp(s(i, k) / t)
-
-    The positive's gradient no longer shrinks as it dominates the sum (NT-Xent's
-    "negative-positive coupling"), which the paper reports matters most with small
-    batches and short runs.
+    and the result is the mean over all 2N anchors (the paper's Algorithm 1). With
+    ``decoupled`` the positive leaves the denominator (DCL, Yeh et al. 2022), which then
+    sums over the 2N - 2 negatives alone: ``-s(i, p(i)) / t + log sum_{k != i, p(i)}
+    exp(s(i, k) / t)``. The positive's gradient no longer shrinks as it dominates the sum
+    (NT-Xent's "negative-positive coupling"), which matters most with small batches and
+    short runs, the paper reports.
 
     Across processes, pass the embeddings of the whole global batch as ``z1_all`` and
     ``z2_all`` (M, D), in which this process's rows start at ``offset``: the local 2N

@@ -95,7 +95,7 @@ def pretrain(
     t = cfg.train
     note_commit()  # the code this run starts with, whatever is edited while it trains
     set_threads(t.num_threads)
-    distributed = init_from_env()
+    init_from_env()
     leader = rank() == 0
     log = log if leader else (lambda _msg: None)
     device = resolve_device(local_device(t.device))
@@ -112,23 +112,38 @@ def pretrain(
     sampler = build_sampler(cfg, splits)
     torch.manual_seed(t.seed)
     model = build_method(cfg, len(splits.train.classes))
-    # Rank 0 locks and prepares the run directory; every rank learns the outcome (or the error).
     lock = ExitStack()
+    existing = _claim(cfg, run_dir, (resume, overwrite), lock)
+    with lock:
+        return _train_and_evaluate(cfg, model, (splits, whole), sampler, run_dir, existing, device, log)
+
+
+def _claim(cfg: Config, run_dir: Path, again: tuple[bool, bool], lock: ExitStack) -> bool:
+    """Rank 0 locks (into ``lock``) and prepares the run directory; every rank learns the outcome or the error.
+
+    Args:
+        cfg: The resolved config (saved in a new run directory).
+        run_dir: The run directory.
+        again: (resume, overwrite), as :func:`pretrain` takes them.
+        lock: Holds the run directory's lock while the caller trains.
+
+    Returns:
+        Whether the run directory holds a run to continue.
+    """
     outcome: tuple[bool, str | None] = (False, None)
-    if leader:
+    if rank() == 0:
         try:
             lock.enter_context(run_lock(run_dir, "selfsup pretrain"))
-            outcome = (_prepare(cfg, run_dir, resume, overwrite), None)
+            outcome = (_prepare(cfg, run_dir, *again), None)
         except SelfsupError as e:
             lock.close()
-            if not distributed:
+            if world_size() == 1:
                 raise
             outcome = (False, str(e))
     existing, error = broadcast_object(outcome)
     if error:
         raise RunDirError(error)
-    with lock:
-        return _train_and_evaluate(cfg, model, (splits, whole), sampler, run_dir, existing, device, log)
+    return bool(existing)
 
 
 def _train_and_evaluate(

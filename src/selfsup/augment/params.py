@@ -163,18 +163,11 @@ def _sample_figure5_ops(
     return sobel, noise, rotate
 
 
-def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.Generator) -> AugmentParams:
-    """Draw the parameters of ``n`` independent augmentations (see :class:`AugmentParams`).
-
-    Args:
-        cfg: The augmentation.
-        n: Number of samples.
-        height: Input image height.
-        width: Input image width.
-        gen: CPU generator; the only source of randomness.
-    """
-    flip = torch.rand(n, generator=gen) < cfg.flip_p
-    sign = 1.0 - 2.0 * flip.double()
+def _geometry(
+    cfg: AugmentSpec, sign: torch.Tensor, size: tuple[int, int], gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each sample's affine map (crop, resize, flip by ``sign``, translation), crop area and aspect."""
+    n, (height, width) = len(sign), size
     theta = torch.zeros(n, 2, 3, dtype=torch.float64)
     if cfg.crop == "resized":
         top, left, h, w = sample_crop_boxes(n, height, width, cfg.crop_scale, cfg.crop_ratio, gen).T
@@ -195,6 +188,21 @@ def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.
         theta[:, 1, 1] = 1
         theta[:, 1, 2] = 2 * shift[:, 0] / height
         area, aspect = torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    return theta, area, aspect
+
+
+def sample_params(cfg: AugmentSpec, n: int, height: int, width: int, gen: torch.Generator) -> AugmentParams:
+    """Draw the parameters of ``n`` independent augmentations (see :class:`AugmentParams`).
+
+    Args:
+        cfg: The augmentation.
+        n: Number of samples.
+        height: Input image height.
+        width: Input image width.
+        gen: CPU generator; the only source of randomness.
+    """
+    flip = torch.rand(n, generator=gen) < cfg.flip_p
+    theta, area, aspect = _geometry(cfg, 1.0 - 2.0 * flip.double(), (height, width), gen)
 
     jitter, applied, order = _sample_jitter(cfg, n, gen)
     gray = torch.rand(n, generator=gen) < cfg.grayscale_p

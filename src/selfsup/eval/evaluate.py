@@ -328,13 +328,7 @@ def evaluate_run(
         _, model, state = load_run_model(run_dir, dev, random_init=random_init, step=checkpoint)
         step = state.get("step")
     splits = _load_splits(cfg, data)
-    encoder = model.backbone  # type: ignore[union-attr]
-    assert isinstance(encoder, nn.Module)
-    if after_head:
-        head = model.projection_head() if isinstance(model, Method) else None
-        if head is None:
-            raise ConfigError(f"method {cfg.method.name!r} of {run_dir} has no projection head to evaluate after")
-        encoder = nn.Sequential(encoder, head)
+    encoder = _encoder(model, after_head, f"method {cfg.method.name!r} of {run_dir}")
     options = feature_options(cfg, dev)
     result = evaluate_encoder(encoder, splits, cfg.eval, options, cfg.train.seed)
     result.update(
@@ -349,12 +343,29 @@ def evaluate_run(
         result["checkpoint_step"] = step
     log(result_line("random init" if random_init else "after the head" if after_head else "encoder", result))
     record_machine(run_dir, "eval-random-init" if random_init else "eval", result["eval_time_s"], dev, step=step)
-    if random_init:
+    _store(run_dir, result, w)
+    return result
+
+
+def _encoder(model: nn.Module, after_head: bool, what: str) -> nn.Module:
+    """The model's encoder, or the encoder followed by its projection head."""
+    encoder = model.backbone
+    assert isinstance(encoder, nn.Module)
+    if not after_head:
+        return encoder
+    head = model.projection_head() if isinstance(model, Method) else None
+    if head is None:
+        raise ConfigError(f"{what} has no projection head to evaluate after")
+    return nn.Sequential(encoder, head)
+
+
+def _store(run_dir: Path, result: dict[str, Any], which: Which) -> None:
+    """Where ``metrics.json`` keeps an evaluation: the run's own results, or beside them."""
+    if which.random_init:
         update_metrics_json(run_dir, {"random_init": result})
-    elif after_head:
+    elif which.after_head:
         update_metrics_json(run_dir, {"after_head": result})
-    elif checkpoint is not None:
-        update_metrics_json(run_dir, {str(checkpoint): result}, section="steps")
+    elif which.checkpoint is not None:
+        update_metrics_json(run_dir, {str(which.checkpoint): result}, section="steps")
     else:
         update_metrics_json(run_dir, result)
-    return result

@@ -92,50 +92,61 @@ def run_cells_on_ray(
         import ray
     except ImportError:
         raise ConfigError("--launcher ray needs Ray: pip install 'selfsup[ray]' (or pip install ray)") from None
-    from tqdm import tqdm
 
-    spec, todo, configs, folder, scale = batch.spec, batch.todo, batch.configs, batch.folder, batch.scale
-    run_cell, ensure_encoder, n_cells = batch.run_cell, batch.ensure_encoder, batch.n_cells
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     try:
-        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-        remote, remote_encoder = ray.remote(_task), ray.remote(_encoder_task)
-        seeds = batch.encoder_seeds
-        encoders: dict[int, Any] = {}
-        futures: dict[Any, Any] = {}
-        for cell in todo:
-            cfg = configs[cell.dir]
-            options = {
-                "num_cpus": cpus if cpus is not None else (cfg.train.num_threads or 1),
-                "num_gpus": gpus if gpus is not None else (1 if has_gpus and cfg.train.device != "cpu" else 0),
-                "max_retries": 2,  # a worker that dies is retried; the cell resumes from its checkpoint
-            }
-            after = []
-            seed = seeds.get(cell.dir)
-            if seed is not None and ensure_encoder is not None:
-                if seed not in encoders:  # the first cell of this encoder submits its task
-                    task = remote_encoder.options(**options)
-                    encoders[seed] = task.remote(ensure_encoder, spec, seed, folder.resolve(), scale)
-                after = [encoders[seed]]
-            futures[remote.options(**options).remote(run_cell, spec, cell, cfg, folder.resolve(), scale, *after)] = cell
-        failed: list[str] = []
-        with tqdm(total=n_cells, initial=n_cells - len(todo), desc=f"sweep {spec.name} (ray)", unit="cell") as bar:
-            pending = list(futures)
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                try:
-                    ray.get(ready[0])
-                except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on
-                    failed.append(f"{futures[ready[0]].dir.name}: {str(e).strip().splitlines()[-1][:200]}")
-                    tqdm.write(f"cell failed: {failed[-1]}")
-                bar.update(1)
+        failed = _wait(ray, batch, _submit(ray, batch, cpus, gpus))
     finally:
         if started_here:
             ray.shutdown()
     if failed:
         raise SelfsupError(
-            f"{len(failed)} of {len(todo)} cells failed ({failed[0]}); run the sweep again to continue them"
+            f"{len(failed)} of {len(batch.todo)} cells failed ({failed[0]}); run the sweep again to continue them"
         )
-    log(f"{len(todo)} cells ran on Ray")
+    log(f"{len(batch.todo)} cells ran on Ray")
+
+
+def _submit(ray: Any, batch: CellBatch, cpus: float | None, gpus: float | None) -> dict[Any, Any]:
+    """Submit every cell's task (after its encoder's, which the first such cell submits); future -> cell."""
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    remote, remote_encoder = ray.remote(_task), ray.remote(_encoder_task)
+    folder = batch.folder.resolve()
+    encoders: dict[int, Any] = {}
+    futures: dict[Any, Any] = {}
+    for cell in batch.todo:
+        cfg = batch.configs[cell.dir]
+        options = {
+            "num_cpus": cpus if cpus is not None else (cfg.train.num_threads or 1),
+            "num_gpus": gpus if gpus is not None else (1 if has_gpus and cfg.train.device != "cpu" else 0),
+            "max_retries": 2,  # a worker that dies is retried; the cell resumes from its checkpoint
+        }
+        after = []
+        seed = batch.encoder_seeds.get(cell.dir)
+        if seed is not None and batch.ensure_encoder is not None:
+            if seed not in encoders:  # the first cell of this encoder submits its task
+                task = remote_encoder.options(**options)
+                encoders[seed] = task.remote(batch.ensure_encoder, batch.spec, seed, folder, batch.scale)
+            after = [encoders[seed]]
+        task = remote.options(**options)
+        futures[task.remote(batch.run_cell, batch.spec, cell, cfg, folder, batch.scale, *after)] = cell
+    return futures
+
+
+def _wait(ray: Any, batch: CellBatch, futures: dict[Any, Any]) -> list[str]:
+    """Wait for every task, with a progress bar; the failed cells, each with its last error line."""
+    from tqdm import tqdm
+
+    n, failed = batch.n_cells, []
+    with tqdm(total=n, initial=n - len(batch.todo), desc=f"sweep {batch.spec.name} (ray)", unit="cell") as bar:
+        pending = list(futures)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on
+                failed.append(f"{futures[ready[0]].dir.name}: {str(e).strip().splitlines()[-1][:200]}")
+                tqdm.write(f"cell failed: {failed[-1]}")
+            bar.update(1)
+    return failed

@@ -285,7 +285,6 @@ def markdown_table(
     if command in ("semi", "finetune"):
         metrics = [("test_top1", "test top-1 (%)")] + (metrics if command == "finetune" else [])
     metrics += [(key, name) for key, name in AFTER_HEAD if any(r.get(key) is not None for r in rows)]
-    spread = any(r.get("embedding_std") is not None for r in rows)
     one_machine = len(machines(rows)) <= 1
     head = [*axes, "seeds", *(name for _, name in metrics)]
     ref = reference_points(reference)
@@ -294,22 +293,8 @@ def markdown_table(
         ref = {}
     if ref:
         head.append(f"{reference_title(reference or {})} (%)")
-    head.append("final loss")
-    numbers = [("final_loss", "{:.3f} ± {:.3f}")]
-    if len({r["steps"] for r in rows if r.get("status", "done") == "done" and r.get("steps") is not None}) > 1:
-        # Cells that trained different numbers of steps (time budgets, equal-time
-        # comparisons): how many, and at what speed where the speeds compare.
-        head.append("steps")
-        numbers.append(("steps", "{:.0f} ± {:.0f}"))
-        if one_machine:
-            head.append("views/s")
-            numbers.append(("views_per_s", "{:.0f} ± {:.0f}"))
-    if one_machine:
-        head.append("wall time (s)")
-        numbers.append(("wall_time_s", "{:.0f} ± {:.0f}"))
-    if spread:  # the collapse signal: near 0 when the embeddings collapsed to a point
-        head.append("embedding std")
-        numbers.append(("embedding_std", "{:.4f} ± {:.4f}"))
+    numbers = _number_columns(rows, one_machine)
+    head += [name for name, _, _ in numbers]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for g in aggregate(rows, axes):
         cells = [str(g[a]) for a in axes] + [str(g["n"])]
@@ -319,26 +304,50 @@ def markdown_table(
         if ref:
             point = tuple(str(g[a]) for a in axes[:depth])
             cells.append(f"{ref[point]:g}" if point in ref else "-")
-        for key, fmt in numbers:
-            vals = g["values"].get(key)
-            if vals and len(vals) == 1:  # one value has no spread to show
-                cells.append(fmt.split(" ± ")[0].format(vals[0]))
-            else:
-                cells.append(fmt.format(*mean_std(vals)) if vals else "-")
+        cells += [_number_cell(g["values"].get(key), fmt) for _, key, fmt in numbers]
         lines.append("| " + " | ".join(cells) + " |")
-    note = separation(rows, axes, metrics[0][0], compare)
+    return "\n".join(lines + _closing_lines(rows, axes, metrics[0][0], compare))
+
+
+def _number_columns(rows: list[dict[str, Any]], one_machine: bool) -> list[tuple[str, str, str]]:
+    """(title, key, format) of the columns after accuracy: loss, and steps, speed, time and spread where they tell."""
+    numbers = [("final loss", "final_loss", "{:.3f} ± {:.3f}")]
+    if len({r["steps"] for r in rows if r.get("status", "done") == "done" and r.get("steps") is not None}) > 1:
+        # Cells that trained different numbers of steps (time budgets, equal-time
+        # comparisons): how many, and at what speed where the speeds compare.
+        numbers.append(("steps", "steps", "{:.0f} ± {:.0f}"))
+        if one_machine:
+            numbers.append(("views/s", "views_per_s", "{:.0f} ± {:.0f}"))
+    if one_machine:
+        numbers.append(("wall time (s)", "wall_time_s", "{:.0f} ± {:.0f}"))
+    if any(r.get("embedding_std") is not None for r in rows):  # the collapse signal: near 0 when collapsed
+        numbers.append(("embedding std", "embedding_std", "{:.4f} ± {:.4f}"))
+    return numbers
+
+
+def _number_cell(vals: list[float] | None, fmt: str) -> str:
+    """Mean ± std of a number over seeds (one value has no spread to show)."""
+    if vals and len(vals) == 1:
+        return fmt.split(" ± ")[0].format(vals[0])
+    return fmt.format(*mean_std(vals)) if vals else "-"
+
+
+def _closing_lines(rows: list[dict[str, Any]], axes: list[str], metric: str, compare: str | None) -> list[str]:
+    """The lines under a table: significance, seed noise, machines, cells not finished."""
+    out = []
+    note = separation(rows, axes, metric, compare)
     if note:
-        lines.append(f"\n{note}")
-    spread_line = noise(rows, axes, metrics[0][0])
+        out.append(f"\n{note}")
+    spread_line = noise(rows, axes, metric)
     if spread_line:
-        lines.append(f"\n{spread_line}")
+        out.append(f"\n{spread_line}")
     where = provenance(rows)
     if where:
-        lines.append(f"\n{where}" + ("" if one_machine else " Wall times are not averaged across machines."))
+        out.append(f"\n{where}" + ("" if len(machines(rows)) <= 1 else " Wall times are not averaged across machines."))
     missing = sum(1 for r in rows if r.get("status") == "missing")
     if missing:
-        lines.append(f"\n{missing} cell(s) not finished.")
-    return "\n".join(lines)
+        out.append(f"\n{missing} cell(s) not finished.")
+    return out
 
 
 def _accuracy_cell(values: list[float], n: int) -> str:

@@ -282,6 +282,16 @@ def _check_scale(scale: dict[str, Any], axis_names: list[str], path: Path) -> No
                 _check_key(key, f"{path}: scale '{profile}'")
 
 
+def _check_figures(raw: dict[str, Any], axes: list[Axis], path: Path) -> None:
+    """The axes that ``heatmap``, ``x_axis`` and ``compare`` name are the grid's."""
+    names = [a.name for a in axes]
+    for field_ in ("heatmap", "x_axis", "compare"):
+        if field_ in raw and raw[field_] not in names:
+            raise ConfigError(f"{path}: {field_} must name a grid axis, got {raw[field_]!r}")
+    if "x_axis" in raw and "reference" in raw and raw["x_axis"] != axes[0].name:  # references go by the first axis
+        raise ConfigError(f"{path}: x_axis must be the first grid axis when the spec has a reference")
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Parse and check a sweep spec.
 
@@ -312,15 +322,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     axes = _parse_axes(raw.get("grid"), path)
     scale = raw.get("scale") or {}
     _check_scale(scale, [a.name for a in axes], path)
-    if "heatmap" in raw and raw["heatmap"] not in [a.name for a in axes]:
-        raise ConfigError(f"{path}: heatmap must name a grid axis, got {raw['heatmap']!r}")
-    if "x_axis" in raw:
-        if raw["x_axis"] not in [a.name for a in axes]:
-            raise ConfigError(f"{path}: x_axis must name a grid axis, got {raw['x_axis']!r}")
-        if "reference" in raw and raw["x_axis"] != axes[0].name:  # reference values are by the first axis
-            raise ConfigError(f"{path}: x_axis must be the first grid axis when the spec has a reference")
-    if "compare" in raw and raw["compare"] not in [a.name for a in axes]:
-        raise ConfigError(f"{path}: compare must name a grid axis, got {raw['compare']!r}")
+    _check_figures(raw, axes, path)
     seeds = raw.get("seeds", [0])
     _check_seeds(seeds, str(path))
     if "reference" in raw:
