@@ -70,8 +70,9 @@ def test_every_committed_config_loads_and_keeps_its_methods_values() -> None:
         cfg = resolve_method(load_config(path))
         own = set(declared(METHODS[cfg.method.name].Settings))
         assert set(cfg.method.values) == own, path
-        for key in own & set(raw["method"]):  # the values the run trained with, unchanged
-            assert cfg.method.values[key] == pytest.approx(raw["method"][key]), (path, key)
+        given = {**(raw.get("semi") or {}), **raw["method"]}  # semi.* held the semi-supervised methods' own
+        for key in own & set(given):  # the values the run trained with, unchanged
+            assert cfg.method.values[key] == pytest.approx(given[key]), (path, key)
 
 
 @pytest.mark.slow
@@ -108,3 +109,16 @@ def test_every_committed_sweep_cell_is_still_recognised() -> None:
         assert isinstance(cells, dict), (folder, cells)
         assert all(s in ("done", "missing") for s in cells.values()), (folder, cells)
     assert sum(s == "done" for cells in statuses.values() for s in cells.values()) >= 252
+
+
+def test_the_semi_supervised_methods_own_their_settings_under_their_old_names_too(tmp_path: Path) -> None:
+    from selfsup.cli import build_parser
+
+    old = tmp_path / "old.yaml"
+    old.write_text("method:\n  name: fixmatch\nsemi:\n  labels: 40\n  threshold: 0.8\n  rampup_epochs: 3\n")
+    cfg = resolve_method(load_config(old))  # rampup_epochs is the Pi-model's: FixMatch has none
+    assert cfg.method.values == {"threshold": 0.8, "unlabeled_weight": 1.0, "ema_decay": 0.999}
+    assert cfg.semi.labels == 40 and not hasattr(cfg.semi, "threshold")
+    flags = ["semi", "--method", "mean-teacher", "--labels", "40", "--semi.ema_decay", "0.99"]
+    args = build_parser(flags).parse_args(flags)
+    assert vars(args)["cfg:method.ema_decay"] == "0.99"  # an old command line still means the same

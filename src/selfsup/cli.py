@@ -87,7 +87,7 @@ def _add_method_flags(parser: argparse.ArgumentParser, method: str, short: dict[
     """The flags of ``method``'s own settings (``--method.KEY``), as its file declares them."""
     import dataclasses
 
-    from .config import type_hints
+    from .config import MOVED_TO_METHOD, type_hints
     from .methods import METHODS
 
     settings = METHODS[method].Settings if method in METHODS else None
@@ -101,6 +101,9 @@ def _add_method_flags(parser: argparse.ArgumentParser, method: str, short: dict[
     parser.method_settings = (method, [f"--method.{f.name}" for f in dataclasses.fields(settings)])  # type: ignore[attr-defined]
     for f in dataclasses.fields(settings):
         _add_flag(group, f"method.{f.name}", hints[f.name], f.metadata.get("help", ""), short)
+        if f.name in MOVED_TO_METHOD:  # the flag's old name, from when the semi section held it
+            group.add_argument(f"--semi.{f.name}", dest=_PREFIX + f"method.{f.name}", default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS)  # fmt: skip
 
 
 def _chosen_method(argv: Sequence[str]) -> str:

@@ -258,20 +258,12 @@ class SemiConfig:
     labeled_batch_size: int = setting(
         32, "Labelled images per step, in addition to train.batch_size unlabelled ones.", check=POSITIVE_INT
     )
-    consistency_weight: float = setting(
-        100.0, "Maximum weight of the consistency cost (MSE between softmax outputs).", check=NOT_NEGATIVE
-    )
-    rampup_epochs: float = setting(
-        5.0, "Epochs of the sigmoid ramp-up exp(-5 (1 - t)^2) of the consistency weight.", check=NOT_NEGATIVE
-    )
-    ema_decay: float = setting(
-        0.999,
-        "Mean Teacher: EMA decay of the teacher after the ramp-up; FixMatch: of the evaluated weights ...",
-        check=FRACTION,
-    )
-    ema_decay_rampup: float = setting(0.99, "... and during it.", check=FRACTION)
-    threshold: float = setting(0.95, "FixMatch: confidence a pseudo-label needs.")
-    unlabeled_weight: float = setting(1.0, "FixMatch: weight lambda_u of the unlabelled loss.")
+
+
+#: Keys that the ``semi`` section held before the semi-supervised methods owned them: a
+#: config or a spec that still writes ``semi.KEY`` sets ``method.KEY``.
+MOVED_TO_METHOD = {"consistency_weight", "rampup_epochs", "ema_decay", "ema_decay_rampup", "threshold",
+                   "unlabeled_weight"}  # fmt: skip
 
 
 @dataclass
@@ -668,8 +660,12 @@ def config_from_dict(raw: Any, source: str = "config") -> Config:
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section '{section}'{_suggest(str(section), list(SECTIONS))}")
         if section == "method":
-            cfg.method = _method_section(values, source)
+            cfg.method = _method_section(values, source, cfg.method.values)
             continue
+        if section == "semi" and isinstance(values, dict):
+            moved = {k: values[k] for k in values if k in MOVED_TO_METHOD}
+            cfg.method.values.update({k: v for k, v in moved.items() if k not in cfg.method.values})
+            values = {k: v for k, v in values.items() if k not in moved}
         _check_section_dict(section, values, source)
         types_ = field_types(section)
         obj = getattr(cfg, section)
@@ -679,13 +675,13 @@ def config_from_dict(raw: Any, source: str = "config") -> Config:
     return cfg
 
 
-def _method_section(values: Any, source: str) -> MethodConfig:
-    """The ``method`` section: its name, and every other key as given."""
+def _method_section(values: Any, source: str, moved: dict[str, Any]) -> MethodConfig:
+    """The ``method`` section: its name, and every other key as given (over ``moved``: old ``semi.KEY``)."""
     if values is None:
-        return MethodConfig()
+        return MethodConfig(values=dict(moved))
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: section 'method' must be a mapping of keys to values")
-    rest = {str(k): copy.deepcopy(v) for k, v in values.items() if k != "name"}
+    rest = {**moved, **{str(k): copy.deepcopy(v) for k, v in values.items() if k != "name"}}
     name = coerce(values.get("name", "simclr"), str, f"{source}: method.name")
     return MethodConfig(name=name, values=rest)
 
@@ -736,6 +732,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "overr
     out = copy_config(cfg)
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
+        if section == "semi" and key in MOVED_TO_METHOD:
+            section = "method"  # a semi-supervised method's own setting now
         is_method_value = section == "method" and key and key != "name"
         if not is_method_value and (section not in SECTIONS or key not in field_types(section)):
             raise ConfigError(f"{source}: unknown config key '{dotted}'{_suggest(dotted, all_keys())}")

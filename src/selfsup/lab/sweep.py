@@ -67,7 +67,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, apply_overrides, field_types, flatten, load_config, load_yaml, save_config
+from ..config import MOVED_TO_METHOD, Config, apply_overrides, field_types, flatten, load_config, load_yaml, save_config
 from ..errors import ConfigError, RunDirError
 from ..machine import note_commit
 from ..rundir import CONFIG, write_atomic
@@ -223,6 +223,8 @@ def _check_key(key: str, where: str) -> None:
     from ..methods.settings import declared
 
     section, _, name = key.partition(".")
+    if section == "semi" and name in MOVED_TO_METHOD:
+        section = "method"  # an old name of a semi-supervised method's setting
     try:
         known = set(field_types(section)) - {"values"}
     except KeyError:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import FRACTION, Config, setting
 from ..ema import ema_update, frozen_copy, warmup_decay
 from ..losses import embedding_std, fixmatch_unlabeled
 from .base import Batch, Method
 from .common import build_encoder, linear_classifier
 from .supervised import masked_cross_entropy
+
+
+@dataclass
+class FixMatchSettings:
+    """FixMatch's settings (``method.KEY``)."""
+
+    threshold: float = setting(0.95, "Confidence a pseudo-label needs (the paper: 0.95).")
+    unlabeled_weight: float = setting(1.0, "Weight lambda_u of the unlabelled loss (the paper: 1).")
+    ema_decay: float = setting(0.999, "EMA decay of the evaluated weights (the paper: 0.999).", check=FRACTION)
 
 
 class FixMatch(Method):
@@ -22,7 +33,7 @@ class FixMatch(Method):
     ``mask = max p_weak >= threshold`` (0.95). Batches hold ``semi.labeled_batch_size``
     labelled and ``train.batch_size`` unlabelled images (mu = 7 in the paper: set
     ``train.batch_size`` to 7 x the labelled batch). Evaluation uses an EMA of the weights
-    (``semi.ema_decay``, 0.999 in the paper, capped early by
+    (``method.ema_decay``, 0.999 in the paper, capped early by
     :func:`~selfsup.ema.warmup_decay`): ``test_top1``; the raw weights give
     ``student_test_top1``.
 
@@ -43,6 +54,8 @@ class FixMatch(Method):
     uses_labels = True
     semi_supervised = True
 
+    Settings = FixMatchSettings
+
     def __init__(
         self, backbone: nn.Module, num_classes: int, threshold: float, unlabeled_weight: float, ema_decay: float
     ) -> None:
@@ -54,8 +67,8 @@ class FixMatch(Method):
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> FixMatch:
-        """Build from ``cfg.model`` and ``cfg.semi``."""
-        s = cfg.semi
+        """Build from ``cfg.model`` and its settings."""
+        s: FixMatchSettings = cls.settings(cfg)
         return cls(build_encoder(cfg), num_classes, s.threshold, s.unlabeled_weight, s.ema_decay)
 
     def classifiers(self) -> dict[str, nn.Module]:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import FRACTION, Config, setting
 from ..ema import ema_update, frozen_copy, two_phase_decay
 from .base import Batch
 from .common import build_encoder
-from .pi_model import PiModel
+from .pi_model import PiModel, PiModelSettings
+
+
+@dataclass
+class MeanTeacherSettings(PiModelSettings):
+    """Mean Teacher's settings (``method.KEY``): the Pi-model's and the teacher's decay."""
+
+    ema_decay: float = setting(0.999, "EMA decay of the teacher after the ramp-up ...", check=FRACTION)
+    ema_decay_rampup: float = setting(0.99, "... and during it.", check=FRACTION)
 
 
 class MeanTeacher(PiModel):
@@ -31,6 +41,8 @@ class MeanTeacher(PiModel):
         ema_decay_rampup: Teacher decay during the ramp-up.
     """
 
+    Settings = MeanTeacherSettings
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -47,8 +59,8 @@ class MeanTeacher(PiModel):
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> MeanTeacher:
-        """Build from ``cfg.model`` and ``cfg.semi``."""
-        s = cfg.semi
+        """Build from ``cfg.model`` and its settings."""
+        s: MeanTeacherSettings = cls.settings(cfg)
         return cls(
             build_encoder(cfg), num_classes, s.consistency_weight, s.rampup_epochs, s.ema_decay, s.ema_decay_rampup
         )

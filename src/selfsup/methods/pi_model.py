@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import NOT_NEGATIVE, Config, setting
 from ..losses import embedding_std, softmax_mse
 from .base import Batch, Method
 from .common import build_encoder, linear_classifier
@@ -20,6 +21,18 @@ def sigmoid_rampup(epoch: float, length: float) -> float:
         return 1.0
     t = min(max(epoch / length, 0.0), 1.0)
     return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+@dataclass
+class PiModelSettings:
+    """The Pi-model's settings (``method.KEY``)."""
+
+    consistency_weight: float = setting(
+        100.0, "Maximum weight of the consistency cost (MSE between softmax outputs).", check=NOT_NEGATIVE
+    )
+    rampup_epochs: float = setting(
+        5.0, "Epochs of the sigmoid ramp-up exp(-5 (1 - t)^2) of the consistency weight.", check=NOT_NEGATIVE
+    )
 
 
 class PiModel(Method):
@@ -43,6 +56,8 @@ class PiModel(Method):
     uses_labels = True
     semi_supervised = True
 
+    Settings = PiModelSettings
+
     def __init__(self, backbone: nn.Module, num_classes: int, consistency_weight: float, rampup_epochs: float) -> None:
         super().__init__()
         self.backbone = backbone
@@ -51,8 +66,9 @@ class PiModel(Method):
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> PiModel:
-        """Build from ``cfg.model`` and ``cfg.semi``."""
-        return cls(build_encoder(cfg), num_classes, cfg.semi.consistency_weight, cfg.semi.rampup_epochs)
+        """Build from ``cfg.model`` and its settings."""
+        s: PiModelSettings = cls.settings(cfg)
+        return cls(build_encoder(cfg), num_classes, s.consistency_weight, s.rampup_epochs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, C)."""
