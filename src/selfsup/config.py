@@ -655,33 +655,33 @@ def config_from_dict(raw: Any, source: str = "config") -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections (data, model, ...)")
-    cfg = Config()
+    cfg, moved = Config(), {}
     for section, values in raw.items():
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section '{section}'{_suggest(str(section), list(SECTIONS))}")
         if section == "method":
-            cfg.method = _method_section(values, source, cfg.method.values)
+            cfg.method = _method_section(values, source)
             continue
         if section == "semi" and isinstance(values, dict):
-            moved = {k: values[k] for k in values if k in MOVED_TO_METHOD}
-            cfg.method.values.update({k: v for k, v in moved.items() if k not in cfg.method.values})
+            moved = {k: v for k, v in values.items() if k in MOVED_TO_METHOD}
             values = {k: v for k, v in values.items() if k not in moved}
         _check_section_dict(section, values, source)
         types_ = field_types(section)
         obj = getattr(cfg, section)
         for key, value in (values or {}).items():
             setattr(obj, key, coerce(value, types_[key], f"{source}: {section}.{key}"))
+    cfg.method.values = {**copy.deepcopy(moved), **cfg.method.values}  # old semi.KEY; method.KEY wins
     validate(cfg)
     return cfg
 
 
-def _method_section(values: Any, source: str, moved: dict[str, Any]) -> MethodConfig:
-    """The ``method`` section: its name, and every other key as given (over ``moved``: old ``semi.KEY``)."""
+def _method_section(values: Any, source: str) -> MethodConfig:
+    """The ``method`` section: its name, and every other key as given."""
     if values is None:
-        return MethodConfig(values=dict(moved))
+        return MethodConfig()
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: section 'method' must be a mapping of keys to values")
-    rest = {**moved, **{str(k): copy.deepcopy(v) for k, v in values.items() if k != "name"}}
+    rest = {str(k): copy.deepcopy(v) for k, v in values.items() if k != "name"}
     name = coerce(values.get("name", "simclr"), str, f"{source}: method.name")
     return MethodConfig(name=name, values=rest)
 

@@ -166,7 +166,7 @@ def _train_and_evaluate(
     job = _job(cfg, model, splits, sampler, run_dir, device)
     model = job.model
     start(job, existing, log)
-    start_step, start_time = job.counters.step, job.counters.train_time
+    start_step, start_time = job.state.step, job.state.train_time
     if t.compile:
         model.backbone.compile(mode=None if t.compile_mode == "default" else t.compile_mode)
     if world_size() > 1:
@@ -182,7 +182,7 @@ def _train_and_evaluate(
     result = RunResult(run_dir=run_dir, summary=summary)
     if not leader:
         return result
-    state = job.counters
+    state = job.state
     append_jsonl(run_dir / METRICS_JSONL, summary)
     steps = [start_step, state.step]
     record_machine(run_dir, "train", state.train_time - start_time, device, steps=steps, bf16=job.ctx.bf16)
@@ -220,7 +220,7 @@ def training_line(summary: dict[str, Any]) -> str:
 
 def _summary(job: Job, n_train: int, final_loss: float | None) -> dict[str, Any]:
     """The run's last record in metrics.jsonl."""
-    state, device, cfg = job.counters, job.ctx.device, job.cfg
+    state, device, cfg = job.state, job.ctx.device, job.cfg
     if final_loss is None and rank() == 0:  # resumed after the last epoch: as it was recorded
         final_loss = next((r["epoch_loss"] for r in reversed(read_jsonl(job.run_dir / METRICS_JSONL))
                            if "epoch_loss" in r), None)  # fmt: skip

@@ -117,10 +117,11 @@ def finetune(
         request.cfg = resolve_config(cfg, splits)  # the training images' statistics, as pretraining would have set
     results = {}
     section = "finetune_random_init" if request.random_init else "finetune"
+    bf16 = use_bf16(cfg.train.precision, dev)
+    data = torch.from_numpy(splits.train.images).to(dev), torch.from_numpy(splits.train.labels).to(dev)  # once
     for n_labels in cfg.finetune.labels:
-        result = _finetune_one(request, splits, n_labels)
+        result = _finetune_one(request, splits, n_labels, data)
         update_metrics_json(request.dest, {str(n_labels): result}, section=section)
-        bf16 = use_bf16(cfg.train.precision, dev)
         record_machine(request.dest, section, result.get("time_s", 0.0), dev, labels=n_labels, bf16=bf16)
         results[str(n_labels)] = result
     return results
@@ -161,9 +162,9 @@ def _split_labels(cfg: Config, splits: DataSplits, n_labels: int) -> tuple[np.nd
     return labeled, val
 
 
-def _build(request: _Request, num_classes: int) -> tuple[Supervised, torch.optim.Optimizer]:
-    """The encoder (pretrained or random) with a new linear head, and its optimizer."""
-    cfg, ft = request.cfg, request.cfg.finetune
+def _build(request: _Request, cfg: Config, num_classes: int) -> tuple[Supervised, torch.optim.Optimizer]:
+    """The encoder (pretrained or random) with a new linear head, and its optimizer (``cfg``: the job's)."""
+    ft = cfg.finetune
     torch.manual_seed(ft.seed)
     backbone = build_backbone(cfg.model.backbone, cfg.model.width, cfg.model.stem)
     if not request.random_init:
@@ -173,7 +174,7 @@ def _build(request: _Request, num_classes: int) -> tuple[Supervised, torch.optim
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     lr_mult = {"backbone.": ft.encoder_lr} if ft.encoder_lr != 1.0 else None
-    return model, build_optimizer(model, job_config(cfg, 1).optim, ft.batch_size, lr_mult)
+    return model, build_optimizer(model, cfg.optim, ft.batch_size, lr_mult)
 
 
 class Validation:
@@ -210,13 +211,16 @@ class Validation:
         self.best = state
 
 
-def _job(request: _Request, splits: DataSplits, n_labels: int, run_dir: Path) -> Job:
-    """The engine's job for one label count: the model, the labelled images' sampler, the validation."""
+def _job(request: _Request, splits: DataSplits, n_labels: int, data: tuple[torch.Tensor, torch.Tensor],
+         run_dir: Path) -> Job:  # fmt: skip
+    """The engine's job for one label count: the model, the labelled images' sampler, the validation.
+
+    ``data`` is the training split's images and labels, already on the device.
+    """
     cfg = job_config(request.cfg, n_labels)
     labeled, val = _split_labels(cfg, splits, n_labels)
-    model, opt = _build(request, len(splits.train.classes))
+    model, opt = _build(request, cfg, len(splits.train.classes))
     dev = request.device
-    data = torch.from_numpy(splits.train.images).to(dev), torch.from_numpy(splits.train.labels).to(dev)
     sampler = EpochSampler(labeled, cfg.train.batch_size, cfg.train.seed)
     ctx = StepContext(dev, use_bf16(cfg.train.precision, dev))
     val_labels = torch.from_numpy(splits.train.labels[val]).to(dev)
@@ -229,13 +233,15 @@ def run_name(n_labels: int, random_init: bool) -> str:
     return f"labels-{n_labels}" + ("-random-init" if random_init else "")
 
 
-def _finetune_one(request: _Request, splits: DataSplits, n_labels: int) -> dict[str, Any]:
+def _finetune_one(
+    request: _Request, splits: DataSplits, n_labels: int, data: tuple[torch.Tensor, torch.Tensor]
+) -> dict[str, Any]:
     """Fine-tune with ``n_labels`` labels in its own run directory, test the best epoch."""
     run_dir = request.dest / "finetune" / run_name(n_labels, request.random_init)
     t0 = time.perf_counter()
     with run_lock(run_dir, "selfsup finetune"):
         existing = prepare_run_dir(run_dir, request.resume, request.overwrite)
-        job = _job(request, splits, n_labels, run_dir)
+        job = _job(request, splits, n_labels, data, run_dir)
         if existing:
             check_resume_config(load_run_config(run_dir), job.cfg, run_dir)
         else:
@@ -268,7 +274,7 @@ def _test(job: Job, splits: DataSplits, best: dict[str, Any], request: _Request,
         "val_loss": best["val_loss"],
         "val_top1": best["val_top1"],
         "epochs": ft.epochs,
-        "steps": job.counters.step,
+        "steps": job.state.step,
         "val_size": min(ft.val_size, len(splits.train) - n_labels),
         "n_test": len(splits.test),
         "init": init,

@@ -219,8 +219,7 @@ def _check_seeds(seeds: Any, where: str) -> None:
 
 
 def _check_key(key: str, where: str) -> None:
-    from ..methods import METHODS
-    from ..methods.settings import declared
+    from ..methods.registry import setting_names
 
     section, _, name = key.partition(".")
     if section == "semi" and name in MOVED_TO_METHOD:
@@ -230,7 +229,7 @@ def _check_key(key: str, where: str) -> None:
     except KeyError:
         known = set()
     if section == "method":  # any method's own setting: a spec may set one for the cells of its method
-        known |= {k for c in METHODS.values() for k in declared(c.Settings)}
+        known |= setting_names()
     if name not in known:
         raise ConfigError(f"{where}: '{key}' is not a config key (section.key, e.g. method.temperature)")
 

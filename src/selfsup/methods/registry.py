@@ -36,6 +36,11 @@ def build_method(cfg: Config, num_classes: int) -> Method:
     return method_class(cfg.method.name).from_config(cfg, num_classes)
 
 
+def setting_names(but: str | None = None) -> set[str]:
+    """The ``method.*`` keys that the registered methods declare (every method's, or all but ``but``'s)."""
+    return {k for name, c in METHODS.items() if name != but for k in declared(c.Settings)}
+
+
 def resolve_method(cfg: Config) -> Config:
     """``cfg`` with the method section its method declares: every setting, given or default, checked.
 
@@ -46,8 +51,7 @@ def resolve_method(cfg: Config) -> Config:
         ConfigError: For an unknown method, a key no method declares, or a bad value.
     """
     cls = method_class(cfg.method.name)
-    elsewhere = {k for name, c in METHODS.items() if name != cfg.method.name for k in declared(c.Settings)}
-    values = resolve_values(cls.Settings, cfg.method.values, cfg.method.name, elsewhere)
+    values = resolve_values(cls.Settings, cfg.method.values, cfg.method.name, setting_names(but=cfg.method.name))
     return replace(cfg, method=MethodConfig(cfg.method.name, values))
 
 

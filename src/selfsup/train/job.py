@@ -53,7 +53,7 @@ class Job:
         ctx: The device, precision and what computes the losses.
         extra: More entries for every checkpoint (classes, method name).
         monitor: Measures the model every few epochs (rank 0), or None.
-        state: The counters (restored from a checkpoint by :func:`~selfsup.train.loop.start`).
+        state: The counters, made here (restored from a checkpoint by :func:`~selfsup.train.loop.start`).
         total: Steps of the whole run (set by :func:`~selfsup.train.loop.start`).
         lr_key: The setting that a run whose loss diverged should lower (named in the error).
     """
@@ -67,19 +67,12 @@ class Job:
     ctx: StepContext
     extra: dict[str, Any] = field(default_factory=dict)
     monitor: EpochMonitor | None = None
-    state: TrainState | None = None
     total: int | None = None
     lr_key: str = "optim.lr"
+    state: TrainState = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.state is None:
-            self.state = TrainState(self.ctx.device)
-
-    @property
-    def counters(self) -> TrainState:
-        """:attr:`state`, which ``__post_init__`` always sets."""
-        assert self.state is not None
-        return self.state
+        self.state = TrainState(self.ctx.device)
 
 
 def view_augment(cfg: Config, method: Method, compile: bool | None = None) -> ViewAugment:

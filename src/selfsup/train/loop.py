@@ -144,7 +144,7 @@ class _Engine:
     """A :class:`Job` in progress, and what the engine does between its steps."""
 
     def __init__(self, job: Job) -> None:
-        cfg, t, state = job.cfg, job.cfg.train, job.counters
+        cfg, t, state = job.cfg, job.cfg.train, job.state
         self.job, self.cfg, self.model, self.optimizer, self.state = job, cfg, job.model, job.optimizer, state
         self.spe = job.sampler.steps_per_epoch
         self.total = job.total if job.total is not None else t.epochs * self.spe
@@ -311,13 +311,13 @@ def _restore(job: Job, total: int, log: Callable[[str], None]) -> int | None:
     saved_total = None
     if loaded is not None:
         checkpoint, path = loaded
-        job.counters.restore(checkpoint, job.model, job.optimizer)
+        job.state.restore(checkpoint, job.model, job.optimizer)
         if "monitor" in checkpoint and hasattr(job.monitor, "load_state_dict"):
             job.monitor.load_state_dict(checkpoint["monitor"])  # type: ignore[union-attr]
         saved_total = checkpoint.get("total_steps")
-        log(f"resuming {job.run_dir} from {path.name} (step {job.counters.step}/{saved_total or total})")
+        log(f"resuming {job.run_dir} from {path.name} (step {job.state.step}/{saved_total or total})")
     if rank() == 0:
-        truncate_jsonl(job.run_dir / METRICS_JSONL, job.counters.step)
+        truncate_jsonl(job.run_dir / METRICS_JSONL, job.state.step)
     return int(saved_total) if saved_total else None
 
 
@@ -330,7 +330,7 @@ def fit(job: Job) -> float | None:
     Raises:
         Interrupted: After a SIGINT or SIGTERM, with a checkpoint saved.
     """
-    engine, state = _Engine(job), job.counters
+    engine, state = _Engine(job), job.state
     job.model.train()
     try:
         with _stop_signals() as stop:
